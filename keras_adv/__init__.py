@@ -1,0 +1,26 @@
+"""keras_adv: one-line embedding-space adversarial training (FGM, PGD) for Keras."""
+
+from keras_adv.api import adversarial_training
+from keras_adv.api import remove_adversarial_training
+from keras_adv.custom_loop import perturbed_embedding
+from keras_adv.embedding import embedding_candidates
+from keras_adv.embedding import find_embedding
+from keras_adv.methods import FGM
+from keras_adv.methods import PGD
+from keras_adv.methods import l2_normalize
+from keras_adv.methods import project_to_ball
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "adversarial_training",
+    "remove_adversarial_training",
+    "perturbed_embedding",
+    "find_embedding",
+    "embedding_candidates",
+    "FGM",
+    "PGD",
+    "l2_normalize",
+    "project_to_ball",
+    "__version__",
+]

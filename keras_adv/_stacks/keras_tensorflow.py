@@ -1,0 +1,201 @@
+"""Keras 3 on the TensorFlow backend.
+
+The model instance gets an adversarial `train_step` (Keras's `fit`,
+`steps_per_execution`, `jit_compile` and callbacks all go through it). The
+step follows `keras/src/backend/tensorflow/trainer.py` and adds the perturbed
+passes:
+
+1. The clean pass: loss, loss tracker, and the gradients it needs: all weights
+   under `objective="sum"`, only the embedding under `"adversarial"`.
+2. `method.steps` perturbed passes. The embedding is never written: each pass
+   substitutes `E + r` for its value through `keras.StatelessScope`, so the
+   variable holds exactly `E` before the optimizer runs and also when a pass
+   raises. Intermediate passes (PGD) ask only for the embedding gradient.
+3. One optimizer update from the clean + adversarial (or adversarial only)
+   gradients, with the embedding gradient still an `IndexedSlices`.
+
+Every pass runs in training mode and keeps its updates of the model's
+non-trainable state (batch-norm statistics, dropout seeds), as in the
+PyTorch recipes; loss-tracking metrics see only the clean pass.
+"""
+
+import types
+
+import keras
+import tensorflow as tf
+
+from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
+
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+
+
+# Keras's own train_step uses these private hooks; they are kept in one place.
+def _compute_loss(model, x, y, y_pred, sample_weight):
+    # Handles `compute_loss` overrides written before the `training` argument.
+    return model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+    )
+
+
+def _loss_tracker(model):
+    return model._loss_tracker
+
+
+def _track_loss(tracker, loss, x):
+    from keras.src.losses.loss import unscale_loss_for_distribution
+
+    batch_size = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
+    tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch_size)
+
+
+class AdversarialTrainStep:
+    """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training.
+
+    Bound to a model with `types.MethodType`, so `self` inside is the model.
+
+    Args:
+        embedding: The embedding matrix variable (a `keras.Variable`).
+        method: A `keras_adv.FGM` or `keras_adv.PGD`.
+        objective: `"sum"` or `"adversarial"`.
+    """
+
+    def __init__(self, embedding, method, objective):
+        self.embedding = embedding
+        self.method = method
+        self.objective = objective
+        # Held here, not on the model, so the model gains no tracked metric.
+        # Reset together with Keras's loss tracker (see `_reset_with`).
+        self.adversarial_loss = keras.metrics.Mean(name="adversarial_loss")
+
+    def __call__(self, model, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._reset_with(_loss_tracker(model))
+        trainable = list(model.trainable_variables)
+        update_from_clean = self.objective == "sum"
+
+        clean_grads, embedding_grad, y_pred = self._clean_pass(
+            model, x, y, sample_weight, trainable if update_from_clean else []
+        )
+        touched = TouchedRows(embedding_grad)
+        perturbation = None
+        for step in range(self.method.steps):
+            perturbation = self.method.ascend(perturbation, touched.rows(embedding_grad))
+            perturbed = touched.add_to(self.embedding.value, perturbation)
+            last = step == self.method.steps - 1
+            adversarial_loss, adversarial_grads, embedding_grad = self._perturbed_pass(
+                model, x, y, sample_weight, perturbed, trainable if last else []
+            )
+
+        if update_from_clean:
+            grads = [add_gradients(c, a) for c, a in zip(clean_grads, adversarial_grads)]
+        else:
+            grads = adversarial_grads
+        model.optimizer.apply_gradients(zip(grads, trainable))
+
+        _track_loss(self.adversarial_loss, adversarial_loss, x)
+        logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = dict(logs)
+        logs["adversarial_loss"] = self.adversarial_loss.result()
+        return logs
+
+    def _reset_with(self, loss_tracker):
+        # Keras resets its metrics at the start of every epoch; a count of 0
+        # says this is the first step since, so the running mean starts over.
+        fresh = tf.equal(loss_tracker.count, 0)
+        for variable in self.adversarial_loss.variables:
+            variable.assign(tf.where(fresh, tf.zeros_like(variable), variable))
+
+    def _clean_pass(self, model, x, y, sample_weight, sources):
+        """Returns (gradients of `sources`, embedding gradient, y_pred)."""
+        embedding = self.embedding.value
+        # Without weight gradients to compute, record only what depends on E.
+        with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
+            tape.watch(embedding)
+            y_pred = model(x, training=True)
+            loss = _compute_loss(model, x, y, y_pred, sample_weight)
+            _track_loss(_loss_tracker(model), loss, x)
+            loss = model.optimizer.scale_loss(loss)
+        position = self._position(sources)
+        targets = list(sources) if position is not None else list(sources) + [embedding]
+        grads = tape.gradient(loss, targets)
+        embedding_grad = grads[position if position is not None else -1]
+        if embedding_grad is None:
+            raise ValueError(
+                f"The loss does not depend on the embedding "
+                f"'{self.embedding.path}', so it cannot be perturbed. Name the "
+                f"embedding layer that the model's inputs go through."
+            )
+        return grads[: len(sources)], embedding_grad, y_pred
+
+    def _perturbed_pass(self, model, x, y, sample_weight, perturbed, sources):
+        """Runs the model with `perturbed` in place of the embedding value.
+
+        Returns (loss, gradients of `sources`, gradient w.r.t. `perturbed`).
+        """
+        with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
+            tape.watch(perturbed)
+            with keras.StatelessScope(
+                state_mapping=[(self.embedding, perturbed)], collect_losses=True
+            ) as scope:
+                y_pred = model(x, training=True)
+                # Inside the scope: regularizers see E + r, and the updates
+                # that `compute_loss` makes to loss-tracking metrics are dropped.
+                loss = _compute_loss(model, x, y, y_pred, sample_weight)
+            scaled_loss = model.optimizer.scale_loss(loss)
+        self._keep_state_updates(model, scope)
+        position = self._position(sources)
+        targets = [perturbed if v is self.embedding else v for v in sources]
+        if position is None:
+            targets.append(perturbed)
+        grads = tape.gradient(scaled_loss, targets)
+        embedding_grad = grads[position if position is not None else -1]
+        return loss, grads[: len(sources)], embedding_grad
+
+    def _keep_state_updates(self, model, scope):
+        for variable in model.non_trainable_variables:
+            if variable is self.embedding:
+                continue
+            value = scope.get_current_value(variable)
+            if value is not None:
+                variable.assign(value)
+
+    def _position(self, sources):
+        for i, variable in enumerate(sources):
+            if variable is self.embedding:
+                return i
+        return None
+
+
+def is_compiled(model):
+    return bool(getattr(model, "compiled", False)) and model.optimizer is not None
+
+
+def _installed_step(model):
+    step = model.__dict__.get("train_step")
+    if isinstance(step, types.MethodType) and isinstance(step.__func__, AdversarialTrainStep):
+        return step.__func__
+    return None
+
+
+def is_installed(model):
+    return _installed_step(model) is not None
+
+
+def install(model, embedding, method, objective):
+    """Replaces the model's `train_step` with an adversarial one."""
+    if not is_installed(model) and type(model).train_step is not keras.Model.train_step:
+        raise TypeError(
+            f"{type(model).__name__} overrides `train_step`, which "
+            f"`adversarial_training` would replace. Perturb the embedding inside "
+            f"your own step with `keras_adv.perturbed_embedding` instead."
+        )
+    model.train_step = types.MethodType(
+        AdversarialTrainStep(embedding, method, objective), model
+    )
+    # `fit` caches the traced train function; the next `fit` must retrace.
+    model.train_function = None
+
+
+def uninstall(model):
+    del model.train_step
+    model.train_function = None

@@ -1,0 +1,95 @@
+"""The rows of an embedding matrix that a batch touches, in TensorFlow.
+
+The gradient of a lookup comes back as `tf.IndexedSlices` with one row per
+token occurrence, duplicates not summed. The perturbation needs the gradient of
+the matrix, in which each token's row is the SUM of its occurrences, so the
+duplicates are summed before the norm. Everything keeps static shapes (a sort
+instead of `tf.unique`), so the step compiles under XLA; the N occurrence rows
+become N segments, the trailing ones empty (all zeros, at row 0), which changes
+neither a norm nor a sum.
+
+A gradient that comes back dense (an embedding also used as a dense matrix,
+e.g. a tied output projection) is handled as the whole matrix.
+"""
+
+import tensorflow as tf
+
+__all__ = ["TouchedRows", "add_gradients"]
+
+
+class TouchedRows:
+    """The embedding rows that a gradient touches, and how to reach them.
+
+    Built once from the first (clean) gradient of a step; every later pass of
+    the same step looks up the same tokens in the same order, so its gradient
+    maps onto the same segments.
+
+    Args:
+        gradient: The gradient w.r.t. the embedding matrix, a
+            `tf.IndexedSlices` or a dense `tf.Tensor`.
+    """
+
+    def __init__(self, gradient):
+        if not isinstance(gradient, tf.IndexedSlices):
+            self.ids = None  # Dense: every row.
+            return
+        indices = gradient.indices
+        occurrences = tf.shape(indices)[0]
+        order = tf.argsort(indices, stable=True)
+        sorted_ids = tf.gather(indices, order)
+        starts_new_token = tf.concat(
+            [tf.ones([1], tf.bool), sorted_ids[1:] != sorted_ids[:-1]], axis=0
+        )
+        segment_in_order = tf.cumsum(tf.cast(starts_new_token, tf.int32)) - 1
+        # The segment of each occurrence, in the gradient's own order.
+        self.segments = tf.scatter_nd(order[:, None], segment_in_order, [occurrences])
+        self.num_segments = occurrences
+        # Empty segments get the lowest int from the max; send them to row 0,
+        # where they add zeros.
+        self.ids = tf.maximum(
+            tf.math.unsorted_segment_max(indices, self.segments, occurrences),
+            tf.zeros([], indices.dtype),
+        )
+
+    @property
+    def is_dense(self):
+        return self.ids is None
+
+    def rows(self, gradient):
+        """Returns the gradient of the touched rows, duplicates summed.
+
+        Args:
+            gradient: A gradient of the same lookup structure as the one this
+                object was built from.
+
+        Returns:
+            A `[num_segments, d]` tensor, or the dense `[V, d]` gradient.
+        """
+        if self.is_dense:
+            return tf.convert_to_tensor(gradient)
+        return tf.math.unsorted_segment_sum(
+            gradient.values, self.segments, self.num_segments
+        )
+
+    def add_to(self, matrix, rows):
+        """Returns `matrix` with `rows` added to the touched rows (a new tensor)."""
+        if self.is_dense:
+            return matrix + tf.cast(rows, matrix.dtype)
+        return tf.tensor_scatter_nd_add(
+            matrix, self.ids[:, None], tf.cast(rows, matrix.dtype)
+        )
+
+
+def add_gradients(a, b):
+    """Adds two gradients, keeping `tf.IndexedSlices` sparse when both are."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            values=tf.concat([a.values, b.values], axis=0),
+            indices=tf.concat([a.indices, tf.cast(b.indices, a.indices.dtype)], axis=0),
+            dense_shape=a.dense_shape,
+        )
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)

@@ -1,0 +1,102 @@
+"""The one-line API: turn adversarial training on or off for a compiled model."""
+
+from keras_adv import _stacks
+from keras_adv.embedding import find_embedding
+from keras_adv.methods import get_method
+
+__all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
+
+OBJECTIVES = ("sum", "adversarial")
+
+
+def adversarial_training(
+    model,
+    embedding_name,
+    epsilon=1.0,
+    *,
+    method="fgm",
+    steps=3,
+    alpha=0.3,
+    objective="sum",
+):
+    """Makes `model.fit` train adversarially in the space of one embedding matrix.
+
+    Each training step computes the gradient `g` of the loss w.r.t. the
+    embedding matrix `E`, builds a perturbation `r` of the rows the batch
+    uses (FGM: `r = epsilon * g / ||g||`; PGD: `steps` projected steps of
+    `alpha * g / ||g||` inside the `epsilon` ball), and updates the weights
+    from the gradients at `E` and `E + r` (`objective="sum"`) or at `E + r`
+    only (`objective="adversarial"`, the original Keras recipe). `E` itself
+    is never left perturbed: after a step it holds exactly what the optimizer
+    update gives.
+
+    The model keeps its class and gains no variables; saving and export work
+    as for plain training. The History gains an `adversarial_loss` entry next
+    to the clean `loss`. Calling this again replaces the earlier setting; it
+    works before or after an earlier `fit` and survives a later `compile()`.
+
+    Args:
+        model: A compiled Keras model.
+        embedding_name: Name of the embedding layer (searched through nested
+            models and layers) or path of the embedding variable.
+        epsilon: Positive float, the L2 norm (FGM) or radius (PGD) of the
+            perturbation over the whole batch.
+        method: `"fgm"` or `"pgd"`.
+        steps: PGD's number of steps K (ignored by FGM).
+        alpha: PGD's step length (ignored by FGM).
+        objective: `"sum"` (clean + adversarial gradients, the default) or
+            `"adversarial"` (adversarial gradient only).
+
+    Returns:
+        `model`, for chaining.
+
+    Raises:
+        ValueError: For a bad `epsilon`, `steps`, `alpha`, `method` or
+            `objective`, a model that is not compiled, or an embedding name
+            that matches nothing or several embeddings.
+        TypeError: For an argument of the wrong type, or a name that matches
+            a layer without an embedding matrix.
+        NotImplementedError: For a training stack not supported yet.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    keras_adv.adversarial_training(model, "embedding", epsilon=0.5)
+    model.fit(x, y, epochs=3)
+    ```
+    """
+    stack = _stacks.stack_for(model)
+    adversary = get_method(method, epsilon=epsilon, steps=steps, alpha=alpha)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {objective!r}. Expected one of {OBJECTIVES}.")
+    if not stack.is_compiled(model):
+        raise ValueError(
+            f"Model '{model.name}' is not compiled. Call `model.compile(...)` "
+            f"first, then `adversarial_training`."
+        )
+    embedding = find_embedding(model, embedding_name)
+    stack.install(model, embedding, adversary, objective)
+    return model
+
+
+def remove_adversarial_training(model):
+    """Makes `model.fit` train plainly again.
+
+    Args:
+        model: A model given to `adversarial_training` before.
+
+    Returns:
+        `model`.
+
+    Raises:
+        ValueError: If adversarial training is not on for `model`.
+    """
+    stack = _stacks.stack_for(model)
+    if not stack.is_installed(model):
+        raise ValueError(
+            f"Adversarial training is not on for model '{model.name}'; "
+            f"there is nothing to remove."
+        )
+    stack.uninstall(model)
+    return model

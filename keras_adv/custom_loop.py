@@ -1,0 +1,84 @@
+"""Embedding perturbation for custom training loops (TensorFlow).
+
+The attack/restore pattern of the PyTorch recipes, as a context manager:
+inside the `with` block the embedding rows that the gradient touches hold
+`E + r`; on leaving it, also through an exception, they hold `E` again, bit
+for bit (restored from a copy of the touched rows, never by subtracting `r`).
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+from keras_adv._stacks.tf_rows import TouchedRows
+from keras_adv.embedding import find_embedding
+from keras_adv.methods import FGM
+
+__all__ = ["perturbed_embedding"]
+
+
+def _tf_variable(variable):
+    # A Keras 3 variable wraps the tf.Variable that scatter ops need.
+    return getattr(variable, "value", variable) if not isinstance(variable, tf.Variable) else variable
+
+
+@contextlib.contextmanager
+def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=None):
+    """Perturbs an embedding matrix inside a `with` block, then restores it.
+
+    Adds `r = epsilon * g / ||g||_2` (or `method.ascend(None, g)`) to the
+    rows of the embedding that `gradient` touches. Use it between the clean
+    backward pass and the adversarial one of a custom `tf.GradientTape` loop.
+
+    Args:
+        model: A Keras 3 (TensorFlow backend) or tf-keras model.
+        embedding_name: Embedding layer name or variable path, as in
+            `adversarial_training`.
+        gradient: The gradient of the clean loss w.r.t. that embedding matrix,
+            as returned by `tape.gradient` (`tf.IndexedSlices` or dense).
+        epsilon: Positive float, the L2 norm of the perturbation.
+        method: Optional `keras_adv.FGM`/`keras_adv.PGD` to build the step
+            instead (its `ascend(None, g)`); overrides `epsilon`.
+
+    Yields:
+        The perturbation rows that were added.
+
+    Example:
+
+    ```python
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    embedding_grad = grads[index_of_embedding]
+    with keras_adv.perturbed_embedding(model, "embedding", embedding_grad, 0.5):
+        with tf.GradientTape() as tape:
+            adversarial_loss = loss_fn(y, model(x, training=True))
+        adversarial_grads = tape.gradient(adversarial_loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(
+        [g + a for g, a in zip(grads, adversarial_grads)], model.trainable_variables))
+    ```
+    """
+    adversary = method if method is not None else FGM(epsilon=epsilon)
+    variable = _tf_variable(find_embedding(model, embedding_name))
+    if gradient is None:
+        raise ValueError(
+            f"`gradient` is None: the loss does not depend on embedding "
+            f"'{embedding_name}'."
+        )
+    touched = TouchedRows(gradient)
+    perturbation = adversary.ascend(None, touched.rows(gradient))
+    if touched.is_dense:
+        backup = tf.identity(variable.read_value())
+        variable.assign_add(tf.cast(perturbation, variable.dtype))
+    else:
+        backup = tf.gather(variable, touched.ids)
+        variable.scatter_add(
+            tf.IndexedSlices(tf.cast(perturbation, variable.dtype), touched.ids)
+        )
+    try:
+        yield perturbation
+    finally:
+        if touched.is_dense:
+            variable.assign(backup)
+        else:
+            variable.scatter_update(tf.IndexedSlices(backup, touched.ids))

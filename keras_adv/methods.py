@@ -1,0 +1,168 @@
+"""The adversarial methods as small immutable objects holding pure math.
+
+Each method turns the gradient of the loss with respect to the embedding rows
+into a perturbation of those rows. A training stack calls `ascend` once per
+gradient evaluation, `method.steps` times in all; the stack decides where the
+gradients come from and where the perturbation is applied.
+
+The math uses `keras.ops`, so the same objects serve every training stack.
+"""
+
+import dataclasses
+import math
+import numbers
+
+from keras import ops
+
+__all__ = ["FGM", "PGD", "l2_normalize", "project_to_ball", "get_method"]
+
+
+def l2_normalize(gradient):
+    """Returns `gradient / ||gradient||_2`, or zeros when the norm is 0 or not finite.
+
+    The norm is one L2 norm over the whole tensor (the whole batch), as in
+    Miyato et al. (2017). A zero or non-finite norm gives no direction, and the
+    step then trains on the clean batch instead of on NaNs.
+
+    Args:
+        gradient: A tensor, the gradient of the loss w.r.t. embedding rows.
+
+    Returns:
+        A tensor of the same shape and dtype.
+    """
+    norm = ops.sqrt(ops.sum(ops.square(gradient)))
+    usable = ops.logical_and(ops.isfinite(norm), ops.greater(norm, 0))
+    safe_norm = ops.where(usable, norm, ops.ones_like(norm))
+    return ops.where(usable, gradient / safe_norm, ops.zeros_like(gradient))
+
+
+def project_to_ball(perturbation, radius):
+    """Scales `perturbation` back onto the L2 ball of `radius` if it lies outside.
+
+    Args:
+        perturbation: A tensor.
+        radius: A positive float.
+
+    Returns:
+        `perturbation` if its L2 norm is at most `radius`, else
+        `perturbation * radius / norm`.
+    """
+    norm = ops.sqrt(ops.sum(ops.square(perturbation)))
+    outside = ops.greater(norm, radius)
+    safe_norm = ops.where(outside, norm, ops.ones_like(norm))
+    return ops.where(outside, perturbation * (radius / safe_norm), perturbation)
+
+
+def _check_positive_finite(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a positive float, got {value!r} "
+            f"({type(value).__name__})."
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite float, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class FGM:
+    """Fast Gradient Method: one step of length `epsilon` along the gradient.
+
+    `r = epsilon * g / ||g||_2` (Goodfellow et al. 2015; Miyato et al. 2017).
+
+    Args:
+        epsilon: Positive float, the L2 norm of the perturbation.
+    """
+
+    epsilon: float = 1.0
+
+    def __post_init__(self):
+        _check_positive_finite("epsilon", self.epsilon)
+
+    @property
+    def steps(self):
+        """Number of gradient evaluations that build the perturbation."""
+        return 1
+
+    def ascend(self, perturbation, gradient):
+        """Returns the perturbation after one ascent step.
+
+        Args:
+            perturbation: The current perturbation, or `None` before the
+                first step (FGM ignores it: it takes a single step from 0).
+            gradient: Gradient of the loss at the current perturbation.
+        """
+        del perturbation
+        return self.epsilon * l2_normalize(gradient)
+
+
+@dataclasses.dataclass(frozen=True)
+class PGD:
+    """Projected Gradient Descent (ascent) on the loss, in an L2 ball.
+
+    `r_0 = 0`, `r_t = project(r_{t-1} + alpha * g_t / ||g_t||, epsilon)`
+    (Madry et al. 2018; the NLP recipe), where `g_t` is the gradient at the
+    embedding perturbed by `r_{t-1}`.
+
+    Args:
+        epsilon: Positive float, the radius of the ball around the original
+            embedding.
+        alpha: Positive float, the length of each step.
+        steps: Positive int, the number of steps K.
+    """
+
+    epsilon: float = 1.0
+    alpha: float = 0.3
+    steps: int = 3
+
+    def __post_init__(self):
+        _check_positive_finite("epsilon", self.epsilon)
+        _check_positive_finite("alpha", self.alpha)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
+            raise TypeError(
+                f"`steps` must be a positive int, got {self.steps!r} "
+                f"({type(self.steps).__name__})."
+            )
+        if self.steps < 1:
+            raise ValueError(f"`steps` must be at least 1, got {self.steps}.")
+
+    def ascend(self, perturbation, gradient):
+        """Returns the perturbation after one projected ascent step.
+
+        Args:
+            perturbation: The current perturbation, or `None` for `r_0 = 0`.
+            gradient: Gradient of the loss at the current perturbation.
+        """
+        step = self.alpha * l2_normalize(gradient)
+        if perturbation is not None:
+            step = perturbation + step
+        return project_to_ball(step, self.epsilon)
+
+
+_METHODS = {"fgm": FGM, "pgd": PGD}
+
+
+def get_method(method, *, epsilon, steps, alpha):
+    """Builds the method object named by `method`.
+
+    Args:
+        method: `"fgm"` or `"pgd"` (case-insensitive), or an `FGM`/`PGD`
+            instance, returned as is.
+        epsilon, steps, alpha: The method's parameters (`steps` and `alpha`
+            are used by PGD only).
+
+    Returns:
+        An `FGM` or `PGD` instance.
+
+    Raises:
+        ValueError: For an unknown method name or a bad parameter.
+        TypeError: For a parameter of the wrong type.
+    """
+    if isinstance(method, (FGM, PGD)):
+        return method
+    if not isinstance(method, str) or method.lower() not in _METHODS:
+        raise ValueError(
+            f"Unknown method {method!r}. Expected one of {sorted(_METHODS)}."
+        )
+    if method.lower() == "fgm":
+        return FGM(epsilon=epsilon)
+    return PGD(epsilon=epsilon, alpha=alpha, steps=steps)
