@@ -1,0 +1,29 @@
+# The two quick-start commands (`make demo`, `make test`) create .venv from the
+# pinned requirements the first time, and again whenever a requirements file changes.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test test-keras3 test-tf-keras benchmark
+
+$(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(INSTALLED)
+
+# The main job: train plainly and with each adversarial method, print the table.
+demo: $(INSTALLED)
+	$(PYTHON) examples/keras3_text_classifier.py
+
+# The whole suite. The tf-keras/bert4keras tests need environment flags set
+# before TensorFlow loads, so they run in a process of their own.
+test: test-keras3 test-tf-keras
+
+test-keras3: $(INSTALLED)
+	$(PYTHON) -m pytest tests/keras3 tests/test_methods.py
+
+test-tf-keras: $(INSTALLED)
+	@if [ -d tests/tf_keras ]; then TF_KERAS=1 TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest tests/tf_keras; fi

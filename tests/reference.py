@@ -1,0 +1,86 @@
+"""A hand-written numpy reference of adversarial training on a linear text model.
+
+The model: `logits = mean_t(E[x_t]) @ W + b`, softmax cross-entropy averaged
+over the batch, plain SGD. Its gradients are written out by hand, so the
+expected weights after one step do not depend on TensorFlow or on keras_adv.
+Everything is float64.
+"""
+
+import numpy as np
+
+
+def forward(params, x, y, sample_weight=None):
+    """Returns (loss, probabilities, pooled embeddings)."""
+    E, W, b = params
+    pooled = E[x].mean(axis=1)
+    logits = pooled @ W + b
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    per_sample = -np.log(probs[np.arange(len(y)), y])
+    if sample_weight is not None:
+        per_sample = per_sample * sample_weight
+    return per_sample.mean(), probs, pooled
+
+
+def gradients(params, x, y, sample_weight=None):
+    """Returns (loss, [dE, dW, db]) by hand."""
+    E, W, b = params
+    batch, length = x.shape
+    loss, probs, pooled = forward(params, x, y, sample_weight)
+    dlogits = probs.copy()
+    dlogits[np.arange(batch), y] -= 1.0
+    dlogits /= batch
+    if sample_weight is not None:
+        dlogits *= sample_weight[:, None]
+    dW = pooled.T @ dlogits
+    db = dlogits.sum(axis=0)
+    dpooled = dlogits @ W.T
+    dE = np.zeros_like(E)
+    for i in range(batch):
+        for t in range(length):
+            dE[x[i, t]] += dpooled[i] / length
+    return loss, [dE, dW, db]
+
+
+def l2_normalize(g):
+    norm = np.sqrt(np.sum(g**2))
+    return g / norm if np.isfinite(norm) and norm > 0 else np.zeros_like(g)
+
+
+def project(r, radius):
+    norm = np.sqrt(np.sum(r**2))
+    return r * (radius / norm) if norm > radius else r
+
+
+def perturbation(params, x, y, method, epsilon, alpha=None, steps=1, sample_weight=None):
+    """The final perturbation r of the embedding matrix (FGM or PGD)."""
+    E, W, b = params
+    r = np.zeros_like(E)
+    for _ in range(1 if method == "fgm" else steps):
+        _, (g, _, _) = gradients([E + r, W, b], x, y, sample_weight)
+        if method == "fgm":
+            r = epsilon * l2_normalize(g)
+        else:
+            r = project(r + alpha * l2_normalize(g), epsilon)
+    return r
+
+
+def adversarial_sgd_step(
+    params, x, y, lr, method, epsilon, objective, alpha=None, steps=1, sample_weight=None
+):
+    """One adversarial SGD step. Returns (new params, clean loss, adversarial loss)."""
+    E, W, b = params
+    clean_loss, clean_grads = gradients(params, x, y, sample_weight)
+    r = perturbation(params, x, y, method, epsilon, alpha, steps, sample_weight)
+    adversarial_loss, adversarial_grads = gradients([E + r, W, b], x, y, sample_weight)
+    if objective == "sum":
+        update = [c + a for c, a in zip(clean_grads, adversarial_grads)]
+    else:
+        update = adversarial_grads
+    new_params = [p - lr * g for p, g in zip(params, update)]
+    return new_params, clean_loss, adversarial_loss
+
+
+def plain_sgd_step(params, x, y, lr, sample_weight=None):
+    loss, grads = gradients(params, x, y, sample_weight)
+    return [p - lr * g for p, g in zip(params, grads)], loss

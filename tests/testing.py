@@ -1,0 +1,37 @@
+"""Shared test base (keras-rs style): a clean session per test, numeric asserts."""
+
+import numpy as np
+
+
+def to_numpy(x):
+    if hasattr(x, "numpy"):
+        return x.numpy()
+    return np.asarray(x)
+
+
+class TestCase:
+    """Base class for keras_adv tests: each test starts from a clean Keras session."""
+
+    seed = 0
+
+    def setup_method(self, method):
+        import keras
+
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(self.seed)
+
+    def assertAllClose(self, actual, expected, rtol=1e-6, atol=1e-6, msg=""):
+        np.testing.assert_allclose(
+            to_numpy(actual), to_numpy(expected), rtol=rtol, atol=atol, err_msg=msg
+        )
+
+    def assertBitEqual(self, actual, expected, msg=""):
+        """Asserts two float arrays are identical bit for bit (-0.0 != 0.0)."""
+        actual, expected = to_numpy(actual), to_numpy(expected)
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, msg
+        assert actual.tobytes() == expected.tobytes(), msg or "arrays differ in bits"
+
+    def assertWeightsBitEqual(self, actual_list, expected_list):
+        assert len(actual_list) == len(expected_list)
+        for actual, expected in zip(actual_list, expected_list):
+            self.assertBitEqual(actual, expected)
