@@ -9,10 +9,22 @@ matched by their path (Keras 3) or name (tf-keras, with or without `:0`).
 __all__ = ["find_embedding", "embedding_candidates"]
 
 
-def _all_layers(model):
+def _walk_layers(layer, prefix=""):
+    """Yields `(qualified_name, layer)` for every layer below `layer`.
+
+    The qualified name joins the names of the enclosing layers ("right/emb"),
+    so that two nested models with an "emb" layer each can be told apart.
+    """
     # `_flatten_layers` is the one traversal that reaches layers tracked inside
     # other layers as well as nested models, on Keras 3 and tf-keras alike.
-    return list(model._flatten_layers(include_self=False, recursive=True))
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        qualified = f"{prefix}/{child.name}" if prefix else child.name
+        yield qualified, child
+        yield from _walk_layers(child, qualified)
+
+
+def _short_name(variable):
+    return variable.name.split("/")[-1].split(":")[0]
 
 
 def _variable_names(variable):
@@ -29,25 +41,29 @@ def _display_name(variable):
 
 def _embedding_matrix(layer):
     matrix = getattr(layer, "embeddings", None)
-    if matrix is None or len(matrix.shape) != 2:
+    if matrix is None or len(getattr(matrix, "shape", ())) != 2:
         return None
     return matrix
 
 
-def embedding_candidates(model):
-    """Lists the embedding layers of `model` as `"layer_name (Class, V x d)"`."""
-    candidates = []
-    seen = set()
-    for layer in _all_layers(model):
+def _embedding_layers(model):
+    """`[(qualified_name, layer, matrix)]`, one entry per distinct matrix."""
+    found, seen = [], set()
+    for qualified, layer in _walk_layers(model):
         matrix = _embedding_matrix(layer)
         if matrix is not None and id(matrix) not in seen:
             seen.add(id(matrix))
-            vocab, dim = matrix.shape
-            candidates.append(
-                f"'{layer.name}' ({type(layer).__name__}, {vocab} x {dim}, "
-                f"variable '{_display_name(matrix)}')"
-            )
-    return candidates
+            found.append((qualified, layer, matrix))
+    return found
+
+
+def embedding_candidates(model):
+    """Lists the embedding layers of `model` as `"'name' (Class, V x d, variable 'path')"`."""
+    return [
+        f"'{qualified}' ({type(layer).__name__}, {matrix.shape[0]} x {matrix.shape[1]}, "
+        f"variable '{qualified}/{_short_name(matrix)}')"
+        for qualified, layer, matrix in _embedding_layers(model)
+    ]
 
 
 def _describe_candidates(model):
@@ -63,8 +79,9 @@ def find_embedding(model, name):
     Args:
         model: A Keras 3 or tf-keras model.
         name: The name of an embedding layer, searched through nested models
-            and layers, or the path/name of an embedding variable
-            (e.g. `"token_embedding/embeddings"` or
+            and layers, optionally qualified by the enclosing layers
+            (`"backbone/token_embedding"`); or the path/name of an embedding
+            variable (`"token_embedding/embeddings"`,
             `"Embedding-Token/embeddings:0"`).
 
     Returns:
@@ -81,10 +98,10 @@ def find_embedding(model, name):
             f"`embedding_name` must be a non-empty string naming an embedding "
             f"layer or variable, got {name!r}. {_describe_candidates(model)}"
         )
-    layers = [layer for layer in _all_layers(model) if layer.name == name]
+    layers = [(q, layer) for q, layer in _walk_layers(model) if name in (layer.name, q)]
     if layers:
         matrices = {}
-        for layer in layers:
+        for qualified, layer in layers:
             matrix = _embedding_matrix(layer)
             if matrix is None:
                 raise TypeError(
@@ -92,17 +109,20 @@ def find_embedding(model, name):
                     f"matrix (a 2-D `embeddings` variable) to perturb. "
                     f"{_describe_candidates(model)}"
                 )
-            matrices[id(matrix)] = matrix
+            matrices.setdefault(id(matrix), (qualified, matrix))
         if len(matrices) > 1:
             raise ValueError(
                 f"Embedding name '{name}' is ambiguous: it matches "
                 f"{len(matrices)} layers with different matrices: "
-                + ", ".join(f"'{_display_name(m)}'" for m in matrices.values())
-                + ". Pass the variable path of the one to perturb instead."
+                + ", ".join(f"'{q}'" for q, _ in matrices.values())
+                + ". Pass the qualified name of the one to perturb."
             )
-        return next(iter(matrices.values()))
+        return next(iter(matrices.values()))[1]
 
     variables = {id(v): v for v in model.weights if name in _variable_names(v)}
+    for qualified, _, matrix in _embedding_layers(model):
+        if name == f"{qualified}/{_short_name(matrix)}":
+            variables[id(matrix)] = matrix
     if len(variables) > 1:
         raise ValueError(
             f"Embedding name '{name}' is ambiguous: it matches the variables "

@@ -1,0 +1,226 @@
+"""The public API: its options, its errors, and its life cycle on a model."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_adv
+from tests import reference
+from tests.models import batch, compile_sgd, linear_text_model, params_of
+from tests.testing import TestCase
+
+
+def _fit_one_step(model):
+    x, y = batch()
+    return model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+
+
+class TestBadInput(TestCase):
+    def setup_method(self, method):
+        super().setup_method(method)
+        self.model = compile_sgd(linear_text_model())
+
+    @pytest.mark.parametrize(
+        "kwargs,error,words",
+        [
+            (dict(epsilon=0.0), ValueError, "epsilon"),
+            (dict(epsilon=-1.0), ValueError, "epsilon"),
+            (dict(epsilon=float("nan")), ValueError, "epsilon"),
+            (dict(epsilon=float("inf")), ValueError, "epsilon"),
+            (dict(epsilon="0.5"), TypeError, "epsilon"),
+            (dict(epsilon=True), TypeError, "epsilon"),
+            (dict(method="pgd", steps=0), ValueError, "steps"),
+            (dict(method="pgd", steps=2.5), TypeError, "steps"),
+            (dict(method="pgd", alpha=0.0), ValueError, "alpha"),
+            (dict(method="pgd", alpha=-0.1), ValueError, "alpha"),
+            (dict(method="fgsm"), ValueError, "'fgm', 'pgd'"),
+            (dict(objective="clean"), ValueError, "'sum', 'adversarial'"),
+        ],
+    )
+    def test_bad_option(self, kwargs, error, words):
+        with pytest.raises(error, match=words):
+            keras_adv.adversarial_training(self.model, "emb", **kwargs)
+        assert not keras_adv.api._stacks.stack_for(self.model).is_installed(self.model)
+
+    def test_model_not_compiled(self):
+        with pytest.raises(ValueError, match="not compiled.*compile"):
+            keras_adv.adversarial_training(linear_text_model(), "emb")
+
+    def test_not_a_model(self):
+        with pytest.raises(TypeError, match="Keras model"):
+            keras_adv.adversarial_training(object(), "emb")
+
+    def test_unknown_name_lists_the_embedding_layers(self):
+        with pytest.raises(ValueError, match=r"No layer or variable named 'embedding'.*'emb' \(Embedding, 20 x 4"):
+            keras_adv.adversarial_training(self.model, "embedding")
+
+    def test_layer_without_embedding_matrix(self):
+        with pytest.raises(TypeError, match=r"'dense' \(Dense\) has no embedding matrix.*'emb'"):
+            keras_adv.adversarial_training(self.model, "dense")
+
+    def test_variable_that_is_not_a_matrix(self):
+        with pytest.raises(TypeError, match=r"'dense/bias' has shape \(3,\)"):
+            keras_adv.adversarial_training(self.model, "dense/bias")
+
+    def test_name_of_wrong_type(self):
+        with pytest.raises(TypeError, match="non-empty string"):
+            keras_adv.adversarial_training(self.model, 3)
+
+    def test_ambiguous_name_lists_the_matches(self):
+        def branch(name):
+            tokens = keras.Input((5,), dtype="int32")
+            h = keras.layers.Embedding(20, 4, name="emb")(tokens)
+            return keras.Model(tokens, keras.layers.GlobalAveragePooling1D()(h), name=name)
+
+        tokens = keras.Input((5,), dtype="int32")
+        merged = keras.layers.Concatenate()([branch("left")(tokens), branch("right")(tokens)])
+        model = compile_sgd(keras.Model(tokens, keras.layers.Dense(3)(merged)))
+        with pytest.raises(ValueError, match="ambiguous.*'left/emb', 'right/emb'"):
+            keras_adv.adversarial_training(model, "emb")
+        # The qualified names pick one.
+        right = model.get_layer("right").get_layer("emb").embeddings
+        assert keras_adv.find_embedding(model, "right/emb") is right
+        assert keras_adv.find_embedding(model, "right/emb/embeddings") is right
+        keras_adv.adversarial_training(model, "right/emb")
+
+    def test_custom_train_step_is_not_silently_replaced(self):
+        class CustomStep(keras.Model):
+            def train_step(self, data):
+                return super().train_step(data)
+
+        tokens = keras.Input((5,), dtype="int32")
+        h = keras.layers.Embedding(20, 4, name="emb")(tokens)
+        model = CustomStep(tokens, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+        compile_sgd(model)
+        with pytest.raises(TypeError, match="overrides `train_step`.*perturbed_embedding"):
+            keras_adv.adversarial_training(model, "emb")
+
+    def test_embedding_the_loss_does_not_use(self):
+        tokens = keras.Input((5,), dtype="int32")
+        used = keras.layers.Embedding(20, 4, name="used")(tokens)
+        unused = keras.layers.Embedding(20, 4, name="unused")(tokens)
+        main = keras.layers.Dense(3, name="main")(keras.layers.Flatten()(used))
+        aux = keras.layers.Dense(3, name="aux")(keras.layers.Flatten()(unused))
+        model = keras.Model(tokens, {"main": main, "aux": aux})
+        model.compile(optimizer="sgd", loss={"main": "mse", "aux": None})
+        keras_adv.adversarial_training(model, "unused")
+        x, _ = batch()
+        with pytest.raises(ValueError, match="does not depend on the embedding 'unused/embeddings'"):
+            model.fit(x, {"main": np.zeros((8, 3)), "aux": np.zeros((8, 3))}, verbose=0)
+
+    def test_remove_when_not_on(self):
+        with pytest.raises(ValueError, match="not on"):
+            keras_adv.remove_adversarial_training(self.model)
+
+    @pytest.mark.parametrize("backend", ["jax", "numpy"])
+    def test_unsupported_backend_names_what_is_supported(self, backend):
+        script = textwrap.dedent(
+            """
+            import keras, keras_adv
+            tokens = keras.Input((5,), dtype="int32")
+            h = keras.layers.Embedding(20, 4, name="emb")(tokens)
+            model = keras.Model(tokens, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+            model.compile(optimizer="sgd", loss="mse")
+            try:
+                keras_adv.adversarial_training(model, "emb")
+            except NotImplementedError as error:
+                print("NotImplementedError:", error)
+            """
+        )
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        assert f"NotImplementedError: keras_adv does not support the Keras 3 '{backend}' backend" in out
+        assert "Keras 3 with the TensorFlow backend" in out
+
+
+class TestLifeCycle(TestCase):
+    def _expected_after_one_fgm_step(self, model, epsilon, objective="sum"):
+        x, y = batch()
+        expected, _, _ = reference.adversarial_sgd_step(
+            params_of(model), x, y, 0.1, "fgm", epsilon, objective
+        )
+        return expected
+
+    def _assert_params(self, model, expected):
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_returns_the_model(self):
+        model = compile_sgd(linear_text_model())
+        assert keras_adv.adversarial_training(model, "emb") is model
+        assert keras_adv.remove_adversarial_training(model) is model
+
+    def test_a_second_call_replaces_the_first(self):
+        model = compile_sgd(linear_text_model())
+        keras_adv.adversarial_training(model, "emb", 5.0, method="pgd")
+        keras_adv.adversarial_training(model, "emb", 0.3, objective="adversarial")
+        expected = self._expected_after_one_fgm_step(model, 0.3, "adversarial")
+        _fit_one_step(model)
+        self._assert_params(model, expected)
+
+    def test_takes_effect_after_an_earlier_fit(self):
+        model = compile_sgd(linear_text_model())
+        _fit_one_step(model)  # Caches a plain train function.
+        keras_adv.adversarial_training(model, "emb", 0.7)
+        expected = self._expected_after_one_fgm_step(model, 0.7)
+        history = _fit_one_step(model)
+        assert "adversarial_loss" in history.history
+        self._assert_params(model, expected)
+
+    def test_survives_a_later_compile(self):
+        model = compile_sgd(linear_text_model())
+        keras_adv.adversarial_training(model, "emb", 0.7)
+        compile_sgd(model)
+        expected = self._expected_after_one_fgm_step(model, 0.7)
+        _fit_one_step(model)
+        self._assert_params(model, expected)
+
+    def test_remove_makes_training_plain_again(self):
+        model = compile_sgd(linear_text_model())
+        keras_adv.adversarial_training(model, "emb", 0.7)
+        _fit_one_step(model)
+        keras_adv.remove_adversarial_training(model)
+        x, y = batch()
+        expected, _ = reference.plain_sgd_step(params_of(model), x, y, 0.1)
+        history = _fit_one_step(model)
+        assert "adversarial_loss" not in history.history
+        self._assert_params(model, expected)
+
+    def test_embedding_by_variable_path_is_the_same_as_by_layer(self):
+        model = compile_sgd(linear_text_model())
+        keras_adv.adversarial_training(model, "emb/embeddings", 0.7)
+        expected = self._expected_after_one_fgm_step(model, 0.7)
+        _fit_one_step(model)
+        self._assert_params(model, expected)
+
+    def test_embedding_inside_a_nested_model(self):
+        inner = linear_text_model()
+        tokens = keras.Input((5,), dtype="int32")
+        model = compile_sgd(keras.Model(tokens, inner(tokens)))
+        assert keras_adv.find_embedding(model, "emb") is inner.get_layer("emb").embeddings
+        keras_adv.adversarial_training(model, "emb", 0.7)
+        expected = self._expected_after_one_fgm_step(inner, 0.7)
+        _fit_one_step(model)
+        self._assert_params(inner, expected)
+
+    def test_frozen_embedding_is_perturbed_but_not_updated(self):
+        model = linear_text_model()
+        model.get_layer("emb").trainable = False
+        compile_sgd(model)
+        before = params_of(model)
+        x, y = batch()
+        expected, _, _ = reference.adversarial_sgd_step(before, x, y, 0.1, "fgm", 0.7, "sum")
+        keras_adv.adversarial_training(model, "emb", 0.7)
+        _fit_one_step(model)
+        after = params_of(model)
+        np.testing.assert_array_equal(after[0], before[0])
+        # The Dense weights moved by the clean + adversarial gradients.
+        for actual, want in zip(after[1:], expected[1:]):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)

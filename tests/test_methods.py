@@ -1,0 +1,71 @@
+"""The math objects against a hand-written numpy reference."""
+
+import math
+
+import numpy as np
+import pytest
+
+from keras_adv import FGM, PGD, l2_normalize, project_to_ball
+from keras_adv.methods import get_method
+from tests import reference
+from tests.testing import TestCase
+
+
+class TestMath(TestCase):
+    def test_l2_normalize_matches_numpy(self):
+        g = np.random.RandomState(0).normal(size=(7, 3)).astype("float32")
+        self.assertAllClose(l2_normalize(g), reference.l2_normalize(g.astype("float64")))
+        self.assertAllClose(np.sqrt(np.sum(np.square(l2_normalize(g)))), 1.0)
+
+    @pytest.mark.parametrize("bad", [0.0, np.inf, np.nan])
+    def test_l2_normalize_gives_zeros_without_a_usable_norm(self, bad):
+        g = np.zeros((4, 2), "float32")
+        g[1, 1] = bad
+        out = np.asarray(l2_normalize(g))
+        self.assertBitEqual(out, np.zeros((4, 2), "float32"))
+
+    def test_project_to_ball(self):
+        r = np.array([[3.0, 4.0]], "float32")  # norm 5
+        self.assertAllClose(project_to_ball(r, 1.0), [[0.6, 0.8]])
+        self.assertAllClose(project_to_ball(r, 5.0), r)
+        self.assertAllClose(project_to_ball(r, 10.0), r)
+
+    def test_fgm_step(self):
+        g = np.random.RandomState(1).normal(size=(5, 4)).astype("float32")
+        self.assertAllClose(FGM(0.3).ascend(None, g), 0.3 * reference.l2_normalize(g.astype("float64")))
+
+    def test_pgd_steps_match_numpy(self):
+        rng = np.random.RandomState(2)
+        method = PGD(epsilon=0.5, alpha=0.3, steps=3)
+        r, expected = None, np.zeros((5, 4))
+        for _ in range(method.steps):
+            g = rng.normal(size=(5, 4)).astype("float32")
+            r = method.ascend(r, g)
+            expected = reference.project(expected + 0.3 * reference.l2_normalize(g.astype("float64")), 0.5)
+        self.assertAllClose(r, expected)
+        self.assertAllClose(np.sqrt(np.sum(np.square(r))), 0.5, rtol=1e-6)
+
+    def test_objects_are_immutable(self):
+        with pytest.raises(AttributeError):
+            FGM(0.5).epsilon = 1.0
+
+    def test_get_method(self):
+        assert get_method("FGM", epsilon=0.5, steps=3, alpha=0.1) == FGM(0.5)
+        assert get_method("pgd", epsilon=0.5, steps=2, alpha=0.1) == PGD(0.5, 0.1, 2)
+        assert get_method(PGD(1.0), epsilon=9.0, steps=9, alpha=9.0) == PGD(1.0)
+
+    @pytest.mark.parametrize(
+        "make,error,words",
+        [
+            (lambda: FGM(0), ValueError, "epsilon"),
+            (lambda: FGM(math.nan), ValueError, "epsilon"),
+            (lambda: FGM(None), TypeError, "epsilon"),
+            (lambda: PGD(1.0, alpha=0), ValueError, "alpha"),
+            (lambda: PGD(1.0, steps=0), ValueError, "steps"),
+            (lambda: PGD(1.0, steps="3"), TypeError, "steps"),
+            (lambda: get_method(None, epsilon=1.0, steps=1, alpha=1.0), ValueError, "Unknown method"),
+        ],
+    )
+    def test_bad_parameters(self, make, error, words):
+        with pytest.raises(error, match=words):
+            make()
