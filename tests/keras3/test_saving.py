@@ -1,0 +1,53 @@
+"""A model trained adversarially saves, loads and exports like a plain one."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_adv
+from tests.models import batch, compile_sgd, linear_text_model
+from tests.testing import TestCase
+
+
+class TestSaveAndExport(TestCase):
+    def _trained(self):
+        model = compile_sgd(linear_text_model(), lr=0.3)
+        keras_adv.adversarial_training(model, "emb", 0.5, method="pgd")
+        model.fit(*batch(size=16), batch_size=4, epochs=2, verbose=0)
+        return model
+
+    def test_keras_file_round_trip(self, tmp_path):
+        model = self._trained()
+        path = str(tmp_path / "model.keras")
+        model.save(path)
+        restored = keras.models.load_model(path)
+        x, _ = batch(size=8, seed=7)
+        assert type(restored) is type(model)
+        assert [v.path for v in restored.weights] == [v.path for v in model.weights]
+        np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+        # A restored model trains plainly, like any freshly loaded model.
+        assert "train_step" not in vars(restored)
+        history = restored.fit(*batch(size=8), verbose=0)
+        assert "adversarial_loss" not in history.history
+
+    def test_saved_model_export_serves_the_same_predictions(self, tmp_path):
+        model = self._trained()
+        path = str(tmp_path / "export")
+        model.export(path)
+        served = tf.saved_model.load(path)
+        x, _ = batch(size=8, seed=7)
+        expected = model.predict(x, verbose=0)
+        np.testing.assert_array_equal(served.serve(tf.constant(x)).numpy(), expected)
+        signature = served.signatures["serving_default"]
+        (output,) = signature(tf.constant(x)).values()
+        np.testing.assert_array_equal(output.numpy(), expected)
+
+    def test_weights_file_round_trip_into_a_plain_model(self, tmp_path):
+        model = self._trained()
+        path = str(tmp_path / "model.weights.h5")
+        model.save_weights(path)
+        self.setup_method(None)
+        plain = linear_text_model()
+        plain.load_weights(path)
+        x, _ = batch(size=8, seed=7)
+        np.testing.assert_array_equal(plain.predict(x, verbose=0), model.predict(x, verbose=0))
