@@ -10,7 +10,7 @@ import contextlib
 
 import tensorflow as tf
 
-from keras_adv._stacks.tf_rows import TouchedRows
+from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows
 from keras_adv.embedding import find_embedding
 from keras_adv.methods import FGM
 
@@ -19,7 +19,7 @@ __all__ = ["perturbed_embedding"]
 
 def _tf_variable(variable):
     # A Keras 3 variable wraps the tf.Variable that scatter ops need.
-    return getattr(variable, "value", variable) if not isinstance(variable, tf.Variable) else variable
+    return variable if isinstance(variable, tf.Variable) else variable.value
 
 
 @contextlib.contextmanager
@@ -67,18 +67,9 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
         )
     touched = TouchedRows(gradient)
     perturbation = adversary.ascend(None, touched.rows(gradient))
-    if touched.is_dense:
-        backup = tf.identity(variable.read_value())
-        variable.assign_add(tf.cast(perturbation, variable.dtype))
-    else:
-        backup = tf.gather(variable, touched.ids)
-        variable.scatter_add(
-            tf.IndexedSlices(tf.cast(perturbation, variable.dtype), touched.ids)
-        )
+    rows = RowsInPlace(variable, touched)
+    rows.move(perturbation)
     try:
         yield perturbation
     finally:
-        if touched.is_dense:
-            variable.assign(backup)
-        else:
-            variable.scatter_update(tf.IndexedSlices(backup, touched.ids))
+        rows.restore()

@@ -5,16 +5,40 @@ into a perturbation of those rows. A training stack calls `ascend` once per
 gradient evaluation, `method.steps` times in all; the stack decides where the
 gradients come from and where the perturbation is applied.
 
-The math uses `keras.ops`, so the same objects serve every training stack.
+The math runs in the framework of the tensors it gets (TensorFlow, numpy, or
+`keras.ops` for the other Keras 3 backends), so the same objects serve every
+training stack, tf-keras included, without importing Keras 3 for it.
 """
 
 import dataclasses
 import math
 import numbers
+import types
 
-from keras import ops
+import numpy as np
 
 __all__ = ["FGM", "PGD", "l2_normalize", "project_to_ball", "get_method"]
+
+
+def _math_for(x):
+    """The functions the methods need, from the framework that owns `x`."""
+    if isinstance(x, (np.ndarray, np.generic, numbers.Number)):
+        return types.SimpleNamespace(
+            sqrt=np.sqrt, sum=np.sum, square=np.square, isfinite=np.isfinite,
+            where=np.where, logical_and=np.logical_and, greater=np.greater,
+            ones_like=np.ones_like, zeros_like=np.zeros_like,
+        )
+    if type(x).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        return types.SimpleNamespace(
+            sqrt=tf.sqrt, sum=tf.reduce_sum, square=tf.square, isfinite=tf.math.is_finite,
+            where=tf.where, logical_and=tf.logical_and, greater=tf.greater,
+            ones_like=tf.ones_like, zeros_like=tf.zeros_like,
+        )
+    from keras import ops
+
+    return ops
 
 
 def l2_normalize(gradient):
@@ -30,6 +54,7 @@ def l2_normalize(gradient):
     Returns:
         A tensor of the same shape and dtype.
     """
+    ops = _math_for(gradient)
     norm = ops.sqrt(ops.sum(ops.square(gradient)))
     usable = ops.logical_and(ops.isfinite(norm), ops.greater(norm, 0))
     safe_norm = ops.where(usable, norm, ops.ones_like(norm))
@@ -47,6 +72,7 @@ def project_to_ball(perturbation, radius):
         `perturbation` if its L2 norm is at most `radius`, else
         `perturbation * radius / norm`.
     """
+    ops = _math_for(perturbation)
     norm = ops.sqrt(ops.sum(ops.square(perturbation)))
     outside = ops.greater(norm, radius)
     safe_norm = ops.where(outside, norm, ops.ones_like(norm))

@@ -3,18 +3,25 @@
 The stack is read from the model object, never from environment variables.
 """
 
-import sys
-
 __all__ = ["stack_for", "SUPPORTED"]
 
-SUPPORTED = "Keras 3 with the TensorFlow backend"
+SUPPORTED = "Keras 3 with the TensorFlow backend; tf-keras 2 (eager and graph mode)"
 
 
-def _is_tf_keras_model(model):
-    # tf-keras is imported only by users who use it; if it is not loaded,
-    # the model cannot be one of its models.
-    tf_keras = sys.modules.get("tf_keras")
-    return tf_keras is not None and isinstance(model, tf_keras.Model)
+def _family(model):
+    """"keras3", "tf_keras" or None, from the modules of the model's classes.
+
+    The class hierarchy, not `isinstance(model, keras.Model)`: bert4keras puts
+    tf.keras in `sys.modules["keras"]`, so the name `keras` can mean either.
+    """
+    for cls in type(model).__mro__:
+        if cls.__name__ != "Model":
+            continue
+        if cls.__module__.startswith("keras.src."):
+            return "keras3"
+        if cls.__module__.startswith("tf_keras."):
+            return "tf_keras"
+    return None
 
 
 def stack_for(model):
@@ -24,9 +31,10 @@ def stack_for(model):
         TypeError: If `model` is not a Keras model.
         NotImplementedError: If its stack is not supported yet.
     """
-    import keras
+    family = _family(model)
+    if family == "keras3":
+        import keras
 
-    if isinstance(model, keras.Model):
         backend = keras.backend.backend()
         if backend == "tensorflow":
             from keras_adv._stacks import keras_tensorflow
@@ -37,10 +45,16 @@ def stack_for(model):
             f"Supported: {SUPPORTED}. Set KERAS_BACKEND=tensorflow before "
             f"importing keras."
         )
-    if _is_tf_keras_model(model):
-        raise NotImplementedError(
-            f"keras_adv does not support tf-keras 2 models yet. Supported: {SUPPORTED}."
-        )
+    if family == "tf_keras":
+        import tensorflow as tf
+
+        if tf.compat.v1.executing_eagerly_outside_functions():
+            from keras_adv._stacks import tf_keras
+
+            return tf_keras
+        from keras_adv._stacks import tf_keras_graph
+
+        return tf_keras_graph
     raise TypeError(
         f"Expected a compiled Keras model, got {type(model).__module__}."
         f"{type(model).__name__}."

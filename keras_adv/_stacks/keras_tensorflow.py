@@ -24,6 +24,7 @@ import types
 import keras
 import tensorflow as tf
 
+from keras_adv._stacks.passes import attack, update_gradients
 from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
@@ -59,6 +60,9 @@ class AdversarialTrainStep:
         objective: `"sum"` or `"adversarial"`.
     """
 
+    # Autograph (tf-keras with jit_compile) reads the name of what it converts.
+    __name__ = "train_step"
+
     def __init__(self, embedding, method, objective):
         self.embedding = embedding
         self.method = method
@@ -77,19 +81,17 @@ class AdversarialTrainStep:
             model, x, y, sample_weight, trainable if update_from_clean else []
         )
         touched = TouchedRows(embedding_grad)
-        perturbation = None
-        for step in range(self.method.steps):
-            perturbation = self.method.ascend(perturbation, touched.rows(embedding_grad))
+
+        def perturbed_pass(perturbation, last):
             perturbed = touched.add_to(self.embedding.value, perturbation)
-            last = step == self.method.steps - 1
-            adversarial_loss, adversarial_grads, embedding_grad = self._perturbed_pass(
+            return self._perturbed_pass(
                 model, x, y, sample_weight, perturbed, trainable if last else []
             )
 
-        if update_from_clean:
-            grads = [add_gradients(c, a) for c, a in zip(clean_grads, adversarial_grads)]
-        else:
-            grads = adversarial_grads
+        adversarial_loss, adversarial_grads = attack(
+            self.method, touched, embedding_grad, perturbed_pass
+        )
+        grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 
         _track_loss(self.adversarial_loss, adversarial_loss, x)

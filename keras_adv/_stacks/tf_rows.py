@@ -14,7 +14,7 @@ e.g. a tied output projection) is handled as the whole matrix.
 
 import tensorflow as tf
 
-__all__ = ["TouchedRows", "add_gradients"]
+__all__ = ["TouchedRows", "RowsInPlace", "add_gradients"]
 
 
 class TouchedRows:
@@ -93,3 +93,48 @@ def add_gradients(a, b):
             dense_shape=a.dense_shape,
         )
     return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+
+
+class RowsInPlace:
+    """Moves the touched rows of an embedding variable in place, and back exactly.
+
+    For stacks that read the embedding with sparse gathers (tf-keras's
+    `ResourceGather`), writing only the touched rows is the cheapest
+    perturbation. The rows are restored from a copy taken before the first
+    write, never by subtracting `r`, so they come back bit for bit.
+
+    Args:
+        variable: The embedding `tf.Variable`.
+        touched: The `TouchedRows` of the batch.
+    """
+
+    def __init__(self, variable, touched):
+        self.variable = variable
+        self.touched = touched
+        if touched.is_dense:
+            self.backup = tf.identity(variable.read_value())
+        else:
+            self.backup = tf.gather(variable, touched.ids)
+        self.moved = False
+
+    def move(self, perturbation):
+        """Sets the touched rows to `original + perturbation`."""
+        if self.moved:
+            self.restore()
+        perturbation = tf.cast(perturbation, self.variable.dtype)
+        if self.touched.is_dense:
+            self.variable.assign_add(perturbation)
+        else:
+            # Adding lets the empty segments (zeros at row 0) coexist with a
+            # real row 0; an update with duplicate indices would not.
+            self.variable.scatter_add(tf.IndexedSlices(perturbation, self.touched.ids))
+        self.moved = True
+
+    def restore(self):
+        """Puts the original rows back, bit for bit."""
+        if self.touched.is_dense:
+            self.variable.assign(self.backup)
+        else:
+            # Duplicate ids carry identical backup rows, so the update is exact.
+            self.variable.scatter_update(tf.IndexedSlices(self.backup, self.touched.ids))
+        self.moved = False

@@ -1,0 +1,156 @@
+"""tf-keras 2 (as used by bert4keras), eager execution (the default).
+
+The model instance gets an adversarial `train_step`, following tf-keras's own
+`Model.train_step`. tf-keras's Embedding reads its matrix with sparse gathers,
+so the perturbed passes move only the touched rows of the variable in place
+(`RowsInPlace`) and put them back from a copy, bit for bit, before the
+optimizer runs; `try/finally` restores them when a pass raises while running
+eagerly. The clean pass updates the compiled loss trackers as in plain
+training; the perturbed passes leave them as they were.
+"""
+
+import types
+
+import tensorflow as tf
+
+from keras_adv._stacks.passes import attack, update_gradients
+from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows, add_gradients
+
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+
+
+def _tf_keras():
+    import tf_keras
+
+    return tf_keras
+
+
+# tf-keras's loss trackers: the "loss" mean and per-output losses.
+def _loss_trackers(model):
+    return model.compiled_loss.metrics
+
+
+class AdversarialTrainStep:
+    """A tf-keras `train_step` with embedding-space adversarial training.
+
+    Args:
+        embedding: The embedding matrix `tf.Variable`.
+        method: A `keras_adv.FGM` or `keras_adv.PGD`.
+        objective: `"sum"` or `"adversarial"`.
+    """
+
+    # Autograph (tf-keras with jit_compile) reads the name of what it converts.
+    __name__ = "train_step"
+
+    def __init__(self, embedding, method, objective):
+        self.embedding = embedding
+        self.method = method
+        self.objective = objective
+        self.adversarial_loss = _tf_keras().metrics.Mean(name="adversarial_loss")
+
+    def __call__(self, model, data):
+        tf_keras = _tf_keras()
+        x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
+        trackers = _loss_trackers(model)
+        if trackers:  # Built by the first compute_loss of a fit.
+            self._reset_with(trackers[0])
+        trainable = list(model.trainable_variables)
+        update_from_clean = self.objective == "sum"
+        sources = trainable if update_from_clean else []
+
+        with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
+            tape.watch(self.embedding)
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x, y, y_pred, sample_weight)
+        clean_grads, embedding_grad = self._gradients(tape, loss, sources)
+        if embedding_grad is None:
+            raise ValueError(
+                f"The loss does not depend on the embedding '{self.embedding.name}', "
+                f"so it cannot be perturbed. Name the embedding layer that the "
+                f"model's inputs go through."
+            )
+        touched = TouchedRows(embedding_grad)
+        rows = RowsInPlace(self.embedding, touched)
+
+        def perturbed_pass(perturbation, last):
+            rows.move(perturbation)
+            pass_sources = trainable if last else []
+            with tf.GradientTape(watch_accessed_variables=bool(pass_sources)) as tape:
+                tape.watch(self.embedding)
+                adversarial_pred = model(x, training=True)
+                adversarial_loss = self._untracked_loss(model, x, y, adversarial_pred, sample_weight)
+            grads, gradient = self._gradients(tape, adversarial_loss, pass_sources)
+            return adversarial_loss, grads, gradient
+
+        try:
+            adversarial_loss, adversarial_grads = attack(
+                self.method, touched, embedding_grad, perturbed_pass
+            )
+        finally:
+            rows.restore()
+        grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
+        model.optimizer.apply_gradients(zip(grads, trainable))
+
+        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+        self.adversarial_loss.update_state(adversarial_loss, sample_weight=batch_size)
+        logs = dict(model.compute_metrics(x, y, y_pred, sample_weight))
+        logs["adversarial_loss"] = self.adversarial_loss.result()
+        return logs
+
+    def _gradients(self, tape, loss, sources):
+        """(gradients of `sources`, gradient of the embedding) from one tape."""
+        position = next((i for i, v in enumerate(sources) if v is self.embedding), None)
+        targets = list(sources) if position is not None else list(sources) + [self.embedding]
+        grads = tape.gradient(loss, targets)
+        return grads[: len(sources)], grads[position if position is not None else -1]
+
+    def _untracked_loss(self, model, x, y, y_pred, sample_weight):
+        # `compute_loss` updates the loss trackers; the perturbed passes must
+        # not, so their state is put back after the call.
+        variables = [v for metric in _loss_trackers(model) for v in metric.variables]
+        saved = [tf.identity(v) for v in variables]
+        loss = model.compute_loss(x, y, y_pred, sample_weight)
+        with tf.control_dependencies([loss]):
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+        return loss
+
+    def _reset_with(self, loss_tracker):
+        # tf-keras resets its metrics at the start of every epoch; a count of
+        # 0 says this is the first step since, so the running mean starts over.
+        fresh = tf.equal(loss_tracker.count, 0)
+        for variable in self.adversarial_loss.variables:
+            variable.assign(tf.where(fresh, tf.zeros_like(variable), variable))
+
+
+def is_compiled(model):
+    return getattr(model, "optimizer", None) is not None and getattr(model, "compiled_loss", None) is not None
+
+
+def _installed_step(model):
+    step = model.__dict__.get("train_step")
+    if isinstance(step, types.MethodType) and isinstance(step.__func__, AdversarialTrainStep):
+        return step.__func__
+    return None
+
+
+def is_installed(model):
+    return _installed_step(model) is not None
+
+
+def install(model, embedding, method, objective):
+    """Replaces the model's `train_step` with an adversarial one."""
+    if not is_installed(model) and type(model).train_step is not _tf_keras().Model.train_step:
+        raise TypeError(
+            f"{type(model).__name__} overrides `train_step`, which "
+            f"`adversarial_training` would replace. Perturb the embedding inside "
+            f"your own step with `keras_adv.perturbed_embedding` instead."
+        )
+    model.train_step = types.MethodType(AdversarialTrainStep(embedding, method, objective), model)
+    # `fit` caches the traced train function; the next `fit` must retrace.
+    model.train_function = None
+
+
+def uninstall(model):
+    del model.train_step
+    model.train_function = None
