@@ -2,6 +2,7 @@
 
 from keras_adv.api import adversarial_training
 from keras_adv.api import remove_adversarial_training
+from keras_adv.bert4keras_setup import prepare_bert4keras
 from keras_adv.custom_loop import perturbed_embedding
 from keras_adv.embedding import embedding_candidates
 from keras_adv.embedding import find_embedding
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "adversarial_training",
     "remove_adversarial_training",
+    "prepare_bert4keras",
     "perturbed_embedding",
     "find_embedding",
     "embedding_candidates",

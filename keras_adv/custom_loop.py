@@ -8,9 +8,6 @@ for bit (restored from a copy of the touched rows, never by subtracting `r`).
 
 import contextlib
 
-import tensorflow as tf
-
-from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows
 from keras_adv.embedding import find_embedding
 from keras_adv.methods import FGM
 
@@ -18,6 +15,8 @@ __all__ = ["perturbed_embedding"]
 
 
 def _tf_variable(variable):
+    import tensorflow as tf
+
     # A Keras 3 variable wraps the tf.Variable that scatter ops need.
     return variable if isinstance(variable, tf.Variable) else variable.value
 
@@ -58,6 +57,10 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
         [g + a for g, a in zip(grads, adversarial_grads)], model.trainable_variables))
     ```
     """
+    # TensorFlow is imported here, not with keras_adv: bert4keras users must
+    # set their environment flags (prepare_bert4keras) before it loads.
+    from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows
+
     adversary = method if method is not None else FGM(epsilon=epsilon)
     variable = _tf_variable(find_embedding(model, embedding_name))
     if gradient is None:

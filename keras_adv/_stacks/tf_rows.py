@@ -38,7 +38,7 @@ class TouchedRows:
         order = tf.argsort(indices, stable=True)
         sorted_ids = tf.gather(indices, order)
         starts_new_token = tf.concat(
-            [tf.ones([1], tf.bool), sorted_ids[1:] != sorted_ids[:-1]], axis=0
+            [tf.ones([1], tf.bool), tf.not_equal(sorted_ids[1:], sorted_ids[:-1])], axis=0
         )
         segment_in_order = tf.cumsum(tf.cast(starts_new_token, tf.int32)) - 1
         # The segment of each occurrence, in the gradient's own order.
@@ -117,24 +117,49 @@ class RowsInPlace:
             self.backup = tf.gather(variable, touched.ids)
         self.moved = False
 
-    def move(self, perturbation):
-        """Sets the touched rows to `original + perturbation`."""
-        if self.moved:
-            self.restore()
-        perturbation = tf.cast(perturbation, self.variable.dtype)
-        if self.touched.is_dense:
-            self.variable.assign_add(perturbation)
-        else:
-            # Adding lets the empty segments (zeros at row 0) coexist with a
-            # real row 0; an update with duplicate indices would not.
-            self.variable.scatter_add(tf.IndexedSlices(perturbation, self.touched.ids))
-        self.moved = True
+    def move(self, perturbation, after=()):
+        """Sets the touched rows to `original + perturbation`.
 
-    def restore(self):
-        """Puts the original rows back, bit for bit."""
-        if self.touched.is_dense:
-            self.variable.assign(self.backup)
-        else:
-            # Duplicate ids carry identical backup rows, so the update is exact.
-            self.variable.scatter_update(tf.IndexedSlices(self.backup, self.touched.ids))
+        Args:
+            perturbation: The perturbation rows.
+            after: Tensors or ops that must run first (in a TF1 graph, which
+                has no automatic control dependencies: the reads of the
+                previous pass).
+
+        Returns:
+            The op that wrote the rows.
+        """
+        perturbation = tf.cast(perturbation, self.variable.dtype)
+        dependencies = [self.backup, *after]
+        if self.moved:
+            dependencies.append(self.restore(after))
+        with tf.control_dependencies(dependencies):
+            if self.touched.is_dense:
+                written = self.variable.assign_add(perturbation)
+            else:
+                # Adding lets the empty segments (zeros at row 0) coexist with
+                # a real row 0; an update with duplicate indices would not.
+                written = self.variable.scatter_add(
+                    tf.IndexedSlices(perturbation, self.touched.ids)
+                )
+        self.moved = True
+        return _op_of(written)
+
+    def restore(self, after=()):
+        """Puts the original rows back, bit for bit; returns the op that did."""
+        with tf.control_dependencies([self.backup, *after]):
+            if self.touched.is_dense:
+                written = self.variable.assign(self.backup)
+            else:
+                # Duplicate ids carry identical backup rows, so the update is exact.
+                written = self.variable.scatter_update(
+                    tf.IndexedSlices(self.backup, self.touched.ids)
+                )
         self.moved = False
+        return _op_of(written)
+
+
+def _op_of(written):
+    # In a TF1 graph a variable update returns an unread variable; its `op`
+    # is the update itself. Eagerly there is nothing to order.
+    return getattr(written, "op", None) if not tf.executing_eagerly() else None
