@@ -18,12 +18,14 @@ $(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 demo: $(INSTALLED)
 	$(PYTHON) examples/keras3_text_classifier.py
 
-# The whole suite. The tf-keras/bert4keras tests need environment flags set
-# before TensorFlow loads, so they run in a process of their own.
+# The whole suite, one process per stack: tf-keras needs its flags set before
+# TensorFlow loads (tests/tf_keras*/conftest.py sets them), and graph mode is
+# global to a process.
 test: test-keras3 test-tf-keras
 
 test-keras3: $(INSTALLED)
 	$(PYTHON) -m pytest tests/keras3 tests/test_methods.py
 
 test-tf-keras: $(INSTALLED)
-	@if [ -d tests/tf_keras ]; then TF_KERAS=1 TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest tests/tf_keras; fi
+	$(PYTHON) -m pytest tests/tf_keras
+	$(PYTHON) -m pytest tests/tf_keras_graph

@@ -1,7 +1,12 @@
-"""Tiny random-initialised Keras 3 models for the tests."""
+"""Tiny random-initialised models for the tests.
+
+`keras` is whichever Keras the test process uses: Keras 3, or tf-keras in the
+tf-keras processes (where bert4keras has put `tf.keras` under that name).
+"""
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 VOCAB, DIM, CLASSES, LENGTH = 20, 4, 3, 5
 
@@ -19,9 +24,16 @@ def linear_text_model(vocab=VOCAB, dim=DIM, classes=CLASSES, length=LENGTH):
     return keras.Model(tokens, logits, name="linear_text")
 
 
+def sgd(lr):
+    """Plain SGD; tf-keras with eager execution disabled needs its legacy one."""
+    if not tf.executing_eagerly() and hasattr(keras.optimizers, "legacy"):
+        return keras.optimizers.legacy.SGD(learning_rate=lr)
+    return keras.optimizers.SGD(learning_rate=lr)
+
+
 def compile_sgd(model, lr=0.1, **kwargs):
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=lr),
+        optimizer=sgd(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         **kwargs,
     )

@@ -135,31 +135,27 @@ class RowsInPlace:
             dependencies.append(self.restore(after))
         with tf.control_dependencies(dependencies):
             if self.touched.is_dense:
-                written = self.variable.assign_add(perturbation)
+                written = tf.raw_ops.AssignAddVariableOp(
+                    resource=self.variable.handle, value=perturbation
+                )
             else:
                 # Adding lets the empty segments (zeros at row 0) coexist with
                 # a real row 0; an update with duplicate indices would not.
-                written = self.variable.scatter_add(
-                    tf.IndexedSlices(perturbation, self.touched.ids)
+                written = tf.raw_ops.ResourceScatterAdd(
+                    resource=self.variable.handle, indices=self.touched.ids, updates=perturbation
                 )
         self.moved = True
-        return _op_of(written)
+        return written
 
     def restore(self, after=()):
         """Puts the original rows back, bit for bit; returns the op that did."""
         with tf.control_dependencies([self.backup, *after]):
             if self.touched.is_dense:
-                written = self.variable.assign(self.backup)
+                written = tf.raw_ops.AssignVariableOp(resource=self.variable.handle, value=self.backup)
             else:
                 # Duplicate ids carry identical backup rows, so the update is exact.
-                written = self.variable.scatter_update(
-                    tf.IndexedSlices(self.backup, self.touched.ids)
+                written = tf.raw_ops.ResourceScatterUpdate(
+                    resource=self.variable.handle, indices=self.touched.ids, updates=self.backup
                 )
         self.moved = False
-        return _op_of(written)
-
-
-def _op_of(written):
-    # In a TF1 graph a variable update returns an unread variable; its `op`
-    # is the update itself. Eagerly there is nothing to order.
-    return getattr(written, "op", None) if not tf.executing_eagerly() else None
+        return written

@@ -1,0 +1,124 @@
+"""One SGD step of FGM and PGD against weights worked out by hand in numpy,
+and the equivalences that tie the methods to plain training and to each other.
+
+Stack-neutral: each stack's test folder runs these classes in its own process,
+where `keras` (through tests/models.py) is that stack's Keras.
+"""
+
+import numpy as np
+import pytest
+
+import keras_adv
+from tests import reference
+from tests.models import batch, compile_sgd, linear_text_model, params_of
+from tests.testing import TestCase
+
+LR = 0.5
+CASES = [
+    ("fgm", dict(epsilon=0.7), "sum"),
+    ("fgm", dict(epsilon=0.7), "adversarial"),
+    ("pgd", dict(epsilon=0.7, alpha=0.3, steps=3), "sum"),
+    ("pgd", dict(epsilon=0.7, alpha=0.3, steps=3), "adversarial"),
+    # alpha * steps > epsilon: the projection is active.
+    ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4), "sum"),
+]
+
+
+class OneStepClosedFormTests(TestCase):
+    # tf-keras's graph-mode fit names its outputs after the compiled metrics only.
+    history_has_adversarial_loss = True
+
+    @pytest.mark.parametrize("method,options,objective", CASES)
+    def test_weights_after_one_step(self, method, options, objective):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=method, objective=objective, **options
+        )
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+
+        expected, clean_loss, adversarial_loss = reference.adversarial_sgd_step(
+            before, x, y, LR, method, objective=objective, **options
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # The step really moved the weights further than float noise.
+        assert np.abs(expected[0] - before[0]).max() > 1e-3
+        self.assertAllClose(history.history["loss"][0], clean_loss, rtol=1e-5)
+        if self.history_has_adversarial_loss:
+            self.assertAllClose(history.history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
+        assert adversarial_loss > clean_loss
+
+    @pytest.mark.parametrize("objective", ["sum", "adversarial"])
+    def test_history_averages_each_epoch_separately(self, objective):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=8)
+        params = params_of(model)
+        keras_adv.adversarial_training(model, "emb", 0.7, objective=objective)
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+
+        for epoch in range(2):
+            clean, adversarial = [], []
+            for start in (0, 4):
+                xb, yb = x[start : start + 4], y[start : start + 4]
+                params, c, a = reference.adversarial_sgd_step(
+                    params, xb, yb, LR, "fgm", 0.7, objective
+                )
+                clean.append(c)
+                adversarial.append(a)
+            self.assertAllClose(history.history["loss"][epoch], np.mean(clean), rtol=1e-5)
+            if self.history_has_adversarial_loss:
+                self.assertAllClose(
+                    history.history["adversarial_loss"][epoch], np.mean(adversarial), rtol=1e-5
+                )
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+
+class EquivalenceTests(TestCase):
+    def _fit_one_step(self, model, x, y):
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        return params_of(model)
+
+    def _plain_step(self, lr):
+        model = compile_sgd(linear_text_model(), lr=lr)
+        return self._fit_one_step(model, *batch())
+
+    def test_tiny_epsilon_adversarial_objective_is_a_plain_step(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        keras_adv.adversarial_training(model, "emb", 1e-12, objective="adversarial")
+        adversarial = self._fit_one_step(model, *batch())
+        self.setup_method(None)
+        plain = self._plain_step(LR)
+        for a, p in zip(adversarial, plain):
+            self.assertAllClose(a, p, rtol=1e-6, atol=1e-7)
+
+    @pytest.mark.parametrize("method", ["fgm", "pgd"])
+    def test_tiny_epsilon_sum_objective_is_a_plain_step_with_double_gradient(self, method):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        keras_adv.adversarial_training(model, "emb", 1e-12, method=method, alpha=1e-13)
+        adversarial = self._fit_one_step(model, *batch())
+        self.setup_method(None)
+        plain_doubled = self._plain_step(2 * LR)
+        for a, p in zip(adversarial, plain_doubled):
+            self.assertAllClose(a, p, rtol=1e-6, atol=1e-7)
+
+    @pytest.mark.parametrize("objective", ["sum", "adversarial"])
+    def test_pgd_with_one_step_of_epsilon_is_fgm(self, objective):
+        x, y = batch()
+        model = compile_sgd(linear_text_model(), lr=LR)
+        keras_adv.adversarial_training(model, "emb", 0.7, objective=objective)
+        fgm = self._fit_one_step(model, x, y)
+        self.setup_method(None)
+        model = compile_sgd(linear_text_model(), lr=LR)
+        keras_adv.adversarial_training(
+            model, "emb", 0.7, method="pgd", steps=1, alpha=0.7, objective=objective
+        )
+        pgd = self._fit_one_step(model, x, y)
+        for f, p in zip(fgm, pgd):
+            self.assertAllClose(f, p, rtol=1e-6, atol=1e-7)
+        # ...and differs from a plain step.
+        self.setup_method(None)
+        plain = self._plain_step(LR)
+        assert np.abs(fgm[0] - plain[0]).max() > 1e-3

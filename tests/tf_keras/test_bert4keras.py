@@ -1,0 +1,194 @@
+"""bert4keras 0.11.5 on tf-keras, eager execution: the one line, end to end."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from bert4keras.backend import keras
+
+import keras_adv
+from tests.bert4keras_models import token_batch, tiny_bert_classifier, used_and_unused_rows
+from tests.testing import TestCase
+
+OPTIONS = [
+    dict(method="fgm", objective="sum"),
+    dict(method="fgm", objective="adversarial"),
+    dict(method="pgd", objective="sum"),
+    dict(method="pgd", objective="adversarial"),
+]
+
+
+def _compiled(lr=1e-3, **kwargs):
+    model = tiny_bert_classifier()
+    model.compile(
+        loss="sparse_categorical_crossentropy",
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        **kwargs,
+    )
+    return model
+
+
+class TestBert4kerasEager(TestCase):
+    @pytest.mark.parametrize("options", OPTIONS)
+    def test_trains_and_touches_only_the_batch_rows(self, options):
+        model = _compiled()
+        weights = [w.name for w in model.weights]
+        embedding = model.get_layer("Embedding-Token").embeddings
+        before = embedding.numpy()
+        keras_adv.adversarial_training(model, "Embedding-Token", 0.5, **options)
+        x, y = token_batch()
+        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+        assert history["adversarial_loss"][0] > history["loss"][0] > 0
+        after = embedding.numpy()
+        used, unused = used_and_unused_rows(x[0])
+        assert np.abs(after[used] - before[used]).min() > 0
+        self.assertBitEqual(after[unused], before[unused])
+        assert [w.name for w in model.weights] == weights
+
+    @pytest.mark.parametrize("options", [OPTIONS[0], OPTIONS[3]])
+    def test_learning_rate_zero_is_bit_exact(self, options):
+        results = []
+        for adversarial in (False, True):
+            self.setup_method(None)
+            model = _compiled(lr=0.0)
+            before = model.get_weights()
+            if adversarial:
+                keras_adv.adversarial_training(model, "Embedding-Token", 2.0, **options)
+            x, y = token_batch(size=16)
+            model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+            results.append(model.get_weights())
+        plain, adversarial = results
+        self.assertWeightsBitEqual(adversarial, plain)
+        index = [w.name for w in model.weights].index("Embedding-Token/embeddings:0")
+        self.assertBitEqual(adversarial[index], before[index])
+
+    def test_exception_in_a_perturbed_pass_restores_the_rows(self):
+        calls = []
+
+        def fail_on_second_call(x):
+            calls.append(1)
+            if len(calls) % 2 == 0:
+                raise RuntimeError("perturbed pass failed")
+            return x
+
+        from bert4keras.models import build_transformer_model
+        from tests.bert4keras_models import CONFIG
+
+        bert = build_transformer_model(CONFIG, checkpoint_path=None)
+        cls = keras.layers.Lambda(lambda x: fail_on_second_call(x[:, 0]))(bert.output)
+        model = keras.models.Model(bert.input, keras.layers.Dense(2, activation="softmax")(cls))
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="adam", run_eagerly=True)
+        before = model.get_weights()
+        keras_adv.adversarial_training(model, "Embedding-Token", 5.0)
+        with pytest.raises(RuntimeError, match="perturbed pass failed"):
+            model.fit(*token_batch(), verbose=0)
+        self.assertWeightsBitEqual(model.get_weights(), before)
+
+    def test_unknown_name_lists_the_embeddings(self):
+        model = _compiled()
+        with pytest.raises(ValueError, match=r"'Embedding-Token' \(Embedding, 120 x 32.*'Embedding-Segment'"):
+            keras_adv.adversarial_training(model, "Embedding-Tokens", 0.5)
+        assert keras_adv.find_embedding(model, "Embedding-Token/embeddings:0") is (
+            model.get_layer("Embedding-Token").embeddings
+        )
+
+    def test_not_compiled_and_bad_options(self):
+        with pytest.raises(ValueError, match="not compiled"):
+            keras_adv.adversarial_training(tiny_bert_classifier(), "Embedding-Token")
+        with pytest.raises(ValueError, match="epsilon"):
+            keras_adv.adversarial_training(_compiled(), "Embedding-Token", -1.0)
+
+    def test_remove_and_survive_compile(self):
+        model = _compiled()
+        keras_adv.adversarial_training(model, "Embedding-Token", 0.5)
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+        assert "adversarial_loss" in model.fit(*token_batch(), verbose=0).history
+        keras_adv.remove_adversarial_training(model)
+        assert "adversarial_loss" not in model.fit(*token_batch(), verbose=0).history
+
+
+class TestExecutionModes(TestCase):
+    """`run_eagerly` and `jit_compile` on the linear model (cheap to compile)."""
+
+    @pytest.mark.parametrize("mode", [{"run_eagerly": True}, {"jit_compile": True}])
+    @pytest.mark.parametrize("options", [OPTIONS[0], OPTIONS[3]])
+    def test_modes_agree_and_stay_exact(self, options, mode):
+        from tests.models import batch, linear_text_model
+
+        results = []
+        for compile_kwargs, lr in (({}, 0.3), (mode, 0.3), (mode, 0.0)):
+            self.setup_method(None)
+            model = linear_text_model()
+            model.compile(
+                optimizer=keras.optimizers.Adam(lr),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                **compile_kwargs,
+            )
+            before = model.get_weights()
+            keras_adv.adversarial_training(model, "emb", 0.7, **options)
+            history = model.fit(*batch(size=16), batch_size=4, epochs=2, verbose=0).history
+            results.append((model.get_weights(), history))
+        (graph, graph_history), (moded, moded_history), (frozen, _) = results
+        for a, b in zip(moded, graph):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+        self.assertAllClose(moded_history["adversarial_loss"], graph_history["adversarial_loss"], rtol=1e-5)
+        self.assertBitEqual(frozen[0], before[0])
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    model = _compiled()
+    keras_adv.adversarial_training(model, "Embedding-Token", 0.5, method="pgd")
+    model.fit(*token_batch(size=16), batch_size=8, epochs=1, verbose=0)
+    return model
+
+
+class TestSavingAfterAdversarialTraining:
+    def test_weights_round_trip_into_a_fresh_model(self, tmp_path, trained_model):
+        path = str(tmp_path / "weights.h5")
+        trained_model.save_weights(path)
+        fresh = tiny_bert_classifier()
+        fresh.load_weights(path)
+        x, _ = token_batch(seed=3)
+        np.testing.assert_array_equal(fresh.predict(x, verbose=0), trained_model.predict(x, verbose=0))
+
+    @pytest.mark.parametrize("route", ["model.save", "tf.saved_model.save"])
+    def test_saved_model_serves_the_same_predictions(self, tmp_path, trained_model, route):
+        path = str(tmp_path / "saved_model")
+        if route == "model.save":
+            trained_model.save(path, save_format="tf")
+        else:
+            tf.saved_model.save(trained_model, path)
+        served = tf.saved_model.load(path)
+        x, _ = token_batch(seed=3)
+        signature = served.signatures["serving_default"]
+        outputs = signature(**{"Input-Token": tf.constant(x[0]), "Input-Segment": tf.constant(x[1])})
+        (predicted,) = outputs.values()
+        np.testing.assert_allclose(
+            predicted.numpy(), trained_model.predict(x, verbose=0), rtol=1e-6, atol=1e-7
+        )
+        assert len(served.variables) == len(trained_model.weights)
+
+
+class TestSparseStep(TestCase):
+    def _dense_vocabulary_tensors(self, model):
+        from tests.bert4keras_models import VOCAB
+
+        x, y = token_batch()
+        step = tf.function(model.train_step)
+        graph = step.get_concrete_function(
+            ((tf.constant(x[0]), tf.constant(x[1])), tf.constant(y))
+        ).graph
+        return sorted(
+            op.type
+            for op in graph.get_operations()
+            for out in op.outputs
+            if out.dtype == tf.float32 and out.shape.as_list()[:1] == [VOCAB]
+        )
+
+    @pytest.mark.parametrize("options", [OPTIONS[0], OPTIONS[3]])
+    def test_adds_no_dense_vocabulary_sized_tensor(self, options):
+        model = tiny_bert_classifier()
+        model.compile(loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(0.1))
+        plain = self._dense_vocabulary_tensors(model)
+        keras_adv.adversarial_training(model, "Embedding-Token", 0.5, **options)
+        assert self._dense_vocabulary_tensors(model) == plain

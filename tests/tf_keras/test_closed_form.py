@@ -1,0 +1,11 @@
+"""The closed-form checks (tests/closed_form.py) on tf-keras, eager execution."""
+
+from tests.closed_form import EquivalenceTests, OneStepClosedFormTests
+
+
+class TestOneStepClosedForm(OneStepClosedFormTests):
+    history_has_adversarial_loss = True
+
+
+class TestEquivalences(EquivalenceTests):
+    pass
