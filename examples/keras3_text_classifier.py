@@ -53,8 +53,8 @@ def main():
         x_train, train_labels, validation_data=(x_val, data.validation.labels),
         batch_size=64, epochs=args.epochs, verbose=2,
     )
-    for epsilon in (0.0, 0.5, 1.0):
-        accuracy = attacked_accuracy(model, "embedding", x_test, data.test.labels, epsilon)
+    accuracies = attacked_accuracy(model, "embedding", x_test, data.test.labels, (0.0, 0.5, 1.0))
+    for epsilon, accuracy in accuracies.items():
         print(f"test accuracy under an embedding attack of epsilon {epsilon}: {accuracy:.4f}")
 
     # The trained model exports like any other Keras model.

@@ -30,49 +30,63 @@ def macro_scores(matrix):
     return float(precision.mean()), float(recall.mean()), float(f1.mean())
 
 
-def attacked_accuracy(model, embedding_name, x, y, epsilon, *, batch_size=256):
-    """Accuracy when each batch's embedding matrix is moved by `epsilon * g / ||g||`.
+def attacked_accuracy(model, embedding_name, x, y, epsilons, *, batch_size=256):
+    """Test accuracy when each batch's embedding matrix is moved by `eps * g / ||g||`.
 
     The white-box attack of the training recipe: `g` is the gradient of the
-    loss on the batch's true labels w.r.t. the embedding matrix. It uses
-    `keras_adv.perturbed_embedding`, so the matrix is restored exactly after
-    each batch.
+    loss on the batch's true labels w.r.t. the embedding matrix, computed once
+    per batch for every epsilon. It uses `keras_adv.perturbed_embedding`, so
+    the matrix is restored exactly after each batch. Works for Keras 3
+    (TensorFlow) and tf-keras classifiers that return logits, with array,
+    list or dict inputs.
 
     Args:
-        model: A Keras 3 (TensorFlow backend) classifier returning logits.
+        model: The classifier.
         embedding_name: Its embedding layer or variable.
-        x, y: Inputs (int array) and integer labels.
-        epsilon: The attack's L2 norm; 0 gives the clean accuracy.
+        x, y: Inputs and integer labels.
+        epsilons: Attack L2 norms; 0 gives the clean accuracy.
         batch_size: Batch size of the attack.
+
+    Returns:
+        A dict `{epsilon: accuracy}`.
     """
     import tensorflow as tf
 
     from keras_adv import find_embedding, perturbed_embedding
+    from keras_adv.custom_loop import _tf_variable
 
-    embedding = find_embedding(model, embedding_name)
+    epsilons = [float(e) for e in epsilons]
+    embedding = _tf_variable(find_embedding(model, embedding_name))
+    spec = tf.nest.map_structure(
+        lambda a: tf.TensorSpec([None, *np.shape(a)[1:]], tf.as_dtype(np.asarray(a).dtype)), x
+    )
+
+    def predict(inputs):
+        return tf.argmax(model(inputs, training=False), axis=-1, output_type=tf.int32)
 
     # One trace for every batch size (the last batch is smaller).
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, *np.shape(x)[1:]], tf.as_dtype(np.asarray(x).dtype)),
-            tf.TensorSpec([None], tf.int32),
-        ]
-    )
-    def predict(xb, yb):
-        if epsilon == 0:
-            return tf.argmax(model(xb, training=False), axis=-1, output_type=tf.int32)
+    @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int32)])
+    def correct_per_epsilon(xb, yb):
         with tf.GradientTape() as tape:
-            tape.watch(embedding.value)
+            tape.watch(embedding)
             logits = model(xb, training=False)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
             )
-        gradient = tape.gradient(loss, embedding.value)
-        with perturbed_embedding(model, embedding_name, gradient, epsilon):
-            return tf.argmax(model(xb, training=False), axis=-1, output_type=tf.int32)
+        gradient = tape.gradient(loss, embedding)
+        counts = []
+        for epsilon in epsilons:
+            if epsilon == 0:
+                predictions = predict(xb)
+            else:
+                with perturbed_embedding(model, embedding_name, gradient, epsilon):
+                    predictions = predict(xb)
+            counts.append(tf.reduce_sum(tf.cast(tf.equal(predictions, yb), tf.int32)))
+        return tf.stack(counts)
 
-    correct = 0
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size], np.asarray(y[start : start + batch_size], "int32")
-        correct += int(np.sum(predict(tf.constant(xb), tf.constant(yb)).numpy() == yb))
-    return correct / len(y)
+    labels = np.asarray(y, "int32")
+    correct = np.zeros(len(epsilons), dtype="int64")
+    for start in range(0, len(labels), batch_size):
+        xb = tf.nest.map_structure(lambda a: tf.constant(a[start : start + batch_size]), x)
+        correct += correct_per_epsilon(xb, tf.constant(labels[start : start + batch_size])).numpy()
+    return {epsilon: float(c) / len(labels) for epsilon, c in zip(epsilons, correct)}

