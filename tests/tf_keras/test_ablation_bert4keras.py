@@ -1,0 +1,20 @@
+"""The ablation runner with its bert4keras model (tf-keras process)."""
+
+import numpy as np
+
+from keras_adv.ablation import runner
+from keras_adv.ablation.config import make_config
+
+
+def test_bert4keras_bert_runs(tmp_path):
+    config = make_config(dict(
+        model="bert4keras-bert", seeds=1, epochs=1, train_limit=64, eval_limit=32,
+        max_length=32, methods=["plain", {"name": "pgd", "epsilon": 0.5, "steps": 2}],
+        attack_epsilons=[0.0, 0.5], attack_epsilon=0.5, out=str(tmp_path),
+    ))
+    results = runner.run_ablation(config, progress=False)
+    assert [r.method for r in results] == ["plain", "pgd eps=0.5 K=2 alpha=0.3"]
+    for result in results:
+        assert 0 <= result.macro_f1 <= 1 and 0 <= result.attacked_accuracy <= 1
+        assert np.isfinite(result.train_seconds) and result.peak_memory_mib > 100
+    assert "adversarial_loss" in results[1].history
