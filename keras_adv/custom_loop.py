@@ -8,6 +8,7 @@ for bit (restored from a copy of the touched rows, never by subtracting `r`).
 
 import contextlib
 
+from keras_adv import _stacks
 from keras_adv.embedding import find_embedding
 from keras_adv.methods import FGM
 
@@ -70,7 +71,9 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
         )
     touched = TouchedRows(gradient)
     perturbation = adversary.ascend(None, touched.rows(gradient))
-    rows = RowsInPlace(variable, touched)
+    # tf-keras gathers rows sparsely; Keras 3 reads the whole matrix, which
+    # sparse writes would switch to copy-on-read for good (see RowsInPlace).
+    rows = RowsInPlace(variable, touched, sparse_writes=_stacks.family(model) == "tf_keras")
     rows.move(perturbation)
     try:
         yield perturbation

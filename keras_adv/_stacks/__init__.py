@@ -3,12 +3,12 @@
 The stack is read from the model object, never from environment variables.
 """
 
-__all__ = ["stack_for", "SUPPORTED"]
+__all__ = ["stack_for", "family", "SUPPORTED"]
 
 SUPPORTED = "Keras 3 with the TensorFlow backend; tf-keras 2 (eager and graph mode)"
 
 
-def _family(model):
+def family(model):
     """"keras3", "tf_keras" or None, from the modules of the model's classes.
 
     The class hierarchy, not `isinstance(model, keras.Model)`: bert4keras puts
@@ -31,8 +31,8 @@ def stack_for(model):
         TypeError: If `model` is not a Keras model.
         NotImplementedError: If its stack is not supported yet.
     """
-    family = _family(model)
-    if family == "keras3":
+    family_name = family(model)
+    if family_name == "keras3":
         import keras
 
         backend = keras.backend.backend()
@@ -45,7 +45,7 @@ def stack_for(model):
             f"Supported: {SUPPORTED}. Set KERAS_BACKEND=tensorflow before "
             f"importing keras."
         )
-    if family == "tf_keras":
+    if family_name == "tf_keras":
         import tensorflow as tf
 
         if tf.compat.v1.executing_eagerly_outside_functions():

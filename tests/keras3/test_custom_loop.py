@@ -83,3 +83,24 @@ class TestPerturbedEmbedding(TestCase):
         with pytest.raises(ValueError, match="does not depend on embedding"):
             with keras_adv.perturbed_embedding(linear_text_model(), "emb", None, 1.0):
                 pass
+
+
+class TestWritesMatchTheReader(TestCase):
+    def test_keras3_embedding_gets_no_sparse_writes(self):
+        # Keras 3 reads the whole matrix; a sparse write would switch the
+        # variable to copy-on-read, and every later read would copy it.
+        model = linear_text_model()
+        x, y = batch()
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            (grad,) = tape.gradient(loss, [model.get_layer("emb").embeddings.value])
+            with keras_adv.perturbed_embedding(model, "emb", grad, 0.5):
+                return model(x)
+
+        ops = {op.type for op in step.get_concrete_function(tf.constant(x), tf.constant(y)).graph.get_operations()}
+        assert "AssignVariableOp" in ops
+        assert not {t for t in ops if t.startswith("ResourceScatter")}
