@@ -9,10 +9,9 @@ eagerly. The clean pass updates the compiled loss trackers as in plain
 training; the perturbed passes leave them as they were.
 """
 
-import types
-
 import tensorflow as tf
 
+from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
 from keras_adv._stacks.passes import attack, update_gradients
 from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows, add_gradients
 
@@ -127,30 +126,15 @@ def is_compiled(model):
     return getattr(model, "optimizer", None) is not None and getattr(model, "compiled_loss", None) is not None
 
 
-def _installed_step(model):
-    step = model.__dict__.get("train_step")
-    if isinstance(step, types.MethodType) and isinstance(step.__func__, AdversarialTrainStep):
-        return step.__func__
-    return None
-
-
 def is_installed(model):
-    return _installed_step(model) is not None
+    return installed_step(model, "train_step", AdversarialTrainStep) is not None
 
 
 def install(model, embedding, method, objective):
     """Replaces the model's `train_step` with an adversarial one."""
-    if not is_installed(model) and type(model).train_step is not _tf_keras().Model.train_step:
-        raise TypeError(
-            f"{type(model).__name__} overrides `train_step`, which "
-            f"`adversarial_training` would replace. Perturb the embedding inside "
-            f"your own step with `keras_adv.perturbed_embedding` instead."
-        )
-    model.train_step = types.MethodType(AdversarialTrainStep(embedding, method, objective), model)
-    # `fit` caches the traced train function; the next `fit` must retrace.
-    model.train_function = None
+    step = AdversarialTrainStep(embedding, method, objective)
+    install_step(model, "train_step", step, _tf_keras().Model.train_step)
 
 
 def uninstall(model):
-    del model.train_step
-    model.train_function = None
+    uninstall_step(model, "train_step")

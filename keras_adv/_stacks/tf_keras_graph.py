@@ -18,10 +18,10 @@ metrics, so the adversarial loss is not among them.
 """
 
 import contextlib
-import types
 
 import tensorflow as tf
 
+from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
 from keras_adv._stacks.passes import attack
 from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows
 
@@ -150,15 +150,8 @@ def is_compiled(model):
     return bool(getattr(model, "_is_compiled", False)) and model.optimizer is not None
 
 
-def _installed_builder(model):
-    builder = model.__dict__.get("_make_train_function")
-    if isinstance(builder, types.MethodType) and isinstance(builder.__func__, AdversarialTrainFunction):
-        return builder.__func__
-    return None
-
-
 def is_installed(model):
-    return _installed_builder(model) is not None
+    return installed_step(model, "_make_train_function", AdversarialTrainFunction) is not None
 
 
 def install(model, embedding, method, objective):
@@ -177,12 +170,11 @@ def install(model, embedding, method, objective):
             f"(with `get_updates`), got {type(model.optimizer).__name__}. Compile "
             f"with e.g. `tf_keras.optimizers.legacy.Adam()` or `'adam'`."
         )
-    model._make_train_function = types.MethodType(
-        AdversarialTrainFunction(embedding, method, objective), model
-    )
-    model.train_function = None
+    from tf_keras.src.engine import training_v1
+
+    builder = AdversarialTrainFunction(embedding, method, objective)
+    install_step(model, "_make_train_function", builder, training_v1.Model._make_train_function)
 
 
 def uninstall(model):
-    del model._make_train_function
-    model.train_function = None
+    uninstall_step(model, "_make_train_function")

@@ -1,0 +1,255 @@
+"""Cost of an adversarial training step against a plain step and against its floor.
+
+    python benchmarks/step_cost.py            # both stacks, writes BENCHMARKS.md
+    python benchmarks/step_cost.py --steps 5  # fewer timed steps (a quick look)
+
+Per stack (Keras 3 on TensorFlow; tf-keras eager with a bert4keras model), in
+one process per stack and interleaved step by step, it times the median of
+`--steps` steps of: the plain step, a pass computing only the embedding
+gradient, FGM and PGD-3 with both objectives, and the published Keras recipe
+implemented densely (dense gradient, full-matrix add and subtract). The floor
+of each method comes from the two measured passes (DESIGN.md's cost model).
+Peak memory: TensorFlow keeps no allocator statistics on the CPU, so each
+method runs alone in an otherwise identical process and its peak resident
+memory is compared with the plain step's.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = {
+    "tiny": dict(vocab=2000, layers=1, width=64, heads=2, length=32, batch=16),
+    "bert-like": dict(vocab=21128, layers=4, width=256, heads=4, length=128, batch=16),
+    "bert-like, vocab 250000": dict(vocab=250000, layers=4, width=256, heads=4, length=128, batch=16),
+}
+VARIANTS = ["plain", "embedding gradient", "fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial", "published recipe (dense)"]
+EPSILON = 1.0
+
+
+def floors(times):
+    """Each method's floor, in plain steps, from the two measured passes."""
+    plain, embgrad = times["plain"], times["embedding gradient"]
+    return {
+        "fgm sum": 2.0,
+        "fgm adversarial": (embgrad + plain) / plain,
+        "pgd3 sum": (plain + 2 * embgrad + plain) / plain,
+        "pgd3 adversarial": (3 * embgrad + plain) / plain,
+    }
+
+
+# ---------------------------------------------------------------- one stack
+
+
+def _build(stack, spec):
+    """Model, embedding variable, one batch; random weights, no download."""
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(1, spec["vocab"], size=(spec["batch"], spec["length"]))
+    labels = rng.randint(0, 2, size=spec["batch"]).astype("int32")
+    if stack == "keras3":
+        import keras
+        import keras_hub
+
+        backbone = keras_hub.models.BertBackbone(
+            vocabulary_size=spec["vocab"], num_layers=spec["layers"], num_heads=spec["heads"],
+            hidden_dim=spec["width"], intermediate_dim=4 * spec["width"],
+            max_sequence_length=spec["length"], dropout=0.0,
+        )
+        model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None, dropout=0.0)
+        x = {"token_ids": tokens.astype("int32"), "segment_ids": np.zeros_like(tokens, "int32"),
+             "padding_mask": np.ones_like(tokens, "int32")}
+        embedding_name = "token_embedding"
+    else:
+        from bert4keras.backend import keras
+        from bert4keras.models import build_transformer_model
+
+        bert = build_transformer_model(
+            os.path.join(HERE, os.pardir, "examples", "tiny_bert_config.json"), checkpoint_path=None,
+            vocab_size=spec["vocab"], hidden_size=spec["width"], num_hidden_layers=spec["layers"],
+            num_attention_heads=spec["heads"], intermediate_size=4 * spec["width"],
+            max_position_embeddings=spec["length"],
+        )
+        cls = keras.layers.Lambda(lambda h: h[:, 0])(bert.output)
+        model = keras.models.Model(bert.input, keras.layers.Dense(2)(cls))
+        x = [tokens.astype("float32"), np.zeros(tokens.shape, "float32")]
+        embedding_name = "Embedding-Token"
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model, embedding_name, (x, labels)
+
+
+def _step_functions(stack, model, embedding_name, data, names):
+    """A compiled step per variant, all on the same model."""
+    import tensorflow as tf
+
+    import keras_adv
+    from keras_adv.custom_loop import _tf_variable
+
+    if stack == "keras3":
+        from keras_adv._stacks.keras_tensorflow import AdversarialTrainStep
+        plain_step = type(model).train_step
+    else:
+        from keras_adv._stacks.tf_keras import AdversarialTrainStep
+        plain_step = type(model).train_step
+    embedding = keras_adv.find_embedding(model, embedding_name)
+    variable = _tf_variable(embedding)
+    x, y = data
+    loss_fn = model.loss
+
+    def embedding_gradient(data):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(variable)
+            loss = loss_fn(data[1], model(data[0], training=True))
+        return tape.gradient(loss, variable).values
+
+    def published_recipe(data):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(variable)
+            loss = loss_fn(data[1], model(data[0], training=True))
+        gradient = tf.convert_to_tensor(tape.gradient(loss, variable))  # Dense V x d.
+        delta = EPSILON * gradient / (tf.norm(gradient) + 1e-8)
+        variable.assign_add(delta)
+        logs = plain_step(model, data)
+        variable.assign_sub(delta)
+        return logs
+
+    def adversarial(method, objective):
+        step = AdversarialTrainStep(embedding, keras_adv.methods.get_method(
+            method, epsilon=EPSILON, steps=3, alpha=0.4), objective)
+        return lambda data: step(model, data)
+
+    builders = {
+        "plain": lambda: (lambda data: plain_step(model, data)),
+        "embedding gradient": lambda: embedding_gradient,
+        "fgm sum": lambda: adversarial("fgm", "sum"),
+        "fgm adversarial": lambda: adversarial("fgm", "adversarial"),
+        "pgd3 sum": lambda: adversarial("pgd", "sum"),
+        "pgd3 adversarial": lambda: adversarial("pgd", "adversarial"),
+        "published recipe (dense)": lambda: published_recipe,
+    }
+    # XLA where TensorFlow would pick it (a GPU), as `jit_compile="auto"` does.
+    jit = bool(tf.config.list_logical_devices("GPU"))
+    batch = (tf.nest.map_structure(tf.constant, x), tf.constant(y))
+    functions = {}
+    for name in names:
+        function = tf.function(builders[name](), jit_compile=jit)
+        functions[name] = lambda f=function: tf.nest.map_structure(lambda t: t.numpy(), f(batch))
+    return functions
+
+
+def run_stack(stack, steps, models, memory_variant=None):
+    if stack == "tf_keras":
+        import keras_adv
+
+        keras_adv.prepare_bert4keras()
+    import tensorflow as tf
+
+    results = {"device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU"}
+    for model_name in models:
+        spec = MODELS[model_name]
+        names = VARIANTS if "250000" not in model_name else ["plain", "embedding gradient", "fgm sum"]
+        if memory_variant is not None:
+            names = [memory_variant]
+        model, embedding_name, data = _build(stack, spec)
+        functions = _step_functions(stack, model, embedding_name, data, names)
+        for function in functions.values():  # Trace and warm up.
+            function()
+            function()
+        if memory_variant is not None:
+            for _ in range(steps):
+                functions[memory_variant]()
+            return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        samples = {name: [] for name in names}
+        for _ in range(steps):  # Interleaved: every variant sees the same machine state.
+            for name, function in functions.items():
+                start = time.perf_counter()
+                function()
+                samples[name].append(time.perf_counter() - start)
+        results[model_name] = {name: statistics.median(s) for name, s in samples.items()}
+        print(f"[{stack}] {model_name}: " + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in results[model_name].items()), flush=True)
+    return results
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _child(*args):
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark child {args} failed:\n{out.stderr[-3000:]}")
+    sys.stderr.write("".join(line + "\n" for line in out.stdout.splitlines() if line.startswith("[")))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(times, memory=None):
+    plain = times["plain"]
+    floor = floors(times)
+    rows = ["| pass / method | ms | x plain step | floor (x plain) | x its floor | peak memory vs plain |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, seconds in times.items():
+        ratio = seconds / plain
+        floor_text = f"{floor[name]:.2f}" if name in floor else ""
+        of_floor = f"{ratio / floor[name]:.3f}" if name in floor else ""
+        mem = f"{memory[name] / memory['plain']:.3f}" if memory and name in memory else ""
+        rows.append(f"| {name} | {seconds * 1000:.1f} | {ratio:.2f} | {floor_text} | {of_floor} | {mem} |")
+    recipe = times.get("published recipe (dense)")
+    if recipe:
+        rows.append(f"\nSpeed-up of FGM (objective=\"adversarial\") over the dense published recipe: "
+                    f"{recipe / times['fgm adversarial']:.2f}x")
+    return "\n".join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median)")
+    parser.add_argument("--stack", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", help=argparse.SUPPRESS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=os.path.join(HERE, os.pardir, "BENCHMARKS.md"))
+    args = parser.parse_args()
+    if args.stack:  # A child: one stack (and for --memory, one variant).
+        print(json.dumps(run_stack(args.stack, args.steps, args.models, args.memory)))
+        return
+
+    lines = ["# Benchmarks", "",
+             f"Command: `python benchmarks/step_cost.py --steps {args.steps}`", "",
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", ""]
+    for stack, title in (("keras3", "Keras 3 on TensorFlow (KerasHub BERT)"), ("tf_keras", "tf-keras eager (bert4keras BERT)")):
+        results = _child("--stack", stack, "--steps", str(args.steps))
+        lines += [f"## {title}", "",
+                  f"Device: {results['device']}" + ("" if results["device"] == "GPU" else
+                  " (no GPU on this machine: CPU timings; on a GPU machine the same command times the GPU, XLA-compiled)."), ""]
+        for model_name in MODELS:
+            if model_name not in results:
+                continue
+            memory = None
+            if model_name == "bert-like":
+                memory = {v: _child("--stack", stack, "--steps", "3", "--models", model_name, "--memory", v)["peak_rss_mib"]
+                          for v in VARIANTS}
+            lines += [f"### {model_name}: " + ", ".join(f"{k} {v}" for k, v in MODELS[model_name].items()), "",
+                      _table(results[model_name], memory), ""]
+        big, small = results.get("bert-like, vocab 250000"), results.get("bert-like")
+        if big and small:
+            lines += [f"FGM (sum) / plain at vocabulary 21128: {small['fgm sum'] / small['plain']:.3f}; "
+                      f"at 250000: {big['fgm sum'] / big['plain']:.3f} "
+                      f"(ratio of ratios {big['fgm sum'] / big['plain'] / (small['fgm sum'] / small['plain']):.3f}).", ""]
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
