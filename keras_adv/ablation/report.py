@@ -55,6 +55,7 @@ def _figure(results, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (curves, robustness) = plt.subplots(1, 2, figsize=(11, 4))
     for method in dict.fromkeys(r.method for r in results):
@@ -65,6 +66,7 @@ def _figure(results, path):
         attacked = np.mean([[r.attack_curve[e] for e in epsilons] for r in runs], axis=0)
         robustness.plot(epsilons, attacked, marker="o", label=method)
     curves.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    curves.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     robustness.set(title="Test accuracy under an embedding FGM attack", xlabel="attack epsilon", ylabel="accuracy")
     for axes in (curves, robustness):
         axes.grid(alpha=0.3)
