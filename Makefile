@@ -30,3 +30,8 @@ test-keras3: $(INSTALLED)
 test-tf-keras: $(INSTALLED)
 	$(PYTHON) -m pytest tests/tf_keras
 	$(PYTHON) -m pytest tests/tf_keras_graph
+
+# Not part of the tests: step cost against plain and against each method's
+# floor, both stacks; writes BENCHMARKS.md.
+benchmark: $(INSTALLED)
+	$(PYTHON) benchmarks/step_cost.py
