@@ -85,10 +85,11 @@ def _bert4keras_bert(vocabulary_size, num_classes, length):
 
 def build_model(name, vocabulary_size, num_classes, length):
     """Builds model `name` (see `EMBEDDING_NAMES`), returning logits."""
-    builders = {"char-cnn": char_cnn, "kerashub-bert": _kerashub_bert, "bert4keras-bert": _bert4keras_bert}
     if name == "char-cnn":
         return char_cnn(vocabulary_size, num_classes, length=length)
-    return builders[name](vocabulary_size, num_classes, length)
+    if name == "kerashub-bert":
+        return _kerashub_bert(vocabulary_size, num_classes, length)
+    return _bert4keras_bert(vocabulary_size, num_classes, length)
 
 
 def encode(name, vocabulary, texts, length):
