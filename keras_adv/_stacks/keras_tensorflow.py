@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import attack, update_gradients
+from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
 from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
@@ -48,24 +48,11 @@ def _track_loss(tracker, loss, x):
     tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch_size)
 
 
-class AdversarialTrainStep:
-    """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training.
-
-    Bound to a model with `types.MethodType`, so `self` inside is the model.
-
-    Args:
-        embedding: The embedding matrix variable (a `keras.Variable`).
-        method: A `keras_adv.FGM` or `keras_adv.PGD`.
-        objective: `"sum"` or `"adversarial"`.
-    """
-
-    # Autograph (tf-keras with jit_compile) reads the name of what it converts.
-    __name__ = "train_step"
+class AdversarialTrainStep(AdversarialStep):
+    """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training."""
 
     def __init__(self, embedding, method, objective):
-        self.embedding = embedding
-        self.method = method
-        self.objective = objective
+        super().__init__(embedding, method, objective)
         # Held here, not on the model, so the model gains no tracked metric.
         # Reset together with Keras's loss tracker (see `_reset_with`).
         self.adversarial_loss = keras.metrics.Mean(name="adversarial_loss")
@@ -116,17 +103,14 @@ class AdversarialTrainStep:
             loss = _compute_loss(model, x, y, y_pred, sample_weight)
             _track_loss(_loss_tracker(model), loss, x)
             loss = model.optimizer.scale_loss(loss)
-        position = self._position(sources)
-        targets = list(sources) if position is not None else list(sources) + [embedding]
-        grads = tape.gradient(loss, targets)
-        embedding_grad = grads[position if position is not None else -1]
+        grads, embedding_grad = split_gradients(tape, loss, sources, self.embedding, embedding)
         if embedding_grad is None:
             raise ValueError(
                 f"The loss does not depend on the embedding "
                 f"'{self.embedding.path}', so it cannot be perturbed. Name the "
                 f"embedding layer that the model's inputs go through."
             )
-        return grads[: len(sources)], embedding_grad, y_pred
+        return grads, embedding_grad, y_pred
 
     def _perturbed_pass(self, model, x, y, sample_weight, perturbed, sources):
         """Runs the model with `perturbed` in place of the embedding value.
@@ -144,13 +128,10 @@ class AdversarialTrainStep:
                 loss = _compute_loss(model, x, y, y_pred, sample_weight)
             scaled_loss = model.optimizer.scale_loss(loss)
         self._keep_state_updates(model, scope)
-        position = self._position(sources)
-        targets = [perturbed if v is self.embedding else v for v in sources]
-        if position is None:
-            targets.append(perturbed)
-        grads = tape.gradient(scaled_loss, targets)
-        embedding_grad = grads[position if position is not None else -1]
-        return loss, grads[: len(sources)], embedding_grad
+        grads, embedding_grad = split_gradients(
+            tape, scaled_loss, sources, self.embedding, perturbed
+        )
+        return loss, grads, embedding_grad
 
     def _keep_state_updates(self, model, scope):
         for variable in model.non_trainable_variables:
@@ -160,11 +141,6 @@ class AdversarialTrainStep:
             if value is not None:
                 variable.assign(value)
 
-    def _position(self, sources):
-        for i, variable in enumerate(sources):
-            if variable is self.embedding:
-                return i
-        return None
 
 
 def is_compiled(model):

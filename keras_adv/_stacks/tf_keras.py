@@ -12,7 +12,7 @@ training; the perturbed passes leave them as they were.
 import tensorflow as tf
 
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import attack, update_gradients
+from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
 from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows, add_gradients
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
@@ -29,22 +29,11 @@ def _loss_trackers(model):
     return model.compiled_loss.metrics
 
 
-class AdversarialTrainStep:
-    """A tf-keras `train_step` with embedding-space adversarial training.
-
-    Args:
-        embedding: The embedding matrix `tf.Variable`.
-        method: A `keras_adv.FGM` or `keras_adv.PGD`.
-        objective: `"sum"` or `"adversarial"`.
-    """
-
-    # Autograph (tf-keras with jit_compile) reads the name of what it converts.
-    __name__ = "train_step"
+class AdversarialTrainStep(AdversarialStep):
+    """A tf-keras `train_step` with embedding-space adversarial training."""
 
     def __init__(self, embedding, method, objective):
-        self.embedding = embedding
-        self.method = method
-        self.objective = objective
+        super().__init__(embedding, method, objective)
         self.adversarial_loss = _tf_keras().metrics.Mean(name="adversarial_loss")
 
     def __call__(self, model, data):
@@ -61,7 +50,7 @@ class AdversarialTrainStep:
             tape.watch(self.embedding)
             y_pred = model(x, training=True)
             loss = model.compute_loss(x, y, y_pred, sample_weight)
-        clean_grads, embedding_grad = self._gradients(tape, loss, sources)
+        clean_grads, embedding_grad = split_gradients(tape, loss, sources, self.embedding, self.embedding)
         if embedding_grad is None:
             raise ValueError(
                 f"The loss does not depend on the embedding '{self.embedding.name}', "
@@ -78,7 +67,9 @@ class AdversarialTrainStep:
                 tape.watch(self.embedding)
                 adversarial_pred = model(x, training=True)
                 adversarial_loss = self._untracked_loss(model, x, y, adversarial_pred, sample_weight)
-            grads, gradient = self._gradients(tape, adversarial_loss, pass_sources)
+            grads, gradient = split_gradients(
+                tape, adversarial_loss, pass_sources, self.embedding, self.embedding
+            )
             return adversarial_loss, grads, gradient
 
         try:
@@ -95,13 +86,6 @@ class AdversarialTrainStep:
         logs = dict(model.compute_metrics(x, y, y_pred, sample_weight))
         logs["adversarial_loss"] = self.adversarial_loss.result()
         return logs
-
-    def _gradients(self, tape, loss, sources):
-        """(gradients of `sources`, gradient of the embedding) from one tape."""
-        position = next((i for i, v in enumerate(sources) if v is self.embedding), None)
-        targets = list(sources) if position is not None else list(sources) + [self.embedding]
-        grads = tape.gradient(loss, targets)
-        return grads[: len(sources)], grads[position if position is not None else -1]
 
     def _untracked_loss(self, model, x, y, y_pred, sample_weight):
         # `compute_loss` updates the loss trackers; the perturbed passes must

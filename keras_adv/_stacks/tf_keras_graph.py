@@ -22,7 +22,7 @@ import contextlib
 import tensorflow as tf
 
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import attack
+from keras_adv._stacks.passes import AdversarialStep, attack
 from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
@@ -57,23 +57,13 @@ def _endpoints_reading(model, outputs):
             endpoint.output_loss_metric = metric
 
 
-class AdversarialTrainFunction:
+class AdversarialTrainFunction(AdversarialStep):
     """Builds the adversarial train function of a `training_v1` model.
 
     Bound to the model as `_make_train_function`; follows tf-keras's own.
-
-    Args:
-        embedding: The embedding matrix `tf.Variable`.
-        method: A `keras_adv.FGM` or `keras_adv.PGD`.
-        objective: `"sum"` or `"adversarial"`.
     """
 
     __name__ = "_make_train_function"
-
-    def __init__(self, embedding, method, objective):
-        self.embedding = embedding
-        self.method = method
-        self.objective = objective
 
     def __call__(self, model):
         backend = _backend()
