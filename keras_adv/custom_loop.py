@@ -71,8 +71,10 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
         )
     touched = TouchedRows(gradient)
     perturbation = adversary.ascend(None, touched.rows(gradient))
-    # tf-keras gathers rows sparsely; Keras 3 reads the whole matrix, which
-    # sparse writes would switch to copy-on-read for good (see RowsInPlace).
+    # tf-keras gathers rows sparsely. Keras 3 reads the whole matrix, and
+    # keeping those reads copy-free after row writes takes an op that XLA
+    # lacks (see RowsInPlace); this block may run inside an XLA function, so
+    # on Keras 3 it writes the whole perturbed matrix.
     rows = RowsInPlace(variable, touched, sparse_writes=_stacks.family(model) == "tf_keras")
     rows.move(perturbation)
     try:

@@ -7,15 +7,18 @@ passes:
 
 1. The clean pass: loss, loss tracker, and the gradients it needs: all weights
    under `objective="sum"`, only the embedding under `"adversarial"`.
-2. `method.steps` perturbed passes. The embedding is never written: each pass
-   substitutes `E + r` for its value through `keras.StatelessScope`, so the
-   variable holds exactly `E` before the optimizer runs and also when a pass
-   raises. Intermediate passes (PGD) ask only for the embedding gradient.
-   This costs one V x d tensor per pass. Keras 3 reads the whole matrix for
-   a lookup, and writing rows in place would switch the variable to
-   copy-on-read; switching it back (`DisableCopyOnRead`) was tried and
-   measured: the step still copied the matrix at a row write now and then,
-   a read of it still held somewhere in the step.
+2. `method.steps` perturbed passes; intermediate ones (PGD) ask only for the
+   embedding gradient. Each pass moves the touched rows of the variable in
+   place (`RowsInPlace`), and they are put back from a copy, bit for bit,
+   before the optimizer runs. Keras 3 reads the whole matrix for a lookup,
+   and those reads alias the variable only while it is not in copy-on-read
+   mode, which sparse writes switch on: so the step switches it off first
+   and after every write, and each write waits until the pass before it has
+   consumed its reads. No V x d tensor is made. A step that raises half-way
+   is undone from Python (`UndoLog`, `undo_on_failure`). Under XLA, which has
+   no kernel for that switch, a pass substitutes `E + r` for the value
+   through `keras.StatelessScope` instead; an XLA step commits no variable
+   unless it runs to the end.
 3. One optimizer update from the clean + adversarial (or adversarial only)
    gradients, with the embedding gradient still an `IndexedSlices`.
 
@@ -27,9 +30,20 @@ PyTorch recipes; loss-tracking metrics see only the clean pass.
 import keras
 import tensorflow as tf
 
-from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
+from keras_adv._stacks.instance_patch import (
+    UndoingTrainFunctionMaker,
+    install_step,
+    installed_step,
+    uninstall_step,
+)
 from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
-from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
+from keras_adv._stacks.tf_rows import (
+    RowsInPlace,
+    TouchedRows,
+    UndoLog,
+    add_gradients,
+    switch_off_copy_on_read,
+)
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -53,6 +67,10 @@ def _track_loss(tracker, loss, x):
     tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch_size)
 
 
+def _flat(tensors):
+    return [t for t in tf.nest.flatten(tensors, expand_composites=True) if t is not None]
+
+
 class AdversarialTrainStep(AdversarialStep):
     """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training."""
 
@@ -61,27 +79,47 @@ class AdversarialTrainStep(AdversarialStep):
         # Held here, not on the model, so the model gains no tracked metric.
         # Reset together with Keras's loss tracker (see `_reset_with`).
         self.adversarial_loss = keras.metrics.Mean(name="adversarial_loss")
+        self.undo_log = UndoLog(embedding.value)
 
     def __call__(self, model, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._reset_with(_loss_tracker(model))
         trainable = list(model.trainable_variables)
         update_from_clean = self.objective == "sum"
+        variable = self.embedding.value
+        in_place = not model.jit_compile
+        if in_place:
+            # A sparse optimizer update (SGD's) leaves the variable copying
+            # the matrix at every read; this step's reads need not.
+            switch_off_copy_on_read(variable)
 
-        clean_grads, embedding_grad, y_pred = self._clean_pass(
+        clean_loss, clean_grads, embedding_grad, y_pred = self._clean_pass(
             model, x, y, sample_weight, trainable if update_from_clean else []
         )
         touched = TouchedRows(embedding_grad)
+        if in_place:
+            rows = RowsInPlace(variable, touched, dense_reads=True, undo_log=self.undo_log)
+        # What the last pass computed from its reads of the matrix.
+        consumed = [clean_loss, embedding_grad, *clean_grads]
 
         def perturbed_pass(perturbation, last):
-            perturbed = touched.add_to(self.embedding.value, perturbation)
-            return self._perturbed_pass(
-                model, x, y, sample_weight, perturbed, trainable if last else []
+            sources = trainable if last else []
+            if in_place:
+                rows.move(perturbation, after=_flat(consumed))
+                perturbed = None
+            else:
+                perturbed = touched.add_to(variable, perturbation)
+            loss, grads, gradient = self._perturbed_pass(
+                model, x, y, sample_weight, perturbed, sources
             )
+            consumed[:] = [loss, gradient, *grads]
+            return loss, grads, gradient
 
         adversarial_loss, adversarial_grads = attack(
             self.method, touched, embedding_grad, perturbed_pass
         )
+        if in_place:
+            rows.restore(after=_flat(consumed))
         grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 
@@ -99,7 +137,7 @@ class AdversarialTrainStep(AdversarialStep):
             variable.assign(tf.where(fresh, tf.zeros_like(variable), variable))
 
     def _clean_pass(self, model, x, y, sample_weight, sources):
-        """Returns (gradients of `sources`, embedding gradient, y_pred)."""
+        """Returns (loss, gradients of `sources`, embedding gradient, y_pred)."""
         embedding = self.embedding.value
         # Without weight gradients to compute, record only what depends on E.
         with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
@@ -115,27 +153,26 @@ class AdversarialTrainStep(AdversarialStep):
                 f"'{self.embedding.path}', so it cannot be perturbed. Name the "
                 f"embedding layer that the model's inputs go through."
             )
-        return grads, embedding_grad, y_pred
+        return loss, grads, embedding_grad, y_pred
 
     def _perturbed_pass(self, model, x, y, sample_weight, perturbed, sources):
-        """Runs the model with `perturbed` in place of the embedding value.
+        """Runs the model with `perturbed` in place of the embedding value, or
+        (`perturbed=None`) on the variable with its rows moved in place.
 
-        Returns (loss, gradients of `sources`, gradient w.r.t. `perturbed`).
+        Returns (loss, gradients of `sources`, gradient of the embedding).
         """
+        target = self.embedding.value if perturbed is None else perturbed
+        mapping = [] if perturbed is None else [(self.embedding, perturbed)]
         with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
-            tape.watch(perturbed)
-            with keras.StatelessScope(
-                state_mapping=[(self.embedding, perturbed)], collect_losses=True
-            ) as scope:
+            tape.watch(target)
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
                 y_pred = model(x, training=True)
                 # Inside the scope: regularizers see E + r, and the updates
                 # that `compute_loss` makes to loss-tracking metrics are dropped.
                 loss = _compute_loss(model, x, y, y_pred, sample_weight)
             scaled_loss = model.optimizer.scale_loss(loss)
         self._keep_state_updates(model, scope)
-        grads, embedding_grad = split_gradients(
-            tape, scaled_loss, sources, self.embedding, perturbed
-        )
+        grads, embedding_grad = split_gradients(tape, scaled_loss, sources, self.embedding, target)
         return loss, grads, embedding_grad
 
     def _keep_state_updates(self, model, scope):
@@ -159,7 +196,10 @@ def install(model, embedding, method, objective):
     """Replaces the model's `train_step` with an adversarial one."""
     step = AdversarialTrainStep(embedding, method, objective)
     install_step(model, "train_step", step, keras.Model.train_step)
+    # Wraps whatever builds the train function, so no class override is lost.
+    install_step(model, "make_train_function", UndoingTrainFunctionMaker(step.undo_log.undo))
 
 
 def uninstall(model):
     uninstall_step(model, "train_step")
+    uninstall_step(model, "make_train_function")

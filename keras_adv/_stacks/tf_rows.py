@@ -14,7 +14,13 @@ e.g. a tied output projection) is handled as the whole matrix.
 
 import tensorflow as tf
 
-__all__ = ["TouchedRows", "RowsInPlace", "UndoLog", "add_gradients"]
+__all__ = [
+    "TouchedRows",
+    "RowsInPlace",
+    "UndoLog",
+    "add_gradients",
+    "switch_off_copy_on_read",
+]
 
 
 class TouchedRows:
@@ -98,36 +104,50 @@ def add_gradients(a, b):
 class RowsInPlace:
     """Moves the touched rows of an embedding variable in place, and back exactly.
 
-    For stacks that read the embedding with sparse gathers (tf-keras's
-    `ResourceGather`), writing only the touched rows is the cheapest
-    perturbation. An embedding read densely (Keras 3 reads the whole matrix,
-    then gathers) must not get sparse writes: one puts the variable in
-    TensorFlow's copy-on-read mode for good, and every later read copies the
-    matrix (measured: 1 ms -> 220 ms per lookup at 250000 x 256). For those,
-    `sparse_writes=False` writes the whole perturbed matrix instead. The rows
-    are restored from a copy taken before the first write, never by
-    subtracting `r`, so they come back bit for bit.
+    Writing only the touched rows is the cheapest perturbation. The rows are
+    restored from a copy taken before the first write, never by subtracting
+    `r`, so they come back bit for bit.
+
+    How the model reads the matrix decides what a sparse write costs:
+
+    - Sparse gathers (tf-keras's `ResourceGather`) read the rows in place.
+      TensorFlow puts the variable in copy-on-read mode at its first sparse
+      access, which sparse gathers do not mind.
+    - Whole-matrix reads (Keras 3 reads the matrix, then gathers;
+      `dense_reads=True`) alias the variable's buffer unless it is in
+      copy-on-read mode, where every read copies the matrix (measured:
+      1 ms -> 220 ms per lookup at 250000 x 256). So copy-on-read is switched
+      off after each write (`DisableCopyOnRead`), and the copy of the rows is
+      taken by a whole-matrix read too, never by a sparse gather, which would
+      switch it on. A sparse write copies the whole matrix (copy-on-write)
+      while a tensor read from it is still alive, so every write must wait,
+      through `after`, until the previous pass has consumed its reads. That
+      op has no XLA kernel: inside XLA, `sparse_writes=False` writes the whole
+      perturbed matrix instead.
 
     Args:
         variable: The embedding `tf.Variable`.
         touched: The `TouchedRows` of the batch.
-        sparse_writes: Write only the touched rows (for gather-read embeddings).
+        sparse_writes: Write only the touched rows.
+        dense_reads: The model reads the whole matrix (see above).
         undo_log: Optional `UndoLog` of `variable`: the first move records the
             copy in it and the restore empties it, so that a compiled step
             that fails in between can still be undone from Python.
     """
 
-    def __init__(self, variable, touched, *, sparse_writes=True, undo_log=None):
+    def __init__(self, variable, touched, *, sparse_writes=True, dense_reads=False, undo_log=None):
         self.variable = variable
         self.touched = touched
         self.sparse_writes = sparse_writes and not touched.is_dense
+        self.dense_reads = dense_reads
         self.undo_log = undo_log
         if touched.is_dense:
             self.ids = tf.range(tf.shape(variable)[0])
             self.backup = tf.identity(variable.read_value())
         else:
             self.ids = touched.ids
-            self.backup = tf.gather(variable, touched.ids)
+            source = variable.value() if dense_reads else variable
+            self.backup = tf.gather(source, touched.ids)
         self.moved = False
 
     def move(self, perturbation, after=()):
@@ -135,9 +155,11 @@ class RowsInPlace:
 
         Args:
             perturbation: The perturbation rows.
-            after: Tensors or ops that must run first (in a TF1 graph, which
-                has no automatic control dependencies: the reads of the
-                previous pass).
+            after: Tensors or ops that must run first: what the previous pass
+                computed from its reads (its loss and gradients). Automatic
+                control dependencies order a write after the reads of the
+                variable, not after the ops that consume them; a TF1 graph
+                has none, so there it must name the reads too.
 
         Returns:
             The op that wrote the rows.
@@ -157,9 +179,9 @@ class RowsInPlace:
             else:
                 # Adding lets the empty segments (zeros at row 0) coexist with
                 # a real row 0; an update with duplicate indices would not.
-                written = tf.raw_ops.ResourceScatterAdd(
+                written = self._keep_reads_aliasing(tf.raw_ops.ResourceScatterAdd(
                     resource=self.variable.handle, indices=self.touched.ids, updates=perturbation
-                )
+                ))
         self.moved = True
         return written
 
@@ -187,10 +209,26 @@ class RowsInPlace:
                 )
             else:
                 # Duplicate ids carry identical backup rows, so the update is exact.
-                written = tf.raw_ops.ResourceScatterUpdate(
+                written = self._keep_reads_aliasing(tf.raw_ops.ResourceScatterUpdate(
                     resource=self.variable.handle, indices=self.touched.ids, updates=self.backup
-                )
+                ))
         return written
+
+    def _keep_reads_aliasing(self, sparse_write):
+        if not self.dense_reads:
+            return sparse_write
+        with tf.control_dependencies([sparse_write]):
+            return switch_off_copy_on_read(self.variable)
+
+
+def switch_off_copy_on_read(variable):
+    """Returns the op that lets whole-matrix reads of `variable` alias it again.
+
+    Safe at any time: in copy-on-read mode no read aliases the buffer, and the
+    next sparse access copies it first if one does by then. Not under XLA.
+    """
+    return tf.raw_ops.DisableCopyOnRead(resource=variable.handle)
+
 
 class UndoLog:
     """The rows of an embedding that a step has moved in place, and their originals.
@@ -257,6 +295,10 @@ class UndoLog:
             resource=self.variable.handle, indices=self.ids.read_value(),
             updates=self.rows.read_value(),
         )
+        with tf.control_dependencies([written]):
+            # Nothing reads the matrix now; whole-matrix reads (Keras 3) that
+            # follow, lookups after a failed `fit` among them, must not copy it.
+            written = switch_off_copy_on_read(self.variable)
         with tf.control_dependencies([written]):
             with tf.control_dependencies([self.clear()]):
                 return tf.constant(True)

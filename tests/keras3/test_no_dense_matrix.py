@@ -1,13 +1,16 @@
-"""Keras 3 reads the whole embedding matrix per lookup. keras_adv never writes
-it sparsely, so those reads keep aliasing the variable; each perturbed pass
-is handed `E + r` as one new V x d tensor, and makes no other."""
+"""Keras 3 reads the whole embedding matrix per lookup, yet no step makes a
+V x d tensor: rows move in place, and the reads keep aliasing the variable.
+Under XLA, which cannot keep them aliasing, each perturbed pass is handed
+`E + r` as one new V x d tensor, and makes no other."""
 
+import json
 import os
 import subprocess
 import sys
 
 import keras
 import pytest
+import tensorflow as tf
 
 import keras_adv
 from tests.models import batch, linear_text_model
@@ -29,66 +32,119 @@ def _compile_adam(model, **kwargs):
 
 
 class TestNoVocabularySizedTensor(TestCase):
-    def _vocabulary_sized(self, model):
-        return vocabulary_sized_ops(model, batch(vocab=VOCAB), VOCAB)
+    def _before_and_after(self, model, **options):
+        plain = vocabulary_sized_ops(model, batch(vocab=VOCAB), VOCAB)
+        keras_adv.adversarial_training(model, "emb", 0.5, **options)
+        return plain, vocabulary_sized_ops(model, batch(vocab=VOCAB), VOCAB)
 
-    @pytest.mark.parametrize("jit_compile", [False, True])
     @pytest.mark.parametrize(
         "options,passes", [(dict(method="fgm"), 1), (dict(method="pgd", objective="adversarial"), 3)]
     )
-    def test_one_perturbed_matrix_per_pass_and_reads(self, options, passes, jit_compile):
-        model = _compile_adam(linear_text_model(vocab=VOCAB), jit_compile=jit_compile)
-        plain = self._vocabulary_sized(model)
-        keras_adv.adversarial_training(model, "emb", 0.5, **options)
-        added = self._vocabulary_sized(model) - plain
+    def test_rows_move_in_place(self, options, passes):
+        model = _compile_adam(linear_text_model(vocab=VOCAB))
+        x, _ = batch(vocab=VOCAB)
+        forward = tf.function(lambda x: model(x, training=True)).get_concrete_function(
+            tf.constant(x)
+        )
+        reads_per_pass = sum(op.type == "ReadVariableOp" and op.outputs[0].shape.as_list()[:1] == [VOCAB]
+                             for op in forward.graph.get_operations())
+        plain, adversarial = self._before_and_after(model, **options)
+        # Each perturbed pass reads the matrix as a forward pass does (aliases),
+        # and one more read copies the touched rows.
+        assert dict(adversarial - plain) == {"ReadVariableOp": 1 + passes * reads_per_pass}
+
+    @pytest.mark.parametrize(
+        "options,passes", [(dict(method="fgm"), 1), (dict(method="pgd", objective="adversarial"), 3)]
+    )
+    def test_under_xla_one_perturbed_matrix_per_pass(self, options, passes):
+        model = _compile_adam(linear_text_model(vocab=VOCAB), jit_compile=True)
+        plain, adversarial = self._before_and_after(model, **options)
+        added = adversarial - plain
         # Reads of the variable are aliases, not copies.
         assert set(added) == {"ReadVariableOp", "TensorScatterAdd"}
         assert added["TensorScatterAdd"] == passes
 
 
-# Runs with TensorFlow's BFC allocator on the CPU, the one that keeps statistics.
-_LOOKUP_PEAK = """
-import sys
+# Runs with TensorFlow's BFC allocator on the CPU, the one that keeps
+# statistics. Prints, as JSON, the peak allocation of a training step (the
+# most over three, after one to build) and of a lookup after training, in
+# matrices, for each way of training.
+_PEAKS = """
+import json
+import keras
 import tensorflow as tf
 import keras_adv
-from tests.models import batch, linear_text_model
+from tests.models import batch, compile_sgd, linear_text_model
 from tests.keras3.test_no_dense_matrix import _compile_adam
 
 vocab, dim = 200000, 64
 matrix_bytes = vocab * dim * 4
 x, y = batch(vocab=vocab)
-model = _compile_adam(linear_text_model(vocab=vocab, dim=dim))
-if sys.argv[1] == "adversarial":
-    keras_adv.adversarial_training(model, "emb", 0.5, method="pgd")
-model.fit(x, y, epochs=2, verbose=0)
-if sys.argv[1] == "raw scatter":
-    variable = model.get_layer("emb").embeddings.value
-    tf.raw_ops.ResourceScatterAdd(resource=variable.handle, indices=[1], updates=tf.ones([1, dim]))
-lookup = tf.function(lambda ids: model.get_layer("emb")(ids))
-lookup(x)
-tf.config.experimental.reset_memory_stats("CPU:0")
-before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-lookup(x)
-print((tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / matrix_bytes)
+
+
+def peak_of(call):
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    call()
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / matrix_bytes
+
+
+def peaks(optimizer, frozen=False, **options):
+    keras.utils.clear_session()
+    model = linear_text_model(vocab=vocab, dim=dim)
+    model.get_layer("emb").trainable = not frozen
+    if optimizer == "sgd":
+        compile_sgd(model)
+    else:
+        _compile_adam(model)
+    if options:
+        keras_adv.adversarial_training(model, "emb", 0.5, **options)
+    model.train_on_batch(x, y)
+    step = max(peak_of(lambda: model.train_on_batch(x, y)) for _ in range(3))
+    lookup = tf.function(lambda ids: model.get_layer("emb")(ids))
+    lookup(x)
+    return {"step": step, "lookup": peak_of(lambda: lookup(x))}
+
+
+print(json.dumps({
+    "sgd plain": peaks("sgd"),
+    "sgd fgm": peaks("sgd", method="fgm"),
+    "sgd pgd": peaks("sgd", method="pgd"),
+    "adam plain": peaks("adam"),
+    "adam fgm": peaks("adam", method="fgm"),
+    "frozen pgd adversarial": peaks("adam", frozen=True, method="pgd", objective="adversarial"),
+}))
 """
 
 
-def _lookup_peak_in_matrices(training):
-    """The peak allocation of one lookup after two epochs of `training`, in matrices."""
+@pytest.fixture(scope="module")
+def peaks():
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "PYTHONPATH": ROOT}
     out = subprocess.run(
-        [sys.executable, "-c", _LOOKUP_PEAK, training],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=True,
+        [sys.executable, "-c", _PEAKS], capture_output=True, text=True, env=env, cwd=ROOT,
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("training", ["plain", "adversarial"])
-def test_lookups_after_training_allocate_no_copy_of_the_matrix(training):
-    assert _lookup_peak_in_matrices(training) < 0.1
+def test_the_measure_sees_a_copy_on_read_matrix(peaks):
+    # The control: Keras 3's SGD updates the matrix sparsely, which switches
+    # it to copy-on-read, and each whole-matrix read of plain training then
+    # copies it.
+    assert peaks["sgd plain"]["step"] >= 1.0
+    assert peaks["sgd plain"]["lookup"] >= 1.0
 
 
-def test_the_measure_sees_a_copy_on_read_matrix():
-    # The control: one sparse write left in copy-on-read mode, and every
-    # lookup copies the whole matrix.
-    assert _lookup_peak_in_matrices("raw scatter") >= 1.0
+@pytest.mark.parametrize("training", ["sgd fgm", "sgd pgd", "frozen pgd adversarial"])
+def test_adversarial_steps_copy_no_matrix(peaks, training):
+    assert peaks[training]["step"] < 0.1
+
+
+def test_adam_steps_allocate_what_plain_steps_do(peaks):
+    # Adam's own temporaries are matrices; adversarial training adds none.
+    assert peaks["adam fgm"]["step"] < peaks["adam plain"]["step"] + 0.1
+
+
+@pytest.mark.parametrize("training", ["adam plain", "adam fgm", "frozen pgd adversarial"])
+def test_lookups_after_training_allocate_no_copy_of_the_matrix(peaks, training):
+    assert peaks[training]["lookup"] < 0.1
