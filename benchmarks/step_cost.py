@@ -11,7 +11,10 @@ twice: as published (dense gradient copied to the host, the matrix copied
 through numpy to add and subtract the perturbation; timed after the others,
 whose timings its host copies would disturb) and densely in the graph (no
 host copies; a generous baseline). The floor of each method comes from
-the two measured passes (DESIGN.md's cost model).
+the two measured passes (DESIGN.md's cost model). The BERT-like model also
+runs at vocabulary 250000, and both sizes with the embedding frozen (the
+plain step then has nothing that grows with the vocabulary), to show what
+grows with it.
 
 Peak memory: the peak of TensorFlow's allocator during one step (weights,
 optimizer slots and the step's own tensors), the median over `--steps` steps

@@ -121,9 +121,9 @@ class RowsInPlace:
       taken by a whole-matrix read too, never by a sparse gather, which would
       switch it on. A sparse write copies the whole matrix (copy-on-write)
       while a tensor read from it is still alive, so every write must wait,
-      through `after`, until the previous pass has consumed its reads. That
-      op has no XLA kernel: inside XLA, `sparse_writes=False` writes the whole
-      perturbed matrix instead.
+      through `after`, until the previous pass has consumed its reads.
+      `DisableCopyOnRead` has no XLA kernel: inside XLA,
+      `sparse_writes=False` writes the whole perturbed matrix instead.
 
     Args:
         variable: The embedding `tf.Variable`.
