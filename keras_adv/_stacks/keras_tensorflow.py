@@ -87,6 +87,9 @@ class AdversarialTrainStep(AdversarialStep):
         trainable = list(model.trainable_variables)
         update_from_clean = self.objective == "sum"
         variable = self.embedding.value
+        # XLA has no kernel for the copy-on-read switch, and it copies the
+        # matrix for row writes anyway (measured on the CPU: a peak of two
+        # matrices, against one for `E + r`, made anew for each pass).
         in_place = not model.jit_compile
         if in_place:
             # A sparse optimizer update (SGD's) leaves the variable copying
