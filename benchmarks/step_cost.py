@@ -34,17 +34,16 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BERT_LIKE = dict(vocab=21128, layers=4, width=256, heads=4, length=128, batch=16)
 MODELS = {
     "tiny": dict(vocab=2000, layers=1, width=64, heads=2, length=32, batch=16),
-    "bert-like": dict(vocab=21128, layers=4, width=256, heads=4, length=128, batch=16),
-    "bert-like, vocab 250000": dict(vocab=250000, layers=4, width=256, heads=4, length=128, batch=16),
+    "bert-like": BERT_LIKE,
+    "bert-like, vocab 250000": dict(BERT_LIKE, vocab=250000),
     # Adam updates the whole embedding matrix, so the plain step itself grows
     # with the vocabulary; with the embedding frozen nothing in a plain step
     # does, and the ratio shows whether keras_adv's own cost grows.
-    "bert-like, frozen embedding": dict(
-        vocab=21128, layers=4, width=256, heads=4, length=128, batch=16, frozen_embedding=True),
-    "bert-like, frozen embedding, vocab 250000": dict(
-        vocab=250000, layers=4, width=256, heads=4, length=128, batch=16, frozen_embedding=True),
+    "bert-like, frozen embedding": dict(BERT_LIKE, frozen_embedding=True),
+    "bert-like, frozen embedding, vocab 250000": dict(BERT_LIKE, vocab=250000, frozen_embedding=True),
 }
 RECIPE_HOST, RECIPE_GRAPH = "published recipe (host copies)", "published recipe (dense, in graph)"
 CLEAN_GRADIENTS = "clean gradients"

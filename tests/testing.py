@@ -17,12 +17,18 @@ def vocabulary_sized_ops(model, data, vocab):
         data: An `(x, y)` batch of numpy arrays (`x` may be a list).
         vocab: The embedding's vocabulary size.
     """
+    import tensorflow as tf
+
+    data = tf.nest.map_structure(tf.constant, tuple(data))
+    return vocabulary_sized_ops_in(tf.function(model.train_step).get_concrete_function(data).graph, vocab)
+
+
+def vocabulary_sized_ops_in(graph, vocab):
+    """Counts, by op type, the float outputs of `vocab` rows in a traced `graph`."""
     from collections import Counter
 
     import tensorflow as tf
 
-    data = tf.nest.map_structure(tf.constant, tuple(data))
-    graph = tf.function(model.train_step).get_concrete_function(data).graph
     return Counter(
         op.type
         for op in graph.get_operations()

@@ -298,7 +298,7 @@ class UndoLog:
         with tf.control_dependencies([written]):
             # Nothing reads the matrix now; whole-matrix reads (Keras 3) that
             # follow, lookups after a failed `fit` among them, must not copy it.
-            written = switch_off_copy_on_read(self.variable)
-        with tf.control_dependencies([written]):
-            with tf.control_dependencies([self.clear()]):
-                return tf.constant(True)
+            switched_off = switch_off_copy_on_read(self.variable)
+            cleared = self.clear()
+        with tf.control_dependencies([switched_off, cleared]):
+            return tf.constant(True)
