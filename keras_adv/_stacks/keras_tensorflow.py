@@ -17,8 +17,9 @@ passes:
    consumed its reads. No V x d tensor is made. A step that raises half-way
    is undone from Python (`UndoLog`, `undo_on_failure`). Under XLA, which has
    no kernel for that switch, a pass substitutes `E + r` for the value
-   through `keras.StatelessScope` instead; an XLA step commits no variable
-   unless it runs to the end.
+   through `keras.StatelessScope` instead: one V x d tensor per step, which
+   each pass writes its rows into (`PerturbedMatrix`). An XLA step commits
+   no variable unless it runs to the end.
 3. One optimizer update from the clean + adversarial (or adversarial only)
    gradients, with the embedding gradient still an `IndexedSlices`.
 
@@ -38,6 +39,7 @@ from keras_adv._stacks.instance_patch import (
 )
 from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
 from keras_adv._stacks.tf_rows import (
+    PerturbedMatrix,
     RowsInPlace,
     TouchedRows,
     UndoLog,
@@ -89,7 +91,7 @@ class AdversarialTrainStep(AdversarialStep):
         variable = self.embedding.value
         # XLA has no kernel for the copy-on-read switch, and it copies the
         # matrix for row writes anyway (measured on the CPU: a peak of two
-        # matrices, against one for `E + r`, made anew for each pass).
+        # matrices, against one for `E + r`).
         in_place = not model.jit_compile
         if in_place:
             # A sparse optimizer update (SGD's) leaves the variable copying
@@ -102,6 +104,8 @@ class AdversarialTrainStep(AdversarialStep):
         touched = TouchedRows(embedding_grad)
         if in_place:
             rows = RowsInPlace(variable, touched, dense_reads=True, undo_log=self.undo_log)
+        else:
+            matrix = PerturbedMatrix(variable, touched)
         # What the last pass computed from its reads of the matrix.
         consumed = [clean_loss, embedding_grad, *clean_grads]
 
@@ -111,7 +115,7 @@ class AdversarialTrainStep(AdversarialStep):
                 rows.move(perturbation, after=_flat(consumed))
                 perturbed = None
             else:
-                perturbed = touched.add_to(variable, perturbation)
+                perturbed = matrix.move(perturbation)
             loss, grads, gradient = self._perturbed_pass(
                 model, x, y, sample_weight, perturbed, sources
             )

@@ -17,6 +17,7 @@ import tensorflow as tf
 __all__ = [
     "TouchedRows",
     "RowsInPlace",
+    "PerturbedMatrix",
     "UndoLog",
     "add_gradients",
     "switch_off_copy_on_read",
@@ -219,6 +220,55 @@ class RowsInPlace:
             return sparse_write
         with tf.control_dependencies([sparse_write]):
             return switch_off_copy_on_read(self.variable)
+
+
+class PerturbedMatrix:
+    """The embedding matrix with its touched rows moved, as a new tensor.
+
+    For XLA, where a pass reads `E + r` in place of the variable. XLA may
+    copy a variable as early in the step as it likes, and does: a matrix made
+    from the variable for every pass held one V x d copy per PGD pass through
+    the whole step. So only the first pass copies the variable; each later
+    pass writes the touched rows into the last pass's matrix, which XLA does
+    in that matrix's buffer. Only because the written rows depend on the new
+    perturbation: the write then follows the last pass's lookups, so XLA
+    need not copy the matrix to keep it for them.
+
+    The rows are set to `original + perturbation`, not added to: every pass
+    sees `E + r` bit for bit, whatever the pass before it wrote.
+
+    Args:
+        variable: The embedding `tf.Variable`.
+        touched: The `TouchedRows` of the batch.
+    """
+
+    def __init__(self, variable, touched):
+        self.variable = variable
+        self.touched = touched
+        self.matrix = None
+
+    def move(self, perturbation):
+        """Returns the matrix with the touched rows at `original + perturbation`."""
+        perturbation = tf.cast(perturbation, self.variable.dtype)
+        if self.touched.is_dense:
+            return self.touched.add_to(self.variable.value(), perturbation)
+        if self.matrix is None:
+            self.matrix = self.variable.value()
+            self.original = tf.gather(self.matrix, self.touched.ids)
+        self.matrix = tf.tensor_scatter_nd_update(
+            self.matrix, self.touched.ids[:, None], self._rows(perturbation)
+        )
+        return self.matrix
+
+    def _rows(self, perturbation):
+        # The empty segments sit at row 0, and share it with a real segment
+        # when token 0 is in the batch (segment 0 then, the lowest id). An
+        # update with duplicate indices is exact only if all write the same
+        # row: the moved row 0 then, else the original one.
+        moved = self.original + perturbation
+        empty = tf.range(self.touched.num_segments) > tf.reduce_max(self.touched.segments)
+        row_zero = tf.where(self.touched.ids[0] == 0, moved[:1], self.original)
+        return tf.where(empty[:, None], row_zero, moved)
 
 
 def switch_off_copy_on_read(variable):

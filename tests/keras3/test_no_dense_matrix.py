@@ -1,7 +1,7 @@
 """Keras 3 reads the whole embedding matrix per lookup, yet no step makes a
 V x d tensor: rows move in place, and the reads keep aliasing the variable.
-Under XLA, which cannot keep them aliasing, each perturbed pass is handed
-`E + r` as one new V x d tensor, and makes no other."""
+Under XLA, which cannot keep them aliasing, the perturbed passes are handed
+`E + r` in one V x d tensor per step, which each pass writes its rows into."""
 
 import json
 import os
@@ -55,19 +55,27 @@ class TestNoVocabularySizedTensor(TestCase):
     @pytest.mark.parametrize(
         "options,passes", [(dict(method="fgm"), 1), (dict(method="pgd", objective="adversarial"), 3)]
     )
-    def test_under_xla_one_perturbed_matrix_per_pass(self, options, passes):
+    def test_under_xla_each_pass_writes_into_the_matrix_before(self, options, passes):
         model = _compile_adam(linear_text_model(vocab=VOCAB), jit_compile=True)
         plain, adversarial = self._before_and_after(model, **options)
         added = adversarial - plain
         # Reads of the variable are aliases, not copies.
-        assert set(added) == {"ReadVariableOp", "TensorScatterAdd"}
-        assert added["TensorScatterAdd"] == passes
+        assert set(added) == {"ReadVariableOp", "TensorScatterUpdate"}
+        assert added["TensorScatterUpdate"] == passes
+        data = tf.nest.map_structure(tf.constant, batch(vocab=VOCAB))
+        graph = tf.function(model.train_step).get_concrete_function(data).graph
+        written = sorted(
+            op.inputs[0].op.type for op in graph.get_operations() if op.type == "TensorScatterUpdate"
+        )
+        # Only the first pass's matrix is made from the variable.
+        assert written == ["ReadVariableOp"] + ["TensorScatterUpdate"] * (passes - 1)
 
 
 # Runs with TensorFlow's BFC allocator on the CPU, the one that keeps
 # statistics. Prints, as JSON, the peak allocation of a training step (the
 # most over three, after one to build) and of a lookup after training, in
-# matrices, for each way of training.
+# matrices, for each way of training. The allocator rounds a matrix's
+# 51.2 MB up to 64 MiB: one copy reads 1.31.
 _PEAKS = """
 import json
 import keras
@@ -88,14 +96,14 @@ def peak_of(call):
     return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / matrix_bytes
 
 
-def peaks(optimizer, frozen=False, **options):
+def peaks(optimizer, frozen=False, jit_compile=False, **options):
     keras.utils.clear_session()
     model = linear_text_model(vocab=vocab, dim=dim)
     model.get_layer("emb").trainable = not frozen
     if optimizer == "sgd":
-        compile_sgd(model)
+        compile_sgd(model, jit_compile=jit_compile)
     else:
-        _compile_adam(model)
+        _compile_adam(model, jit_compile=jit_compile)
     if options:
         keras_adv.adversarial_training(model, "emb", 0.5, **options)
     model.train_on_batch(x, y)
@@ -112,6 +120,8 @@ print(json.dumps({
     "adam plain": peaks("adam"),
     "adam fgm": peaks("adam", method="fgm"),
     "frozen pgd adversarial": peaks("adam", frozen=True, method="pgd", objective="adversarial"),
+    "xla sgd plain": peaks("sgd", jit_compile=True),
+    "xla sgd pgd": peaks("sgd", jit_compile=True, method="pgd"),
 }))
 """
 
@@ -143,10 +153,22 @@ def test_adam_steps_allocate_what_plain_steps_do(peaks):
     # Adam's own temporaries are matrices, and its peak hides a transient
     # copy made earlier in the step (an `E + r` per pass passes this too):
     # this guards against holding a copy into the update. That no step copies
-    # the matrix at all is what the SGD and frozen cases above show.
-    assert peaks["adam fgm"]["step"] < peaks["adam plain"]["step"] + 0.1
+    # the matrix at all is what the SGD and frozen cases above show. Adam's
+    # peak itself reads 2.62 or 2.93 from step to step, as the allocator
+    # happens to round its temporaries; a held copy adds 1.31.
+    assert peaks["adam fgm"]["step"] < peaks["adam plain"]["step"] + 0.5
 
 
 @pytest.mark.parametrize("training", ["adam plain", "adam fgm", "frozen pgd adversarial"])
 def test_lookups_after_training_allocate_no_copy_of_the_matrix(peaks, training):
     assert peaks[training]["lookup"] < 0.1
+
+
+def test_under_xla_a_step_holds_one_perturbed_matrix(peaks):
+    # XLA updates the variable in its own buffer: a plain step copies nothing.
+    assert peaks["xla sgd plain"]["step"] < 0.1
+    # A PGD-3 step holds one `E + r` (1.31). XLA copies a variable as early
+    # as it may: a matrix made from the variable for each pass held all three
+    # through the step (measured: 5.2), and rows put back and then moved, in
+    # two writes, made XLA copy the matrix between them (2.0).
+    assert peaks["xla sgd pgd"]["step"] < 1.5

@@ -5,14 +5,20 @@ import pytest
 import tensorflow as tf
 
 from keras_adv import FGM
-from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows, UndoLog, add_gradients
+from keras_adv._stacks.tf_rows import (
+    PerturbedMatrix,
+    RowsInPlace,
+    TouchedRows,
+    UndoLog,
+    add_gradients,
+)
 from tests.testing import TestCase
 
 
-def _random_slices(seed, vocab=50, occurrences=64, dim=6):
+def _random_slices(seed, vocab=50, occurrences=64, dim=6, lowest_token=0):
     rng = np.random.RandomState(seed)
     # Few distinct tokens, so most occur several times.
-    indices = rng.randint(0, 12, size=occurrences).astype("int32")
+    indices = rng.randint(lowest_token, lowest_token + 12, size=occurrences).astype("int32")
     values = rng.normal(size=(occurrences, dim)).astype("float32")
     return tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([vocab, dim]))
 
@@ -93,6 +99,46 @@ class TestRowsInPlace(TestCase):
         # From the original rows, not from the first move.
         self.assertAllClose(second, matrix + 0.9 * unit, rtol=1e-6, atol=1e-6)
         self.assertBitEqual(variable.numpy(), matrix)
+
+
+class TestPerturbedMatrix(TestCase):
+    """Each pass's matrix (XLA's path) is `E + r` bit for bit, although later
+    passes write into the matrix of the pass before."""
+
+    @pytest.mark.parametrize("jit", [False, True])
+    @pytest.mark.parametrize("lowest_token", [0, 1])  # With and without row 0 in the batch.
+    def test_every_pass_sees_the_original_plus_its_perturbation(self, jit, lowest_token):
+        slices = _random_slices(7, lowest_token=lowest_token)
+        matrix = np.random.RandomState(8).normal(size=(50, 6)).astype("float32")
+        variable = tf.Variable(matrix)
+        touched = TouchedRows(slices)
+        # Three PGD-like passes, each with its own perturbation (zero on the
+        # empty segments, as every method's is).
+        perturbations = [touched.rows(slices) * scale for scale in (0.5, -2.0, 0.25)]
+
+        @tf.function(jit_compile=jit)
+        def passes():
+            perturbed = PerturbedMatrix(variable, TouchedRows(slices))
+            return [perturbed.move(r) for r in perturbations]
+
+        rows = {}  # Token -> its segment's perturbation.
+        ids = touched.ids.numpy()
+        for segment, token in enumerate(ids[: len(np.unique(slices.indices))]):
+            rows[token] = segment
+        for matrix_seen, r in zip(passes(), perturbations):
+            expected = matrix.copy()
+            for token, segment in rows.items():
+                expected[token] = matrix[token] + r.numpy()[segment]  # float32, as in the step.
+            self.assertBitEqual(matrix_seen.numpy(), expected)
+        self.assertBitEqual(variable.numpy(), matrix)
+
+    def test_dense_gradient_adds_to_the_whole_matrix(self):
+        matrix = np.random.RandomState(3).normal(size=(10, 3)).astype("float32")
+        perturbation = np.random.RandomState(4).normal(size=(10, 3)).astype("float32")
+        touched = TouchedRows(tf.constant(perturbation))
+        perturbed = PerturbedMatrix(tf.Variable(matrix), touched)
+        for _ in range(2):
+            self.assertBitEqual(perturbed.move(tf.constant(perturbation)).numpy(), matrix + perturbation)
 
 
 class TestUndoLog(TestCase):
