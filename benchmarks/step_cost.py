@@ -16,12 +16,17 @@ runs at vocabulary 250000, and both sizes with the embedding frozen (the
 plain step then has nothing that grows with the vocabulary), to show what
 grows with it.
 
+On a GPU every step is XLA-compiled, as Keras compiles them there by default
+(`jit_compile="auto"`). On a CPU-only machine the BERT-like model also runs
+XLA-compiled, to show that path's cost on the CPU at hand.
+
 Peak memory: the peak of TensorFlow's allocator during one step (weights,
 optimizer slots and the step's own tensors), the median over `--steps` steps
 (the peak depends on how the executor happens to order independent ops),
-side by side in one more process per stack. On the CPU, TensorFlow keeps allocator statistics only with its BFC
-allocator, which that process turns on (`TF_CPU_ALLOCATOR_USE_BFC`); the
-timing processes keep the default allocator that users get.
+side by side in one more process per stack. On the CPU, TensorFlow keeps
+allocator statistics only with its BFC allocator, which that process turns on
+(`TF_CPU_ALLOCATOR_USE_BFC`); the timing processes keep the default
+allocator that users get.
 """
 
 import argparse
@@ -76,7 +81,7 @@ def floors(times):
 # ---------------------------------------------------------------- one stack
 
 
-def _build(stack, spec):
+def _build(stack, spec, jit):
     """Model, embedding variable, one batch; random weights, no download."""
     import numpy as np
 
@@ -116,6 +121,8 @@ def _build(stack, spec):
     model.compile(
         optimizer=keras.optimizers.Adam(1e-5),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        # The adversarial step picks its XLA path from the model's setting.
+        jit_compile=jit,
     )
     return model, embedding_name, (x, labels)
 
@@ -186,14 +193,12 @@ def _step_functions(stack, model, embedding_name, data, names):
         "pgd3 adversarial": lambda: adversarial("pgd", "adversarial"),
         RECIPE_GRAPH: lambda: published_recipe_in_graph,
     }
-    # XLA where TensorFlow would pick it (a GPU), as `jit_compile="auto"` does.
-    jit = bool(tf.config.list_logical_devices("GPU"))
     batch = (tf.nest.map_structure(tf.constant, x), tf.constant(y))
     functions = {}
     for name in names:
         # The published recipe is a Python function around compiled pieces.
         function = published_recipe_with_host_copies if name == RECIPE_HOST else (
-            tf.function(builders[name](), jit_compile=jit))
+            tf.function(builders[name](), jit_compile=model.jit_compile))
         functions[name] = lambda f=function: tf.nest.map_structure(lambda t: np.asarray(t), f(batch))
     return functions
 
@@ -226,7 +231,7 @@ def _peak_memory(functions, device, steps):
     return {name: statistics.median(p) for name, p in peaks.items()}
 
 
-def run_stack(stack, steps, models, memory=False):
+def run_stack(stack, steps, models, memory=False, xla=False):
     if stack == "tf_keras":
         import keras_adv
 
@@ -234,11 +239,13 @@ def run_stack(stack, steps, models, memory=False):
     import tensorflow as tf
 
     gpu = bool(tf.config.list_logical_devices("GPU"))
-    results = {"device": "GPU" if gpu else "CPU"}
+    # XLA where `jit_compile="auto"` picks it (a GPU), or where asked.
+    jit = gpu or xla
+    results = {"device": "GPU" if gpu else "CPU", "xla": jit}
     for model_name in models:
         spec = MODELS[model_name]
         names = variants_of(model_name)
-        model, embedding_name, data = _build(stack, spec)
+        model, embedding_name, data = _build(stack, spec, jit)
         functions = _step_functions(stack, model, embedding_name, data, names)
         for function in functions.values():  # Trace and warm up.
             function()
@@ -323,37 +330,45 @@ def _vocabulary_growth(small, big, title):
     return "\n".join(rows)
 
 
+def _sum_floor(memory):
+    held = memory[CLEAN_GRADIENTS]
+    return (f"`objective=\"sum\"` holds the clean gradients through the adversarial pass: "
+            f"{held:.1f} MiB, so its memory floor is {1 + held / memory['plain']:.3f} x plain.")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median)")
     parser.add_argument("--stack", help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--xla", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", default=list(MODELS), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.path.join(HERE, os.pardir, "BENCHMARKS.md"))
     args = parser.parse_args()
-    if args.stack:  # A child: one stack (and for --memory, one variant).
-        print(json.dumps(run_stack(args.stack, args.steps, args.models, args.memory)))
+    if args.stack:  # A child: one stack, its timings or (--memory) its peaks.
+        print(json.dumps(run_stack(args.stack, args.steps, args.models, args.memory, args.xla)))
         return
 
+    steps = ("--steps", str(args.steps))
+    bfc = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
     lines = ["# Benchmarks", "",
              f"Command: `python benchmarks/step_cost.py --steps {args.steps}`", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", ""]
     for stack, title in (("keras3", "Keras 3 on TensorFlow (KerasHub BERT)"), ("tf_keras", "tf-keras eager (bert4keras BERT)")):
-        results = _child("--stack", stack, "--steps", str(args.steps))
+        results = _child("--stack", stack, *steps)
+        gpu = results["device"] == "GPU"
         lines += [f"## {title}", "",
-                  f"Device: {results['device']}" + ("" if results["device"] == "GPU" else
-                  " (no GPU on this machine: CPU timings; on a GPU machine the same command times the GPU, XLA-compiled)."), ""]
-        memory = _child("--stack", stack, "--steps", str(args.steps), "--models", "bert-like", "--memory",
-                        env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})["bert-like"]
+                  "Device: GPU, XLA-compiled (as `jit_compile=\"auto\"` compiles on a GPU)." if gpu else
+                  "Device: CPU (no GPU on this machine: CPU timings; on a GPU machine the same command "
+                  "times the GPU, XLA-compiled).", ""]
+        memory = _child("--stack", stack, *steps, "--models", "bert-like", "--memory", env=bfc)["bert-like"]
         for model_name in MODELS:
             if model_name not in results:
                 continue
             lines += [f"### {model_name}: " + ", ".join(f"{k} {v}" for k, v in MODELS[model_name].items()), "",
                       _table(results[model_name], memory if model_name == "bert-like" else None), ""]
             if model_name == "bert-like":
-                held = memory[CLEAN_GRADIENTS]
-                lines += [f"`objective=\"sum\"` holds the clean gradients through the adversarial pass: "
-                          f"{held:.1f} MiB, so its memory floor is {1 + held / memory['plain']:.3f} x plain.", ""]
+                lines += [_sum_floor(memory), ""]
         growth = [
             ("bert-like", "bert-like, vocab 250000",
              "Vocabulary 21128 -> 250000 (the plain step itself grows: Adam updates the whole matrix):"),
@@ -363,6 +378,14 @@ def main():
         for small, big, title in growth:
             if small in results and big in results:
                 lines += [_vocabulary_growth(results[small], results[big], title), ""]
+        if not gpu:
+            # The path a GPU takes by default, on this CPU: its own step (one
+            # program, its own memory planning), though not a GPU's timings.
+            only = ("--models", "bert-like", "--xla")
+            xla = _child("--stack", stack, *steps, *only)["bert-like"]
+            xla_memory = _child("--stack", stack, *steps, *only, "--memory", env=bfc)["bert-like"]
+            lines += ["### bert-like, XLA-compiled on this CPU (`jit_compile=True`, a GPU's default)", "",
+                      _table(xla, xla_memory), "", _sum_floor(xla_memory), ""]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
