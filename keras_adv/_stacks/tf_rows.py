@@ -227,15 +227,16 @@ class PerturbedMatrix:
 
     For XLA, where a pass reads `E + r` in place of the variable. XLA may
     copy a variable as early in the step as it likes, and does: a matrix made
-    from the variable for every pass held one V x d copy per PGD pass through
-    the whole step. So only the first pass copies the variable; each later
-    pass writes the touched rows into the last pass's matrix, which XLA does
-    in that matrix's buffer. Only because the written rows depend on the new
-    perturbation: the write then follows the last pass's lookups, so XLA
-    need not copy the matrix to keep it for them.
+    from the variable for each pass held one V x d copy per PGD pass through
+    the whole step. So only the first pass copies the variable, and each
+    later pass sets the touched rows of the last pass's matrix in one update.
+    The rows it writes depend on the new perturbation, so the update follows
+    the last pass's lookups, and XLA makes it in that matrix's buffer. (Rows
+    put back first, in an update of their own, made XLA copy the matrix to
+    keep it for those lookups.)
 
-    The rows are set to `original + perturbation`, not added to: every pass
-    sees `E + r` bit for bit, whatever the pass before it wrote.
+    Every pass sees `E + r` bit for bit: the rows are set to
+    `original + perturbation`, never added to.
 
     Args:
         variable: The embedding `tf.Variable`.
@@ -245,7 +246,8 @@ class PerturbedMatrix:
     def __init__(self, variable, touched):
         self.variable = variable
         self.touched = touched
-        self.matrix = None
+        self.matrix = None  # The last pass's.
+        self.original = None  # The touched rows of the variable.
 
     def move(self, perturbation):
         """Returns the matrix with the touched rows at `original + perturbation`."""
