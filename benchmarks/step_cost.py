@@ -241,7 +241,7 @@ def run_stack(stack, steps, models, memory=False, xla=False):
     gpu = bool(tf.config.list_logical_devices("GPU"))
     # XLA where `jit_compile="auto"` picks it (a GPU), or where asked.
     jit = gpu or xla
-    results = {"device": "GPU" if gpu else "CPU", "xla": jit}
+    results = {"device": "GPU" if gpu else "CPU"}
     for model_name in models:
         spec = MODELS[model_name]
         names = variants_of(model_name)

@@ -17,10 +17,15 @@ def vocabulary_sized_ops(model, data, vocab):
         data: An `(x, y)` batch of numpy arrays (`x` may be a list).
         vocab: The embedding's vocabulary size.
     """
+    return vocabulary_sized_ops_in(train_step_graph(model, data), vocab)
+
+
+def train_step_graph(model, data):
+    """The graph of `model.train_step` traced on `data` (numpy arrays), not run."""
     import tensorflow as tf
 
     data = tf.nest.map_structure(tf.constant, tuple(data))
-    return vocabulary_sized_ops_in(tf.function(model.train_step).get_concrete_function(data).graph, vocab)
+    return tf.function(model.train_step).get_concrete_function(data).graph
 
 
 def vocabulary_sized_ops_in(graph, vocab):
