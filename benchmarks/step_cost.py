@@ -23,9 +23,11 @@ XLA-compiled, to show that path's cost on the CPU at hand.
 Peak memory: the peak of TensorFlow's allocator during one step (weights,
 optimizer slots and the step's own tensors), the median over `--steps` steps
 (the peak depends on how the executor happens to order independent ops),
-side by side in one more process per stack. On the CPU, TensorFlow keeps
-allocator statistics only with its BFC allocator, which that process turns on
-(`TF_CPU_ALLOCATOR_USE_BFC`); the timing processes keep the default
+side by side in one process. The plain step's peak also moves by a few MiB
+from process to process, so three processes per stack measure it, and the
+report gives the median of their ratios. On the CPU, TensorFlow keeps
+allocator statistics only with its BFC allocator, which those processes turn
+on (`TF_CPU_ALLOCATOR_USE_BFC`); the timing processes keep the default
 allocator that users get.
 """
 
@@ -39,6 +41,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MEMORY_PROCESSES = 3
 BERT_LIKE = dict(vocab=21128, layers=4, width=256, heads=4, length=128, batch=16)
 MODELS = {
     "tiny": dict(vocab=2000, layers=1, width=64, heads=2, length=32, batch=16),
@@ -288,6 +291,18 @@ def _child(*args, env=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _memory(stack, *args):
+    """Each variant's peak memory, median over `MEMORY_PROCESSES` processes:
+    `{"MiB": {name: peak}, "x plain": {name: peak / plain peak}}`, each ratio
+    the median of ratios measured side by side in one process."""
+    runs = [_child("--stack", stack, *args, "--models", "bert-like", "--memory",
+                   env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})["bert-like"] for _ in range(MEMORY_PROCESSES)]
+    return {
+        "MiB": {name: statistics.median(run[name] for run in runs) for name in runs[0]},
+        "x plain": {name: statistics.median(run[name] / run["plain"] for run in runs) for name in runs[0]},
+    }
+
+
 def _table(times, memory=None):
     plain = times["plain"]
     floor = floors(times) if "embedding gradient" in times else {}
@@ -297,7 +312,8 @@ def _table(times, memory=None):
         ratio = seconds / plain
         floor_text = f"{floor[name]:.2f}" if name in floor else ""
         of_floor = f"{ratio / floor[name]:.3f}" if name in floor else ""
-        mem = f"{memory[name] / memory['plain']:.3f} ({memory[name]:.0f} MiB)" if memory and name in memory else ""
+        mem = (f"{memory['x plain'][name]:.3f} ({memory['MiB'][name]:.0f} MiB)"
+               if memory and name in memory["MiB"] else "")
         rows.append(f"| {name} | {seconds * 1000:.1f} | {ratio:.2f} | {floor_text} | {of_floor} | {mem} |")
     if "fgm adversarial" in times:
         for recipe in (RECIPE_HOST, RECIPE_GRAPH):
@@ -331,9 +347,10 @@ def _vocabulary_growth(small, big, title):
 
 
 def _sum_floor(memory):
-    held = memory[CLEAN_GRADIENTS]
+    held = memory["MiB"][CLEAN_GRADIENTS]
     return (f"`objective=\"sum\"` holds the clean gradients through the adversarial pass: "
-            f"{held:.1f} MiB, so its memory floor is {1 + held / memory['plain']:.3f} x plain.")
+            f"{held:.1f} MiB, so its memory floor is {1 + held / memory['MiB']['plain']:.3f} x plain. "
+            f"Peak memory: the median over {MEMORY_PROCESSES} processes of the ratio measured in each.")
 
 
 def main():
@@ -350,7 +367,6 @@ def main():
         return
 
     steps = ("--steps", str(args.steps))
-    bfc = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
     lines = ["# Benchmarks", "",
              f"Command: `python benchmarks/step_cost.py --steps {args.steps}`", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", ""]
@@ -361,7 +377,7 @@ def main():
                   "Device: GPU, XLA-compiled (as `jit_compile=\"auto\"` compiles on a GPU)." if gpu else
                   "Device: CPU (no GPU on this machine: CPU timings; on a GPU machine the same command "
                   "times the GPU, XLA-compiled).", ""]
-        memory = _child("--stack", stack, *steps, "--models", "bert-like", "--memory", env=bfc)["bert-like"]
+        memory = _memory(stack, *steps)
         for model_name in MODELS:
             if model_name not in results:
                 continue
@@ -383,7 +399,7 @@ def main():
             # program, its own memory planning), though not a GPU's timings.
             only = ("--models", "bert-like", "--xla")
             xla = _child("--stack", stack, *steps, *only)["bert-like"]
-            xla_memory = _child("--stack", stack, *steps, *only, "--memory", env=bfc)["bert-like"]
+            xla_memory = _memory(stack, *steps, "--xla")
             lines += ["### bert-like, XLA-compiled on this CPU (`jit_compile=True`, a GPU's default)", "",
                       _table(xla, xla_memory), "", _sum_floor(xla_memory), ""]
     with open(args.out, "w", encoding="utf-8") as f:
