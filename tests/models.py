@@ -40,6 +40,17 @@ def compile_sgd(model, lr=0.1, **kwargs):
     return model
 
 
+def compile_adam(model, lr=1e-3, **kwargs):
+    # Adam updates the matrix densely; Keras 3's SGD writes it sparsely
+    # (`scatter_sub`), which switches it to copy-on-read.
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **kwargs,
+    )
+    return model
+
+
 def batch(size=8, vocab=VOCAB, length=LENGTH, classes=CLASSES, seed=1):
     """Token ids with repeated tokens within and across rows, and labels."""
     rng = np.random.RandomState(seed)

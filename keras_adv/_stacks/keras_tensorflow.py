@@ -15,11 +15,11 @@ passes:
    mode, which sparse writes switch on: so the step switches it off first
    and after every write, and each write waits until the pass before it has
    consumed its reads. No V x d tensor is made. A step that raises half-way
-   is undone from Python (`UndoLog`, `undo_on_failure`). Under XLA, which has
-   no kernel for that switch, a pass substitutes `E + r` for the value
-   through `keras.StatelessScope` instead: one V x d tensor per step, which
-   each pass writes its rows into (`PerturbedMatrix`). An XLA step commits
-   no variable unless it runs to the end.
+   is undone from Python (`UndoLog`, `undo_on_failure`). Under XLA, which
+   has no kernel for that switch and orders ops by data alone, each write
+   depends on what the pass before computed (`RowsInPlaceUnderXla`): still
+   no V x d tensor, and an XLA step commits no variable unless it runs to
+   the end.
 3. One optimizer update from the clean + adversarial (or adversarial only)
    gradients, with the embedding gradient still an `IndexedSlices`.
 
@@ -39,8 +39,8 @@ from keras_adv._stacks.instance_patch import (
 )
 from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
 from keras_adv._stacks.tf_rows import (
-    PerturbedMatrix,
     RowsInPlace,
+    RowsInPlaceUnderXla,
     TouchedRows,
     UndoLog,
     add_gradients,
@@ -89,11 +89,8 @@ class AdversarialTrainStep(AdversarialStep):
         trainable = list(model.trainable_variables)
         update_from_clean = self.objective == "sum"
         variable = self.embedding.value
-        # XLA has no kernel for the copy-on-read switch, and it copies the
-        # matrix for row writes anyway (measured on the CPU: a peak of two
-        # matrices, against one for `E + r`).
-        in_place = not model.jit_compile
-        if in_place:
+        under_xla = model.jit_compile
+        if not under_xla:
             # A sparse optimizer update (SGD's) leaves the variable copying
             # the matrix at every read; this step's reads need not.
             switch_off_copy_on_read(variable)
@@ -102,31 +99,24 @@ class AdversarialTrainStep(AdversarialStep):
             model, x, y, sample_weight, trainable if update_from_clean else []
         )
         touched = TouchedRows(embedding_grad)
-        if in_place:
-            rows = RowsInPlace(variable, touched, dense_reads=True, undo_log=self.undo_log)
+        if under_xla:
+            rows = RowsInPlaceUnderXla(variable, touched)
         else:
-            matrix = PerturbedMatrix(variable, touched)
+            rows = RowsInPlace(variable, touched, dense_reads=True, undo_log=self.undo_log)
         # What the last pass computed from its reads of the matrix.
         consumed = [clean_loss, embedding_grad, *clean_grads]
 
         def perturbed_pass(perturbation, last):
+            rows.move(perturbation, after=_flat(consumed))
             sources = trainable if last else []
-            if in_place:
-                rows.move(perturbation, after=_flat(consumed))
-                perturbed = None
-            else:
-                perturbed = matrix.move(perturbation)
-            loss, grads, gradient = self._perturbed_pass(
-                model, x, y, sample_weight, perturbed, sources
-            )
+            loss, grads, gradient = self._perturbed_pass(model, x, y, sample_weight, sources)
             consumed[:] = [loss, gradient, *grads]
             return loss, grads, gradient
 
         adversarial_loss, adversarial_grads = attack(
             self.method, touched, embedding_grad, perturbed_pass
         )
-        if in_place:
-            rows.restore(after=_flat(consumed))
+        rows.restore(after=_flat(consumed))
         grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 
@@ -162,24 +152,22 @@ class AdversarialTrainStep(AdversarialStep):
             )
         return loss, grads, embedding_grad, y_pred
 
-    def _perturbed_pass(self, model, x, y, sample_weight, perturbed, sources):
-        """Runs the model with `perturbed` in place of the embedding value, or
-        (`perturbed=None`) on the variable with its rows moved in place.
+    def _perturbed_pass(self, model, x, y, sample_weight, sources):
+        """Runs the model on the variable with its rows moved.
 
         Returns (loss, gradients of `sources`, gradient of the embedding).
         """
-        target = self.embedding.value if perturbed is None else perturbed
-        mapping = [] if perturbed is None else [(self.embedding, perturbed)]
+        embedding = self.embedding.value
         with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
-            tape.watch(target)
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            tape.watch(embedding)
+            with keras.StatelessScope(collect_losses=True) as scope:
                 y_pred = model(x, training=True)
                 # Inside the scope: regularizers see E + r, and the updates
                 # that `compute_loss` makes to loss-tracking metrics are dropped.
                 loss = _compute_loss(model, x, y, y_pred, sample_weight)
             scaled_loss = model.optimizer.scale_loss(loss)
         self._keep_state_updates(model, scope)
-        grads, embedding_grad = split_gradients(tape, scaled_loss, sources, self.embedding, target)
+        grads, embedding_grad = split_gradients(tape, scaled_loss, sources, self.embedding, embedding)
         return loss, grads, embedding_grad
 
     def _keep_state_updates(self, model, scope):

@@ -21,7 +21,13 @@ from keras_adv._stacks.instance_patch import (
     uninstall_step,
 )
 from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
-from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows, UndoLog, add_gradients
+from keras_adv._stacks.tf_rows import (
+    RowsInPlace,
+    RowsInPlaceUnderXla,
+    TouchedRows,
+    UndoLog,
+    add_gradients,
+)
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -30,6 +36,10 @@ def _tf_keras():
     import tf_keras
 
     return tf_keras
+
+
+def _flat(tensors):
+    return [t for t in tf.nest.flatten(tensors, expand_composites=True) if t is not None]
 
 
 # tf-keras's loss trackers: the "loss" mean and per-output losses.
@@ -67,12 +77,16 @@ class AdversarialTrainStep(AdversarialStep):
                 f"model's inputs go through."
             )
         touched = TouchedRows(embedding_grad)
-        # An XLA step's variables keep their shapes, and it cannot fail half-way.
-        undo_log = None if model.jit_compile else self.undo_log
-        rows = RowsInPlace(self.embedding, touched, undo_log=undo_log)
+        if model.jit_compile:
+            # XLA orders the writes by data; its step cannot fail half-way.
+            rows = RowsInPlaceUnderXla(self.embedding, touched)
+        else:
+            rows = RowsInPlace(self.embedding, touched, undo_log=self.undo_log)
+        # What the last pass computed from its reads of the matrix.
+        consumed = [loss, embedding_grad, *clean_grads]
 
         def perturbed_pass(perturbation, last):
-            rows.move(perturbation)
+            rows.move(perturbation, after=_flat(consumed))
             pass_sources = trainable if last else []
             with tf.GradientTape(watch_accessed_variables=bool(pass_sources)) as tape:
                 tape.watch(self.embedding)
@@ -81,10 +95,11 @@ class AdversarialTrainStep(AdversarialStep):
             grads, gradient = split_gradients(
                 tape, adversarial_loss, pass_sources, self.embedding, self.embedding
             )
+            consumed[:] = [adversarial_loss, gradient, *grads]
             return adversarial_loss, grads, gradient
 
         adversarial_loss, adversarial_grads = attack(self.method, touched, embedding_grad, perturbed_pass)
-        rows.restore()
+        rows.restore(after=_flat(consumed))
         grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 __all__ = [
     "TouchedRows",
     "RowsInPlace",
-    "PerturbedMatrix",
+    "RowsInPlaceUnderXla",
     "UndoLog",
     "add_gradients",
     "switch_off_copy_on_read",
@@ -123,8 +123,9 @@ class RowsInPlace:
       switch it on. A sparse write copies the whole matrix (copy-on-write)
       while a tensor read from it is still alive, so every write must wait,
       through `after`, until the previous pass has consumed its reads.
-      `DisableCopyOnRead` has no XLA kernel: inside XLA,
-      `sparse_writes=False` writes the whole perturbed matrix instead.
+      `DisableCopyOnRead` has no XLA kernel: inside XLA, use
+      `RowsInPlaceUnderXla`, or `sparse_writes=False`, which writes the
+      whole perturbed matrix.
 
     Args:
         variable: The embedding `tf.Variable`.
@@ -222,21 +223,24 @@ class RowsInPlace:
             return switch_off_copy_on_read(self.variable)
 
 
-class PerturbedMatrix:
-    """The embedding matrix with its touched rows moved, as a new tensor.
+class RowsInPlaceUnderXla:
+    """Moves the touched rows of an embedding variable in place inside an
+    XLA-compiled step, and back exactly, with no V x d tensor.
 
-    For XLA, where a pass reads `E + r` in place of the variable. XLA may
-    copy a variable as early in the step as it likes, and does: a matrix made
-    from the variable for each pass held one V x d copy per PGD pass through
-    the whole step. So only the first pass copies the variable, and each
-    later pass sets the touched rows of the last pass's matrix in one update.
-    The rows it writes depend on the new perturbation, so the update follows
-    the last pass's lookups, and XLA makes it in that matrix's buffer. (Rows
-    put back first, in an update of their own, made XLA copy the matrix to
-    keep it for those lookups.)
+    XLA compiles the step into one program in which each write of the
+    variable makes a new value. It makes a row write in the buffer of the
+    value before only when every read of that value surely runs first, and
+    copies the matrix otherwise. It knows no order but data: control
+    dependencies do not reach it, and its CPU pipeline removes optimization
+    barriers before it schedules. So every write here depends on what the
+    pass before computed from its reads (`after`: its loss and gradients),
+    through its row ids, computed from them and yet unchanged. Each pass
+    sets its rows to `original + perturbation` in one write (rows put back
+    in a write of their own would depend on nothing of the pass before), and
+    the restore writes `original`: the rows come back bit for bit.
 
-    Every pass sees `E + r` bit for bit: the rows are set to
-    `original + perturbation`, never added to.
+    There is no undo log: XLA commits a step's variable updates only when
+    the whole step has run.
 
     Args:
         variable: The embedding `tf.Variable`.
@@ -246,28 +250,48 @@ class PerturbedMatrix:
     def __init__(self, variable, touched):
         self.variable = variable
         self.touched = touched
-        self.matrix = None  # The last pass's.
-        self.original = None  # The touched rows of the variable.
+        if touched.is_dense:  # The perturbation is a V x d tensor anyway.
+            self.original = variable.value()
+        else:
+            self.original = tf.gather(variable, touched.ids)
 
-    def move(self, perturbation):
-        """Returns the matrix with the touched rows at `original + perturbation`."""
-        perturbation = tf.cast(perturbation, self.variable.dtype)
+    def move(self, perturbation, after):
+        """Sets the touched rows to `original + perturbation`, after the
+        tensors `after`; returns the op that wrote them."""
+        moved = self.original + tf.cast(perturbation, self.variable.dtype)
         if self.touched.is_dense:
-            return self.touched.add_to(self.variable.value(), perturbation)
-        if self.matrix is None:
-            self.matrix = self.variable.value()
-            self.original = tf.gather(self.matrix, self.touched.ids)
-        self.matrix = tf.tensor_scatter_nd_update(
-            self.matrix, self.touched.ids[:, None], self._rows(perturbation)
+            return self.variable.assign(moved, read_value=False)
+        return tf.raw_ops.ResourceScatterUpdate(
+            resource=self.variable.handle, indices=self._ids_after(after),
+            updates=self._with_row_zero_agreeing(moved),
         )
-        return self.matrix
 
-    def _rows(self, perturbation):
+    def restore(self, after):
+        """Puts the original rows back, bit for bit, after the tensors
+        `after`; returns the op that did."""
+        if self.touched.is_dense:
+            return self.variable.assign(self.original, read_value=False)
+        # Duplicate ids carry identical original rows, so the update is exact.
+        return tf.raw_ops.ResourceScatterUpdate(
+            resource=self.variable.handle, indices=self._ids_after(after), updates=self.original
+        )
+
+    def _ids_after(self, after):
+        # The touched ids, computed from one element of each tensor of
+        # `after`: min(id, V - 1 + k) with k 1, or 0 where the sum is NaN, is
+        # the id (all ids are below V), which XLA cannot know.
+        firsts = [tf.cast(tf.reshape(t, [-1])[:1], tf.float32) for t in after]
+        probe = tf.reduce_sum(tf.concat(firsts, axis=0))
+        ids = self.touched.ids
+        k = tf.cast(tf.equal(probe, probe), ids.dtype)
+        last = tf.cast(tf.shape(self.variable)[0], ids.dtype) - 1
+        return tf.minimum(ids, last + k)
+
+    def _with_row_zero_agreeing(self, moved):
         # The empty segments sit at row 0, and share it with a real segment
         # when token 0 is in the batch (segment 0 then, the lowest id). An
         # update with duplicate indices is exact only if all write the same
         # row: the moved row 0 then, else the original one.
-        moved = self.original + perturbation
         empty = tf.range(self.touched.num_segments) > tf.reduce_max(self.touched.segments)
         row_zero = tf.where(self.touched.ids[0] == 0, moved[:1], self.original)
         return tf.where(empty[:, None], row_zero, moved)

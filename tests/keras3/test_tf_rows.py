@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from keras_adv import FGM
 from keras_adv._stacks.tf_rows import (
-    PerturbedMatrix,
     RowsInPlace,
+    RowsInPlaceUnderXla,
     TouchedRows,
     UndoLog,
     add_gradients,
@@ -101,9 +101,26 @@ class TestRowsInPlace(TestCase):
         self.assertBitEqual(variable.numpy(), matrix)
 
 
-class TestPerturbedMatrix(TestCase):
-    """Each pass's matrix (XLA's path) is `E + r` bit for bit, although later
-    passes write into the matrix of the pass before."""
+def _moved(matrix, touched, slices, perturbation):
+    """`matrix` with each token's row plus its segment's perturbation row, in float32."""
+    expected = matrix.copy()
+    distinct = len(np.unique(slices.indices))
+    for segment, token in enumerate(touched.ids.numpy()[:distinct]):
+        expected[token] = matrix[token] + perturbation.numpy()[segment]
+    return expected
+
+
+def _run_under_xla(write):
+    @tf.function(jit_compile=True)
+    def run():
+        write()
+
+    run()
+
+
+class TestRowsInPlaceUnderXla(TestCase):
+    """Each pass (XLA's path) sees `E + r` bit for bit, although its rows are
+    written into the rows of the pass before, and the restore gives `E` back."""
 
     @pytest.mark.parametrize("jit", [False, True])
     @pytest.mark.parametrize("lowest_token", [0, 1])  # With and without row 0 in the batch.
@@ -118,27 +135,42 @@ class TestPerturbedMatrix(TestCase):
 
         @tf.function(jit_compile=jit)
         def passes():
-            perturbed = PerturbedMatrix(variable, TouchedRows(slices))
-            return [perturbed.move(r) for r in perturbations]
+            rows = RowsInPlaceUnderXla(variable, TouchedRows(slices))
+            seen, after = [], [tf.constant(1.0)]
+            for r in perturbations:
+                rows.move(r, after=after)
+                seen.append(variable.read_value())
+                after = [tf.reduce_sum(seen[-1])]  # What the pass computed from its reads.
+            rows.restore(after=after)
+            return seen
 
-        rows = {}  # Token -> its segment's perturbation.
-        ids = touched.ids.numpy()
-        for segment, token in enumerate(ids[: len(np.unique(slices.indices))]):
-            rows[token] = segment
         for matrix_seen, r in zip(passes(), perturbations):
-            expected = matrix.copy()
-            for token, segment in rows.items():
-                expected[token] = matrix[token] + r.numpy()[segment]  # float32, as in the step.
-            self.assertBitEqual(matrix_seen.numpy(), expected)
+            self.assertBitEqual(matrix_seen.numpy(), _moved(matrix, touched, slices, r))
         self.assertBitEqual(variable.numpy(), matrix)
 
-    def test_dense_gradient_adds_to_the_whole_matrix(self):
+    @pytest.mark.parametrize("after", [np.nan, np.inf, -1e30])
+    def test_any_value_of_what_came_before_writes_the_same_rows(self, after):
+        slices = _random_slices(2)
+        matrix = np.random.RandomState(3).normal(size=(50, 6)).astype("float32")
+        variable = tf.Variable(matrix)
+        touched = TouchedRows(slices)
+        rows = RowsInPlaceUnderXla(variable, touched)
+        perturbation = touched.rows(slices)
+        _run_under_xla(lambda: rows.move(perturbation, after=[tf.constant(after)]))
+        self.assertBitEqual(variable.numpy(), _moved(matrix, touched, slices, perturbation))
+        _run_under_xla(lambda: rows.restore(after=[tf.constant(after)]))
+        self.assertBitEqual(variable.numpy(), matrix)
+
+    def test_dense_gradient_moves_the_whole_matrix(self):
         matrix = np.random.RandomState(3).normal(size=(10, 3)).astype("float32")
         perturbation = np.random.RandomState(4).normal(size=(10, 3)).astype("float32")
-        touched = TouchedRows(tf.constant(perturbation))
-        perturbed = PerturbedMatrix(tf.Variable(matrix), touched)
+        variable = tf.Variable(matrix)
+        rows = RowsInPlaceUnderXla(variable, TouchedRows(tf.constant(perturbation)))
         for _ in range(2):
-            self.assertBitEqual(perturbed.move(tf.constant(perturbation)).numpy(), matrix + perturbation)
+            rows.move(tf.constant(perturbation), after=[])
+            self.assertBitEqual(variable.numpy(), matrix + perturbation)
+        rows.restore(after=[])
+        self.assertBitEqual(variable.numpy(), matrix)
 
 
 class TestUndoLog(TestCase):
