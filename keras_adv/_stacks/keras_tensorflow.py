@@ -44,6 +44,7 @@ from keras_adv._stacks.tf_rows import (
     TouchedRows,
     UndoLog,
     add_gradients,
+    tensors_of,
     switch_off_copy_on_read,
 )
 
@@ -67,10 +68,6 @@ def _track_loss(tracker, loss, x):
 
     batch_size = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
     tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch_size)
-
-
-def _flat(tensors):
-    return [t for t in tf.nest.flatten(tensors, expand_composites=True) if t is not None]
 
 
 class AdversarialTrainStep(AdversarialStep):
@@ -107,7 +104,7 @@ class AdversarialTrainStep(AdversarialStep):
         consumed = [clean_loss, embedding_grad, *clean_grads]
 
         def perturbed_pass(perturbation, last):
-            rows.move(perturbation, after=_flat(consumed))
+            rows.move(perturbation, after=tensors_of(consumed))
             sources = trainable if last else []
             loss, grads, gradient = self._perturbed_pass(model, x, y, sample_weight, sources)
             consumed[:] = [loss, gradient, *grads]
@@ -116,7 +113,7 @@ class AdversarialTrainStep(AdversarialStep):
         adversarial_loss, adversarial_grads = attack(
             self.method, touched, embedding_grad, perturbed_pass
         )
-        rows.restore(after=_flat(consumed))
+        rows.restore(after=tensors_of(consumed))
         grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 

@@ -27,6 +27,7 @@ from keras_adv._stacks.tf_rows import (
     TouchedRows,
     UndoLog,
     add_gradients,
+    tensors_of,
 )
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
@@ -36,10 +37,6 @@ def _tf_keras():
     import tf_keras
 
     return tf_keras
-
-
-def _flat(tensors):
-    return [t for t in tf.nest.flatten(tensors, expand_composites=True) if t is not None]
 
 
 # tf-keras's loss trackers: the "loss" mean and per-output losses.
@@ -86,7 +83,7 @@ class AdversarialTrainStep(AdversarialStep):
         consumed = [loss, embedding_grad, *clean_grads]
 
         def perturbed_pass(perturbation, last):
-            rows.move(perturbation, after=_flat(consumed))
+            rows.move(perturbation, after=tensors_of(consumed))
             pass_sources = trainable if last else []
             with tf.GradientTape(watch_accessed_variables=bool(pass_sources)) as tape:
                 tape.watch(self.embedding)
@@ -99,7 +96,7 @@ class AdversarialTrainStep(AdversarialStep):
             return adversarial_loss, grads, gradient
 
         adversarial_loss, adversarial_grads = attack(self.method, touched, embedding_grad, perturbed_pass)
-        rows.restore(after=_flat(consumed))
+        rows.restore(after=tensors_of(consumed))
         grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 

@@ -20,6 +20,7 @@ __all__ = [
     "RowsInPlaceUnderXla",
     "UndoLog",
     "add_gradients",
+    "tensors_of",
     "switch_off_copy_on_read",
 ]
 
@@ -100,6 +101,12 @@ def add_gradients(a, b):
             dense_shape=a.dense_shape,
         )
     return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+
+
+def tensors_of(structure):
+    """The tensors in a nested `structure` (gradients as `IndexedSlices`
+    included, as their parts), without the `None`s: what a write waits for."""
+    return [t for t in tf.nest.flatten(structure, expand_composites=True) if t is not None]
 
 
 class RowsInPlace:
