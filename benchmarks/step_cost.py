@@ -206,18 +206,18 @@ def _step_functions(stack, model, embedding_name, data, names):
     return functions
 
 
-def _clean_gradient_mib(model, embedding_name, spec):
-    """What `objective="sum"` holds through the adversarial pass: a dense
-    gradient per weight, and one embedding row per token of the batch."""
-    import numpy as np
+def _clean_gradient_mib(model, data):
+    """What `objective="sum"` holds through the adversarial pass: the clean
+    gradient of every weight as the tape returns it (a lookup's, token or
+    segment, one row per token of the batch), in MiB."""
+    import tensorflow as tf
 
-    import keras_adv
-    from keras_adv.custom_loop import _tf_variable
+    from keras_adv._stacks.tf_rows import tensors_of
 
-    embedding = _tf_variable(keras_adv.find_embedding(model, embedding_name))
-    weights = [v for v in model.trainable_variables if _tf_variable(v) is not embedding]
-    elements = sum(int(np.prod(v.shape)) for v in weights) + spec["batch"] * spec["length"] * spec["width"]
-    return elements * 4 / 2**20
+    with tf.GradientTape() as tape:
+        loss = model.loss(data[1], model(data[0], training=True))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    return sum(t.numpy().nbytes for t in tensors_of(gradients)) / 2**20
 
 
 def _peak_memory(functions, device, steps):
@@ -255,7 +255,7 @@ def run_stack(stack, steps, models, memory=False, xla=False):
             function()
         if memory:
             results[model_name] = _peak_memory(functions, "GPU:0" if gpu else "CPU:0", steps)
-            results[model_name][CLEAN_GRADIENTS] = _clean_gradient_mib(model, embedding_name, spec)
+            results[model_name][CLEAN_GRADIENTS] = _clean_gradient_mib(model, data)
             continue
         samples = {name: [] for name in names}
         # Interleaved: every variant sees the same machine state. Except the
