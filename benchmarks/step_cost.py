@@ -20,28 +20,44 @@ On a GPU every step is XLA-compiled, as Keras compiles them there by default
 (`jit_compile="auto"`). On a CPU-only machine the BERT-like model also runs
 XLA-compiled, to show that path's cost on the CPU at hand.
 
-Peak memory: the peak of TensorFlow's allocator during one step (weights,
-optimizer slots and the step's own tensors), the median over `--steps` steps
-(the peak depends on how the executor happens to order independent ops),
-side by side in one process. The plain step's peak also moves by a few MiB
-from process to process, so three processes per stack measure it, and the
-report gives the median of their ratios. On the CPU, TensorFlow keeps
-allocator statistics only with its BFC allocator, which those processes turn
-on (`TF_CPU_ALLOCATOR_USE_BFC`); the timing processes keep the default
-allocator that users get.
+Peak memory, two measures, side by side in one process, each as a ratio to
+the plain step's:
+
+- Live tensors: the model's and optimizer's variables plus the most bytes
+  that the step's own tensors hold at once, as requested from TensorFlow's
+  allocator, replayed from its profiler trace (every allocation and free is
+  an event there). It is what the step needs, and it repeats to about 1 MiB
+  from step to step (the counterpart of PyTorch's `max_memory_allocated`).
+- Allocator peak: what the allocator counts as in use at its peak (weights,
+  optimizer slots and the step's own tensors), free-running, the median over
+  `--steps` steps. TensorFlow's BFC allocator hands out a free chunk whole
+  unless it is at least twice the request, and counts it whole, so this peak
+  also holds the unused rest of such chunks, which moves by tens of MiB with
+  where the free space happened to lie and how the executor ordered
+  independent ops.
+
+Three processes per stack measure both (the plain step's own peak moves from
+process to process), and the report gives the median of their ratios. On the
+CPU, TensorFlow keeps allocator statistics, and traces allocations, only with
+its BFC allocator, which those processes turn on (`TF_CPU_ALLOCATOR_USE_BFC`);
+the timing processes keep the default allocator that users get.
 """
 
 import argparse
+import glob
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEMORY_PROCESSES = 3
+TRACED_STEPS = 3
 BERT_LIKE = dict(vocab=21128, layers=4, width=256, heads=4, length=128, batch=16)
 MODELS = {
     "tiny": dict(vocab=2000, layers=1, width=64, heads=2, length=32, batch=16),
@@ -55,6 +71,8 @@ MODELS = {
 }
 RECIPE_HOST, RECIPE_GRAPH = "published recipe (host copies)", "published recipe (dense, in graph)"
 CLEAN_GRADIENTS = "clean gradients"
+# The two measures of peak memory (see `_live_tensor_peaks`, `_allocator_peaks`).
+LIVE, ALLOCATOR = "live tensors", "allocator"
 VARIANTS = ["plain", "embedding gradient", "fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial",
             RECIPE_HOST, RECIPE_GRAPH]
 # What the large-vocabulary model runs: the cost that must not grow with V.
@@ -220,18 +238,101 @@ def _clean_gradient_mib(model, data):
     return sum(t.numpy().nbytes for t in tensors_of(gradients)) / 2**20
 
 
-def _peak_memory(functions, device, steps):
-    """Each variant's median allocator peak over `steps` steps, in MiB."""
+def _in_allocator(functions):
+    # The published recipe's copies live in numpy, outside the allocator.
+    return [name for name in functions if name != RECIPE_HOST]
+
+
+def _allocator_peaks(functions, device, steps):
+    """Each variant's allocator peak, the median over `steps` steps, in MiB.
+
+    The peak of what the allocator counts as in use: whole free chunks
+    where it did not split one (it splits a chunk only when it is at least
+    twice the request), so it depends on how the free space happened to lie.
+    """
     import tensorflow as tf
 
-    # The published recipe's copies live in numpy, outside the allocator.
-    peaks = {name: [] for name in functions if name != RECIPE_HOST}
+    peaks = {name: [] for name in _in_allocator(functions)}
     for _ in range(steps):  # Interleaved, like the timings.
         for name in peaks:
             tf.config.experimental.reset_memory_stats(device)
             functions[name]()
             peaks[name].append(tf.config.experimental.get_memory_info(device)["peak"] / 2**20)
     return {name: statistics.median(p) for name, p in peaks.items()}
+
+
+def _live_tensor_peaks(functions, variables_mib, device):
+    """Each variant's memory as its tensors need it, in MiB: the model's and
+    optimizer's variables plus the most that the step's own tensors hold at
+    once (the median of `TRACED_STEPS` traced steps, which agree to about
+    1 MiB: unlike the allocator's peak, it does not depend on where the free
+    space lies)."""
+    peaks = {name: [] for name in _in_allocator(functions)}
+    for _ in range(TRACED_STEPS):
+        for name in peaks:
+            peaks[name].append(variables_mib + _traced_peak_bytes(functions[name], device) / 2**20)
+    return {name: statistics.median(p) for name, p in peaks.items()}
+
+
+def _traced_peak_bytes(call, device):
+    """The most bytes that the tensors allocated during `call()` hold at once
+    on `device`, as requested from its allocator.
+
+    Replayed from TensorFlow's profiler trace, in which the allocator logs
+    every allocation and free with the bytes requested. A free of a tensor
+    made before the trace is not counted: it was not part of the step.
+    """
+    import tensorflow as tf
+    # TensorFlow's own reader of the trace format (no TensorBoard plugin).
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="keras_adv_trace_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        try:
+            call()
+        finally:
+            tf.profiler.experimental.stop()
+        (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        with open(path, "rb") as f:
+            space = xplane_pb2.XSpace.FromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    # The device's allocator: "GPU_0_bfc", or on a CPU TensorFlow's BFC
+    # allocator for host memory ("bfc_cpu_allocator_for_gpu").
+    allocator = "GPU_0" if device.startswith("GPU") else "cpu"
+    events = []
+    for plane in space.planes:
+        def value(stat):
+            kind = stat.WhichOneof("value")
+            return plane.stat_metadata[stat.ref_value].name if kind == "ref_value" else getattr(stat, kind)
+
+        for line in plane.lines:
+            for event in line.events:
+                kind = plane.event_metadata[event.metadata_id].name
+                if kind not in ("MemoryAllocation", "MemoryDeallocation"):
+                    continue
+                stats = {plane.stat_metadata[s.metadata_id].name: value(s) for s in event.stats}
+                if allocator in stats["allocator_name"]:
+                    events.append((line.timestamp_ns * 1000 + event.offset_ps,
+                                   kind == "MemoryAllocation", stats["addr"], stats["requested_bytes"]))
+    live, held, peak = {}, 0, 0
+    for _, allocated, address, size in sorted(events):
+        if allocated:
+            live[address] = size
+            held += size
+            peak = max(peak, held)
+        else:
+            held -= live.pop(address, 0)
+    return peak
+
+
+def _variables_mib(model):
+    """The model's and its optimizer's variables (weights and slots), in MiB."""
+    optimizer_variables = model.optimizer.variables
+    if callable(optimizer_variables):  # tf-keras's optimizers.
+        optimizer_variables = optimizer_variables()
+    return sum(v.numpy().nbytes for v in [*model.variables, *optimizer_variables]) / 2**20
 
 
 def run_stack(stack, steps, models, memory=False, xla=False):
@@ -246,16 +347,19 @@ def run_stack(stack, steps, models, memory=False, xla=False):
     jit = gpu or xla
     results = {"device": "GPU" if gpu else "CPU"}
     for model_name in models:
-        spec = MODELS[model_name]
         names = variants_of(model_name)
-        model, embedding_name, data = _build(stack, spec, jit)
+        model, embedding_name, data = _build(stack, MODELS[model_name], jit)
         functions = _step_functions(stack, model, embedding_name, data, names)
         for function in functions.values():  # Trace and warm up.
             function()
             function()
         if memory:
-            results[model_name] = _peak_memory(functions, "GPU:0" if gpu else "CPU:0", steps)
-            results[model_name][CLEAN_GRADIENTS] = _clean_gradient_mib(model, data)
+            device = "GPU:0" if gpu else "CPU:0"
+            results[model_name] = {
+                ALLOCATOR: _allocator_peaks(functions, device, steps),
+                LIVE: _live_tensor_peaks(functions, _variables_mib(model), device),
+                CLEAN_GRADIENTS: _clean_gradient_mib(model, data),
+            }
             continue
         samples = {name: [] for name in names}
         # Interleaved: every variant sees the same machine state. Except the
@@ -292,29 +396,40 @@ def _child(*args, env=None):
 
 
 def _memory(stack, *args):
-    """Each variant's peak memory, median over `MEMORY_PROCESSES` processes:
-    `{"MiB": {name: peak}, "x plain": {name: peak / plain peak}}`, each ratio
-    the median of ratios measured side by side in one process."""
+    """Each variant's peak memory by both measures, median over
+    `MEMORY_PROCESSES` processes: `{measure: {"MiB": {name: peak},
+    "x plain": {name: peak / plain peak}}}`, each ratio the median of ratios
+    measured side by side in one process; and the clean gradients' MiB."""
     runs = [_child("--stack", stack, *args, "--models", "bert-like", "--memory",
                    env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})["bert-like"] for _ in range(MEMORY_PROCESSES)]
-    return {
-        "MiB": {name: statistics.median(run[name] for run in runs) for name in runs[0]},
-        "x plain": {name: statistics.median(run[name] / run["plain"] for run in runs) for name in runs[0]},
-    }
+    memory = {CLEAN_GRADIENTS: statistics.median(run[CLEAN_GRADIENTS] for run in runs)}
+    for measure in (LIVE, ALLOCATOR):
+        peaks = [run[measure] for run in runs]
+        memory[measure] = {
+            "MiB": {name: statistics.median(p[name] for p in peaks) for name in peaks[0]},
+            "x plain": {name: statistics.median(p[name] / p["plain"] for p in peaks) for name in peaks[0]},
+        }
+    return memory
 
 
 def _table(times, memory=None):
     plain = times["plain"]
     floor = floors(times) if "embedding gradient" in times else {}
-    rows = ["| pass / method | ms | x plain step | floor (x plain) | x its floor | peak memory vs plain |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| pass / method | ms | x plain step | floor (x plain) | x its floor "
+            "| peak memory vs plain: live tensors | allocator peak |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def peak(measure, name):
+        if not memory or name not in memory[measure]["MiB"]:
+            return ""
+        return f"{memory[measure]['x plain'][name]:.3f} ({memory[measure]['MiB'][name]:.0f} MiB)"
+
     for name, seconds in times.items():
         ratio = seconds / plain
         floor_text = f"{floor[name]:.2f}" if name in floor else ""
         of_floor = f"{ratio / floor[name]:.3f}" if name in floor else ""
-        mem = (f"{memory['x plain'][name]:.3f} ({memory['MiB'][name]:.0f} MiB)"
-               if memory and name in memory["MiB"] else "")
-        rows.append(f"| {name} | {seconds * 1000:.1f} | {ratio:.2f} | {floor_text} | {of_floor} | {mem} |")
+        rows.append(f"| {name} | {seconds * 1000:.1f} | {ratio:.2f} | {floor_text} | {of_floor} "
+                    f"| {peak(LIVE, name)} | {peak(ALLOCATOR, name)} |")
     if "fgm adversarial" in times:
         for recipe in (RECIPE_HOST, RECIPE_GRAPH):
             rows.append(f"\nSpeed-up of FGM (objective=\"adversarial\", the recipe's update) over the "
@@ -347,10 +462,20 @@ def _vocabulary_growth(small, big, title):
 
 
 def _sum_floor(memory):
-    held = memory["MiB"][CLEAN_GRADIENTS]
+    held, plain = memory[CLEAN_GRADIENTS], memory[LIVE]["MiB"]["plain"]
     return (f"`objective=\"sum\"` holds the clean gradients through the adversarial pass: "
-            f"{held:.1f} MiB, so its memory floor is {1 + held / memory['MiB']['plain']:.3f} x plain. "
-            f"Peak memory: the median over {MEMORY_PROCESSES} processes of the ratio measured in each.")
+            f"{held:.1f} MiB, so its memory floor is {1 + held / plain:.3f} x plain (live tensors).")
+
+
+MEMORY_MEASURES = (
+    f"Peak memory, the median over {MEMORY_PROCESSES} processes of the ratio to the plain step measured "
+    f"side by side in each. *Live tensors*: the weights and optimizer slots plus the most bytes that "
+    f"the step's own tensors hold at once, as requested from TensorFlow's allocator (replayed from its "
+    f"profiler trace; it repeats to about 1 MiB). *Allocator peak*: what TensorFlow's BFC allocator "
+    f"counts as in use at its peak, free-running, the median of the steps; it counts a free chunk "
+    f"that it hands out unsplit (one less than twice the request) whole, so it also holds the unused "
+    f"rest of such chunks, which moves by tens of MiB with where the free space happened to lie."
+)
 
 
 def main():
@@ -369,7 +494,8 @@ def main():
     steps = ("--steps", str(args.steps))
     lines = ["# Benchmarks", "",
              f"Command: `python benchmarks/step_cost.py --steps {args.steps}`", "",
-             f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", ""]
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", "",
+             MEMORY_MEASURES, ""]
     for stack, title in (("keras3", "Keras 3 on TensorFlow (KerasHub BERT)"), ("tf_keras", "tf-keras eager (bert4keras BERT)")):
         results = _child("--stack", stack, *steps)
         gpu = results["device"] == "GPU"

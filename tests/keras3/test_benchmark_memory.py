@@ -1,0 +1,58 @@
+"""The benchmark's live-tensor measure (`benchmarks/step_cost.py`) counts
+exactly the bytes that a step's tensors hold at once.
+
+TensorFlow traces allocations on the CPU only with its BFC allocator, chosen
+before it loads, so the measure runs in a process of its own.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MIB = 2**20
+
+# Two 4 MiB tensors and their 8 MiB concatenation are alive at once: 16 MiB.
+# The 1 MiB input, made before the trace, is not the step's.
+MEASURE = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import tensorflow as tf
+import step_cost
+
+x = tf.ones([512, 512])
+
+@tf.function
+def step(x):
+    a = tf.tile(x, [4, 1]) + 1.0
+    b = tf.tile(x, [4, 1]) + 2.0
+    return tf.reduce_sum(tf.concat([a, b], axis=0))
+
+@tf.function
+def one_tensor(x):
+    return tf.reduce_sum(tf.tile(x, [4, 1]))
+
+step(x), one_tensor(x)  # Traced before the measure.
+print(json.dumps({
+    "step": [step_cost._traced_peak_bytes(lambda: step(x), "CPU:0") for _ in range(2)],
+    "one tensor": step_cost._traced_peak_bytes(lambda: one_tensor(x), "CPU:0"),
+}))
+"""
+
+
+def _measure():
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_traced_peak_counts_the_tensors_alive_at_once():
+    peaks = _measure()
+    # Plus at most a few scalars (the sums, the output).
+    for peak in peaks["step"]:
+        assert 16 * MIB <= peak < 16 * MIB + 4096
+    assert 4 * MIB <= peaks["one tensor"] < 4 * MIB + 4096
