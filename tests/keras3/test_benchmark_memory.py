@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MIB = 2**20
 
@@ -33,15 +35,24 @@ def step(x):
 def one_tensor(x):
     return tf.reduce_sum(tf.tile(x, [4, 1]))
 
-step(x), one_tensor(x)  # Traced before the measure.
+# The 4 MiB tile is freed once summed, before the 1 MiB product and the
+# second 4 MiB tile exist: 5 MiB at once, 9 MiB if frees were not counted.
+@tf.function
+def one_after_another(x):
+    total = tf.reduce_sum(tf.tile(x, [4, 1]))
+    return tf.reduce_sum(tf.tile(x * total, [4, 1]))
+
+step(x), one_tensor(x), one_after_another(x)  # Traced before the measure.
 print(json.dumps({
     "step": [step_cost._traced_peak_bytes(lambda: step(x), "CPU:0") for _ in range(2)],
     "one tensor": step_cost._traced_peak_bytes(lambda: one_tensor(x), "CPU:0"),
+    "one after another": step_cost._traced_peak_bytes(lambda: one_after_another(x), "CPU:0"),
 }))
 """
 
 
-def _measure():
+@pytest.fixture(scope="module")
+def peaks():
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
     out = subprocess.run(
         [sys.executable, "-c", MEASURE], capture_output=True, text=True, env=env, cwd=ROOT
@@ -50,9 +61,12 @@ def _measure():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_traced_peak_counts_the_tensors_alive_at_once():
-    peaks = _measure()
+def test_traced_peak_counts_the_tensors_alive_at_once(peaks):
     # Plus at most a few scalars (the sums, the output).
     for peak in peaks["step"]:
         assert 16 * MIB <= peak < 16 * MIB + 4096
     assert 4 * MIB <= peaks["one tensor"] < 4 * MIB + 4096
+
+
+def test_traced_peak_subtracts_what_the_step_frees(peaks):
+    assert 5 * MIB <= peaks["one after another"] < 5 * MIB + 4096
