@@ -14,7 +14,8 @@ host copies; a generous baseline). The floor of each method comes from
 the two measured passes (DESIGN.md's cost model). The BERT-like model also
 runs at vocabulary 250000, and both sizes with the embedding frozen (the
 plain step then has nothing that grows with the vocabulary), to show what
-grows with it.
+grows with it; the two sizes compared are timed side by side, round by
+round, in the same process.
 
 On a GPU every step is XLA-compiled, as Keras compiles them there by default
 (`jit_compile="auto"`). On a CPU-only machine the BERT-like model also runs
@@ -69,8 +70,16 @@ MODELS = {
     "bert-like, frozen embedding": dict(BERT_LIKE, frozen_embedding=True),
     "bert-like, frozen embedding, vocab 250000": dict(BERT_LIKE, vocab=250000, frozen_embedding=True),
 }
+# Models timed side by side, round by round: the two vocabulary sizes that are
+# compared see the same machine state (timed one after the other, the plain
+# step moved by up to 10% between them, more than what is being measured).
+TIMED_TOGETHER = [
+    ["tiny"],
+    ["bert-like", "bert-like, vocab 250000"],
+    ["bert-like, frozen embedding", "bert-like, frozen embedding, vocab 250000"],
+]
 RECIPE_HOST, RECIPE_GRAPH = "published recipe (host copies)", "published recipe (dense, in graph)"
-CLEAN_GRADIENTS = "clean gradients"
+CLEAN_GRADIENTS, RESTORE_ROWS = "clean gradients", "restore rows"
 # The two measures of peak memory (see `_live_tensor_peaks`, `_allocator_peaks`).
 LIVE, ALLOCATOR = "live tensors", "allocator"
 VARIANTS = ["plain", "embedding gradient", "fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial",
@@ -224,18 +233,27 @@ def _step_functions(stack, model, embedding_name, data, names):
     return functions
 
 
-def _clean_gradient_mib(model, data):
-    """What `objective="sum"` holds through the adversarial pass: the clean
-    gradient of every weight as the tape returns it (a lookup's, token or
-    segment, one row per token of the batch), in MiB."""
+def _held_through_the_perturbed_passes(model, embedding_name, data):
+    """What a method holds beyond a plain step's tensors, in MiB: the
+    original values of the touched rows, kept for the bit-exact restore (one
+    row per token of the batch, as the embedding gradient has them), and,
+    under `objective="sum"`, the clean gradient of every weight as the tape
+    returns it (a lookup's, token or segment, one row per token too)."""
     import tensorflow as tf
 
+    import keras_adv
     from keras_adv._stacks.tf_rows import tensors_of
+    from keras_adv.custom_loop import _tf_variable
 
+    variable = _tf_variable(keras_adv.find_embedding(model, embedding_name))
     with tf.GradientTape() as tape:
+        tape.watch(variable)
         loss = model.loss(data[1], model(data[0], training=True))
-    gradients = tape.gradient(loss, model.trainable_variables)
-    return sum(t.numpy().nbytes for t in tensors_of(gradients)) / 2**20
+    gradients, embedding_gradient = tape.gradient(loss, [model.trainable_variables, variable])
+    return {
+        RESTORE_ROWS: embedding_gradient.values.numpy().nbytes / 2**20,
+        CLEAN_GRADIENTS: sum(t.numpy().nbytes for t in tensors_of(gradients)) / 2**20,
+    }
 
 
 def _in_allocator(functions):
@@ -346,39 +364,50 @@ def run_stack(stack, steps, models, memory=False, xla=False):
     # XLA where `jit_compile="auto"` picks it (a GPU), or where asked.
     jit = gpu or xla
     results = {"device": "GPU" if gpu else "CPU"}
-    for model_name in models:
-        names = variants_of(model_name)
-        model, embedding_name, data = _build(stack, MODELS[model_name], jit)
-        functions = _step_functions(stack, model, embedding_name, data, names)
-        for function in functions.values():  # Trace and warm up.
-            function()
-            function()
-        if memory:
-            device = "GPU:0" if gpu else "CPU:0"
-            results[model_name] = {
-                ALLOCATOR: _allocator_peaks(functions, device, steps),
-                LIVE: _live_tensor_peaks(functions, _variables_mib(model), device),
-                CLEAN_GRADIENTS: _clean_gradient_mib(model, data),
-            }
-            continue
-        samples = {name: [] for name in names}
-        # Interleaved: every variant sees the same machine state. Except the
-        # published recipe with host copies, timed after the others: its
-        # numpy copies of the matrix (four per step, 256 MB each at
-        # vocabulary 250000) slow down whatever runs next.
-        interleaved = [name for name in names if name != RECIPE_HOST]
-        for _ in range(steps):
-            for name in interleaved:
-                start = time.perf_counter()
-                functions[name]()
-                samples[name].append(time.perf_counter() - start)
-        for _ in range(steps if RECIPE_HOST in names else 0):
-            start = time.perf_counter()
-            functions[RECIPE_HOST]()
-            samples[RECIPE_HOST].append(time.perf_counter() - start)
-        results[model_name] = {name: statistics.median(s) for name, s in samples.items()}
-        print(f"[{stack}] {model_name}: " + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in results[model_name].items()), flush=True)
+    for group in [[name for name in together if name in models] for together in TIMED_TOGETHER]:
+        functions = {}
+        for model_name in group:
+            model, embedding_name, data = _build(stack, MODELS[model_name], jit)
+            functions[model_name] = _step_functions(stack, model, embedding_name, data, variants_of(model_name))
+            for function in functions[model_name].values():  # Trace and warm up.
+                function()
+                function()
+            if memory:
+                device = "GPU:0" if gpu else "CPU:0"
+                results[model_name] = {
+                    ALLOCATOR: _allocator_peaks(functions[model_name], device, steps),
+                    LIVE: _live_tensor_peaks(functions[model_name], _variables_mib(model), device),
+                    **_held_through_the_perturbed_passes(model, embedding_name, data),
+                }
+        if functions and not memory:
+            results.update(_timings(functions, steps))
+            for model_name in group:
+                print(f"[{stack}] {model_name}: " + ", ".join(
+                    f"{n} {t * 1000:.1f} ms" for n, t in results[model_name].items()), flush=True)
     return results
+
+
+def _timings(functions, steps):
+    """`{model: {variant: median seconds}}` over `steps` rounds, every round
+    timing each variant of each model once, in turn, the models' order
+    alternating from round to round: every variant sees the same machine
+    state. Except the published recipe with host copies, timed after the
+    others in the same way: its numpy copies of the matrix (four per step,
+    256 MB each at vocabulary 250000) slow down whatever runs next."""
+    samples = {model: {name: [] for name in variants} for model, variants in functions.items()}
+
+    def time_rounds(variants_of_model):
+        for round_ in range(steps):
+            order = list(functions) if round_ % 2 == 0 else list(functions)[::-1]
+            for model in order:
+                for name in variants_of_model(model):
+                    start = time.perf_counter()
+                    functions[model][name]()
+                    samples[model][name].append(time.perf_counter() - start)
+
+    time_rounds(lambda model: [name for name in functions[model] if name != RECIPE_HOST])
+    time_rounds(lambda model: [name for name in functions[model] if name == RECIPE_HOST])
+    return {model: {name: statistics.median(s) for name, s in by_name.items()} for model, by_name in samples.items()}
 
 
 # ---------------------------------------------------------------- the report
@@ -399,10 +428,11 @@ def _memory(stack, *args):
     """Each variant's peak memory by both measures, median over
     `MEMORY_PROCESSES` processes: `{measure: {"MiB": {name: peak},
     "x plain": {name: peak / plain peak}}}`, each ratio the median of ratios
-    measured side by side in one process; and the clean gradients' MiB."""
+    measured side by side in one process; and the MiB of what the methods
+    hold beyond a plain step (`_held_through_the_perturbed_passes`)."""
     runs = [_child("--stack", stack, *args, "--models", "bert-like", "--memory",
                    env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})["bert-like"] for _ in range(MEMORY_PROCESSES)]
-    memory = {CLEAN_GRADIENTS: statistics.median(run[CLEAN_GRADIENTS] for run in runs)}
+    memory = {held: statistics.median(run[held] for run in runs) for held in (RESTORE_ROWS, CLEAN_GRADIENTS)}
     for measure in (LIVE, ALLOCATOR):
         peaks = [run[measure] for run in runs]
         memory[measure] = {
@@ -461,10 +491,18 @@ def _vocabulary_growth(small, big, title):
     return "\n".join(rows)
 
 
-def _sum_floor(memory):
-    held, plain = memory[CLEAN_GRADIENTS], memory[LIVE]["MiB"]["plain"]
-    return (f"`objective=\"sum\"` holds the clean gradients through the adversarial pass: "
-            f"{held:.1f} MiB, so its memory floor is {1 + held / plain:.3f} x plain (live tensors).")
+def _memory_floors(memory):
+    """The memory floor of each objective from what it must hold beyond a
+    plain step, and each method's live-tensor peak over its floor."""
+    rows, clean, plain = memory[RESTORE_ROWS], memory[CLEAN_GRADIENTS], memory[LIVE]["MiB"]["plain"]
+    floor = {"adversarial": 1 + rows / plain, "sum": 1 + (rows + clean) / plain}
+    over = ", ".join(f"{name} {memory[LIVE]['x plain'][name] / floor[name.split()[1]]:.3f}"
+                     for name in ("fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial"))
+    return (f"Memory floors (live tensors): every method keeps the touched rows' original values for "
+            f"the bit-exact restore, {rows:.1f} MiB (one row per token of the batch), so "
+            f"`objective=\"adversarial\"` needs {floor['adversarial']:.3f} x plain; `objective=\"sum\"` "
+            f"also holds the clean gradients through the adversarial pass, {clean:.1f} MiB: "
+            f"{floor['sum']:.3f} x plain. Peak over its floor: {over}.")
 
 
 MEMORY_MEASURES = (
@@ -510,7 +548,7 @@ def main():
             lines += [f"### {model_name}: " + ", ".join(f"{k} {v}" for k, v in MODELS[model_name].items()), "",
                       _table(results[model_name], memory if model_name == "bert-like" else None), ""]
             if model_name == "bert-like":
-                lines += [_sum_floor(memory), ""]
+                lines += [_memory_floors(memory), ""]
         growth = [
             ("bert-like", "bert-like, vocab 250000",
              "Vocabulary 21128 -> 250000 (the plain step itself grows: Adam updates the whole matrix):"),
@@ -527,7 +565,7 @@ def main():
             xla = _child("--stack", stack, *steps, *only)["bert-like"]
             xla_memory = _memory(stack, *steps, "--xla")
             lines += ["### bert-like, XLA-compiled on this CPU (`jit_compile=True`, a GPU's default)", "",
-                      _table(xla, xla_memory), "", _sum_floor(xla_memory), ""]
+                      _table(xla, xla_memory), "", _memory_floors(xla_memory), ""]
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
