@@ -1,8 +1,9 @@
 """The benchmark's live-tensor measure (`benchmarks/step_cost.py`) counts
 exactly the bytes that a step's tensors hold at once.
 
-TensorFlow traces allocations on the CPU only with its BFC allocator, chosen
-before it loads, so the measure runs in a process of its own.
+The benchmark measures with TensorFlow's BFC allocator, which is chosen
+before TensorFlow loads, so the measure runs in a process of its own; the
+timing processes keep the default one, whose allocations the trace holds too.
 """
 
 import json
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,22 +45,40 @@ def one_after_another(x):
     return tf.reduce_sum(tf.tile(x * total, [4, 1]))
 
 step(x), one_tensor(x), one_after_another(x)  # Traced before the measure.
+
+def error(device):
+    try:
+        step_cost._traced_peak_bytes(lambda: step(x), device)
+    except RuntimeError as e:
+        return str(e)
+
 print(json.dumps({
     "step": [step_cost._traced_peak_bytes(lambda: step(x), "CPU:0") for _ in range(2)],
     "one tensor": step_cost._traced_peak_bytes(lambda: one_tensor(x), "CPU:0"),
     "one after another": step_cost._traced_peak_bytes(lambda: one_after_another(x), "CPU:0"),
+    # No GPU here: the trace has none of its allocator's events.
+    "wrong device": error("GPU:0"),
 }))
 """
 
 
-@pytest.fixture(scope="module")
-def peaks():
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+def measure(use_bfc):
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true" if use_bfc else "false"}
     out = subprocess.run(
         [sys.executable, "-c", MEASURE], capture_output=True, text=True, env=env, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def peaks():
+    return measure(use_bfc=True)
+
+
+@pytest.fixture(scope="module")
+def default_allocator_peaks():
+    return measure(use_bfc=False)
 
 
 def test_traced_peak_counts_the_tensors_alive_at_once(peaks):
@@ -70,3 +90,16 @@ def test_traced_peak_counts_the_tensors_alive_at_once(peaks):
 
 def test_traced_peak_subtracts_what_the_step_frees(peaks):
     assert 5 * MIB <= peaks["one after another"] < 5 * MIB + 4096
+
+
+def test_traced_peak_of_an_allocator_absent_from_the_trace_is_an_error(peaks):
+    assert "no allocation by an allocator named like 'GPU_0' for GPU:0" in peaks["wrong device"]
+    assert "bfc_cpu_allocator_for_gpu" in peaks["wrong device"]  # What the trace does hold.
+
+
+def test_traced_peak_is_the_same_with_the_default_allocator(peaks, default_allocator_peaks):
+    # The tensors are the same whichever allocator serves them; only where a
+    # scalar or two is served from may differ.
+    for name in ("step", "one tensor", "one after another"):
+        assert abs(np.subtract(default_allocator_peaks[name], peaks[name])).max() < 4096
+    assert "mklcpu" in default_allocator_peaks["wrong device"]
