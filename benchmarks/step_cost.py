@@ -83,8 +83,9 @@ RECIPE_HOST, RECIPE_GRAPH = "published recipe (host copies)", "published recipe 
 CLEAN_GRADIENTS, RESTORE_ROWS = "clean gradients", "restore rows"
 # The two measures of peak memory (see `_live_tensor_peaks`, `_allocator_peaks`).
 LIVE, ALLOCATOR = "live tensors", "allocator"
-VARIANTS = ["plain", "embedding gradient", "fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial",
-            RECIPE_HOST, RECIPE_GRAPH]
+# keras_adv's methods, each named "<method> <objective>".
+METHODS = ["fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial"]
+VARIANTS = ["plain", "embedding gradient", *METHODS, RECIPE_HOST, RECIPE_GRAPH]
 # What the large-vocabulary model runs: the cost that must not grow with V.
 LARGE_VOCABULARY_VARIANTS = ["plain", "embedding gradient", "fgm sum", RECIPE_HOST]
 FROZEN_EMBEDDING_VARIANTS = ["plain", "fgm sum"]
@@ -404,18 +405,13 @@ def _timings(functions, steps):
     others in the same way: its numpy copies of the matrix (four per step,
     256 MB each at vocabulary 250000) slow down whatever runs next."""
     samples = {model: {name: [] for name in variants} for model, variants in functions.items()}
-
-    def time_rounds(variants_of_model):
+    for timed_last in (False, True):
         for round_ in range(steps):
-            order = list(functions) if round_ % 2 == 0 else list(functions)[::-1]
-            for model in order:
-                for name in variants_of_model(model):
+            for model in list(functions) if round_ % 2 == 0 else list(functions)[::-1]:
+                for name in [name for name in functions[model] if (name == RECIPE_HOST) == timed_last]:
                     start = time.perf_counter()
                     functions[model][name]()
                     samples[model][name].append(time.perf_counter() - start)
-
-    time_rounds(lambda model: [name for name in functions[model] if name != RECIPE_HOST])
-    time_rounds(lambda model: [name for name in functions[model] if name == RECIPE_HOST])
     return {model: {name: statistics.median(s) for name, s in by_name.items()} for model, by_name in samples.items()}
 
 
@@ -506,7 +502,7 @@ def _memory_floors(memory):
     rows, clean, plain = memory[RESTORE_ROWS], memory[CLEAN_GRADIENTS], memory[LIVE]["MiB"]["plain"]
     floor = {"adversarial": 1 + rows / plain, "sum": 1 + (rows + clean) / plain}
     over = ", ".join(f"{name} {memory[LIVE]['x plain'][name] / floor[name.split()[1]]:.3f}"
-                     for name in ("fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial"))
+                     for name in METHODS)
     return (f"Memory floors (live tensors): every method keeps the touched rows' original values for "
             f"the bit-exact restore, {rows:.1f} MiB (one row per token of the batch), so "
             f"`objective=\"adversarial\"` needs {floor['adversarial']:.3f} x plain; `objective=\"sum\"` "
