@@ -1,7 +1,7 @@
 """The one-line API: turn adversarial training on or off for a compiled model."""
 
 from keras_adv import _stacks
-from keras_adv.embedding import find_embedding
+from keras_adv.embedding import find_embedding_layer
 from keras_adv.methods import get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
@@ -76,8 +76,8 @@ def adversarial_training(
             f"Model '{model.name}' is not compiled. Call `model.compile(...)` "
             f"first, then `adversarial_training`."
         )
-    embedding = find_embedding(model, embedding_name)
-    stack.install(model, embedding, adversary, objective)
+    layer = find_embedding_layer(model, embedding_name)
+    stack.install(model, layer, adversary, objective)
     return model
 
 

@@ -1,34 +1,28 @@
 """Embedding perturbation for custom training loops (TensorFlow).
 
-The attack/restore pattern of the PyTorch recipes, as a context manager:
-inside the `with` block the embedding rows that the gradient touches hold
-`E + r`; on leaving it, also through an exception, they hold `E` again, bit
-for bit (restored from a copy of the touched rows, never by subtracting `r`).
+The attack pattern of the PyTorch recipes, as a context manager: inside the
+`with` block the embedding layer's lookups return `E[ids] + r[ids]`, which
+equals looking up `E + r`. The matrix itself is never written, so on leaving
+the block, also through an exception, it is exactly as before.
 """
 
 import contextlib
 
-from keras_adv import _stacks
-from keras_adv.embedding import find_embedding
+from keras_adv.embedding import find_embedding_layer
 from keras_adv.methods import FGM
 
 __all__ = ["perturbed_embedding"]
 
 
-def _tf_variable(variable):
-    import tensorflow as tf
-
-    # A Keras 3 variable wraps the tf.Variable that scatter ops need.
-    return variable if isinstance(variable, tf.Variable) else variable.value
-
-
 @contextlib.contextmanager
 def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=None):
-    """Perturbs an embedding matrix inside a `with` block, then restores it.
+    """Perturbs the lookups of an embedding inside a `with` block.
 
     Adds `r = epsilon * g / ||g||_2` (or `method.ascend(None, g)`) to the
-    rows of the embedding that `gradient` touches. Use it between the clean
-    backward pass and the adversarial one of a custom `tf.GradientTape` loop.
+    rows of the embedding that `gradient` touches, as the model's lookups see
+    them; a model that also reads the matrix elsewhere (a tied output
+    projection) sees it unperturbed there. Use it between the clean backward
+    pass and the adversarial one of a custom `tf.GradientTape` loop.
 
     Args:
         model: A Keras 3 (TensorFlow backend) or tf-keras model.
@@ -41,7 +35,11 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
             instead (its `ascend(None, g)`); overrides `epsilon`.
 
     Yields:
-        The perturbation rows that were added.
+        The perturbation rows, one per token occurrence of the gradient
+        (duplicates share one row; see `tf_rows.TouchedRows`).
+
+    Raises:
+        ValueError: If `gradient` is None.
 
     Example:
 
@@ -60,24 +58,29 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
     """
     # TensorFlow is imported here, not with keras_adv: bert4keras users must
     # set their environment flags (prepare_bert4keras) before it loads.
-    from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows
+    import tensorflow as tf
+
+    from keras_adv._stacks.lookup import tapped_lookups
+    from keras_adv._stacks.tf_rows import TouchedRows
 
     adversary = method if method is not None else FGM(epsilon=epsilon)
-    variable = _tf_variable(find_embedding(model, embedding_name))
+    layer = find_embedding_layer(model, embedding_name)
     if gradient is None:
         raise ValueError(
             f"`gradient` is None: the loss does not depend on embedding "
             f"'{embedding_name}'."
         )
-    touched = TouchedRows(gradient)
-    perturbation = adversary.ascend(None, touched.rows(gradient))
-    # tf-keras gathers rows sparsely. Keras 3 reads the whole matrix, and
-    # keeping those reads copy-free after row writes takes an op that XLA
-    # lacks (see RowsInPlace); this block may run inside an XLA function, so
-    # on Keras 3 it writes the whole perturbed matrix.
-    rows = RowsInPlace(variable, touched, sparse_writes=_stacks.family(model) == "tf_keras")
-    rows.move(perturbation)
-    try:
+    if isinstance(gradient, tf.IndexedSlices):
+        ids, values = gradient.indices, gradient.values
+    else:  # A dense gradient: every row of the matrix.
+        values = tf.convert_to_tensor(gradient)
+        ids = tf.range(tf.shape(values)[0])
+    dim = layer.embeddings.shape[1]
+    touched = TouchedRows([ids], dim)
+    perturbation = adversary.ascend(None, touched.rows([ids], [values]))
+
+    def add_perturbation(ids, outputs):
+        return outputs + tf.cast(touched.at(ids, perturbation), outputs.dtype)
+
+    with tapped_lookups(layer, add_perturbation):
         yield perturbation
-    finally:
-        rows.restore()

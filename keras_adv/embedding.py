@@ -6,7 +6,7 @@ its backbone, where `model.get_layer` does not look), and variables are
 matched by their path (Keras 3) or name (tf-keras, with or without `:0`).
 """
 
-__all__ = ["find_embedding", "embedding_candidates"]
+__all__ = ["find_embedding", "find_embedding_layer", "embedding_candidates"]
 
 
 def _walk_layers(layer, prefix=""):
@@ -81,7 +81,7 @@ def find_embedding(model, name):
         name: The name of an embedding layer, searched through nested models
             and layers, optionally qualified by the enclosing layers
             (`"backbone/token_embedding"`); or the path/name of an embedding
-            variable (`"token_embedding/embeddings"`,
+            layer's variable (`"token_embedding/embeddings"`,
             `"Embedding-Token/embeddings:0"`).
 
     Returns:
@@ -89,9 +89,19 @@ def find_embedding(model, name):
 
     Raises:
         TypeError: If `name` is not a string, or names a layer that has no
-            embedding matrix, or a variable that is not 2-D.
+            embedding matrix, or a variable that is not an embedding layer's
+            matrix.
         ValueError: If nothing matches `name`, or several different
             embeddings do. The message lists the embedding layers that exist.
+    """
+    return _embedding_matrix(find_embedding_layer(model, name))
+
+
+def find_embedding_layer(model, name):
+    """Returns the embedding layer named by `name` (as in `find_embedding`).
+
+    A variable path names the layer that owns the variable as its embedding
+    matrix: the perturbation enters at that layer's lookups.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(
@@ -102,14 +112,13 @@ def find_embedding(model, name):
     if layers:
         matrices = {}
         for qualified, layer in layers:
-            matrix = _embedding_matrix(layer)
-            if matrix is None:
+            if _embedding_matrix(layer) is None:
                 raise TypeError(
                     f"Layer '{name}' ({type(layer).__name__}) has no embedding "
                     f"matrix (a 2-D `embeddings` variable) to perturb. "
                     f"{_describe_candidates(model)}"
                 )
-            matrices.setdefault(id(matrix), (qualified, matrix))
+            matrices.setdefault(id(_embedding_matrix(layer)), (qualified, layer))
         if len(matrices) > 1:
             raise ValueError(
                 f"Embedding name '{name}' is ambiguous: it matches "
@@ -120,7 +129,8 @@ def find_embedding(model, name):
         return next(iter(matrices.values()))[1]
 
     variables = {id(v): v for v in model.weights if name in _variable_names(v)}
-    for qualified, _, matrix in _embedding_layers(model):
+    embedding_layers = _embedding_layers(model)
+    for qualified, _, matrix in embedding_layers:
         if name == f"{qualified}/{_short_name(matrix)}":
             variables[id(matrix)] = matrix
     if len(variables) > 1:
@@ -131,13 +141,14 @@ def find_embedding(model, name):
         )
     if variables:
         variable = next(iter(variables.values()))
-        if len(variable.shape) != 2:
+        owner = next((layer for _, layer, matrix in embedding_layers if matrix is variable), None)
+        if owner is None:
             raise TypeError(
-                f"Variable '{_display_name(variable)}' has shape "
-                f"{tuple(variable.shape)}; an embedding matrix is 2-D "
-                f"(vocabulary x dimension). {_describe_candidates(model)}"
+                f"Variable '{_display_name(variable)}' (shape "
+                f"{tuple(variable.shape)}) is not the matrix of an embedding layer, "
+                f"so no lookup reads it. {_describe_candidates(model)}"
             )
-        return variable
+        return owner
     raise ValueError(
         f"No layer or variable named '{name}' in model '{model.name}'. "
         f"{_describe_candidates(model)}"

@@ -6,13 +6,7 @@ its class, `fit` finds the instance attribute, and nothing is tracked or saved.
 
 import types
 
-__all__ = [
-    "installed_step",
-    "install_step",
-    "uninstall_step",
-    "undo_on_failure",
-    "UndoingTrainFunctionMaker",
-]
+__all__ = ["installed_step", "install_step", "uninstall_step"]
 
 
 def installed_step(model, attribute, step_class):
@@ -52,44 +46,3 @@ def install_step(model, attribute, step, stock_method=None):
 def uninstall_step(model, attribute):
     delattr(model, attribute)
     model.train_function = None
-
-
-def undo_on_failure(train_function, undo):
-    """Wraps `train_function` so that, when it raises, `undo()` runs first.
-
-    Args:
-        train_function: What `fit` calls once per step (or per execution).
-        undo: A callable that puts the embedding rows back (`UndoLog.undo`,
-            or a session run of its op in a TF1 graph).
-    """
-
-    def undoing_train_function(*args, **kwargs):
-        try:
-            return train_function(*args, **kwargs)
-        except BaseException:
-            undo()
-            raise
-
-    # Marks the wrapper, so a cached train function is not wrapped twice.
-    undoing_train_function.undoes_with = undo
-    return undoing_train_function
-
-
-class UndoingTrainFunctionMaker:
-    """Bound as a model's `make_train_function`: its class's own, with the
-    train function it makes wrapped by `undo_on_failure`.
-
-    Args:
-        undo: A callable that puts the embedding rows back.
-    """
-
-    __name__ = "make_train_function"
-
-    def __init__(self, undo):
-        self.undo = undo
-
-    def __call__(self, model, force=False):
-        type(model).make_train_function(model, force=force)
-        if getattr(model.train_function, "undoes_with", None) is None:  # Not wrapped yet.
-            model.train_function = undo_on_failure(model.train_function, self.undo)
-        return model.train_function

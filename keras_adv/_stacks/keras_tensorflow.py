@@ -1,27 +1,12 @@
 """Keras 3 on the TensorFlow backend.
 
 The model instance gets an adversarial `train_step` (Keras's `fit`,
-`steps_per_execution`, `jit_compile` and callbacks all go through it). The
-step follows `keras/src/backend/tensorflow/trainer.py` and adds the perturbed
-passes:
-
-1. The clean pass: loss, loss tracker, and the gradients it needs: all weights
-   under `objective="sum"`, only the embedding under `"adversarial"`.
-2. `method.steps` perturbed passes; intermediate ones (PGD) ask only for the
-   embedding gradient. Each pass moves the touched rows of the variable in
-   place (`RowsInPlace`), and they are put back from a copy, bit for bit,
-   before the optimizer runs. Keras 3 reads the whole matrix for a lookup,
-   and those reads alias the variable only while it is not in copy-on-read
-   mode, which sparse writes switch on: so the step switches it off first
-   and after every write, and each write waits until the pass before it has
-   consumed its reads. No V x d tensor is made. A step that raises half-way
-   is undone from Python (`UndoLog`, `undo_on_failure`). Under XLA, which
-   has no kernel for that switch and orders ops by data alone, each write
-   depends on what the pass before computed (`RowsInPlaceUnderXla`): still
-   no V x d tensor, and an XLA step commits no variable unless it runs to
-   the end.
-3. One optimizer update from the clean + adversarial (or adversarial only)
-   gradients, with the embedding gradient still an `IndexedSlices`.
+`steps_per_execution`, `jit_compile`, distribution strategies and callbacks
+all go through it). The step follows `keras/src/backend/tensorflow/trainer.py`
+and runs the passes of `passes.py`, the perturbed ones adding the
+perturbation at the embedding lookups (`lookup.py`): the matrix is never
+written, so it holds exactly what the optimizer update gives, and a step that
+raises leaves it as it was.
 
 Every pass runs in training mode and keeps its updates of the model's
 non-trainable state (batch-norm statistics, dropout seeds), as in the
@@ -31,22 +16,11 @@ PyTorch recipes; loss-tracking metrics see only the clean pass.
 import keras
 import tensorflow as tf
 
-from keras_adv._stacks.instance_patch import (
-    UndoingTrainFunctionMaker,
-    install_step,
-    installed_step,
-    uninstall_step,
-)
-from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
-from keras_adv._stacks.tf_rows import (
-    RowsInPlace,
-    RowsInPlaceUnderXla,
-    TouchedRows,
-    UndoLog,
-    add_gradients,
-    tensors_of,
-    switch_off_copy_on_read,
-)
+from keras_adv._stacks import distribution
+from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
+from keras_adv._stacks.passes import AdversarialStep, attack, update_gradients
+from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
+from keras_adv._stacks.tf_tape import taped_pass
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -70,56 +44,69 @@ def _track_loss(tracker, loss, x):
     tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch_size)
 
 
+def _switch_off_copy_on_read(variable):
+    # Keras 3 reads the whole matrix for a lookup. Those reads alias the
+    # variable unless it is in copy-on-read mode, which a sparse optimizer
+    # update (SGD's) switches on: then every read copies the V x d matrix
+    # (measured: 1 ms -> 220 ms per lookup at 250000 x 256), once per pass.
+    # Safe at any time: a later sparse write copies the buffer first if a
+    # read still aliases it.
+    tf.raw_ops.DisableCopyOnRead(resource=variable.value.handle)
+
+
 class AdversarialTrainStep(AdversarialStep):
     """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training."""
 
-    def __init__(self, embedding, method, objective):
-        super().__init__(embedding, method, objective)
-        # Held here, not on the model, so the model gains no tracked metric.
+    def __init__(self, layer, method, objective, strategy):
+        super().__init__(layer, method, objective)
+        # Held here, not on the model, so the model gains no tracked metric;
+        # made in the model's strategy scope, so that replicas sum into it.
         # Reset together with Keras's loss tracker (see `_reset_with`).
-        self.adversarial_loss = keras.metrics.Mean(name="adversarial_loss")
-        self.undo_log = UndoLog(embedding.value)
+        with strategy.scope():
+            self.adversarial_loss = keras.metrics.Mean(name="adversarial_loss")
 
     def __call__(self, model, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._reset_with(_loss_tracker(model))
         trainable = list(model.trainable_variables)
-        update_from_clean = self.objective == "sum"
-        variable = self.embedding.value
-        under_xla = model.jit_compile
-        if not under_xla:
-            # A sparse optimizer update (SGD's) leaves the variable copying
-            # the matrix at every read; this step's reads need not.
-            switch_off_copy_on_read(variable)
+        if not model.jit_compile:  # XLA has no copy-on-read mode, nor this op.
+            _switch_off_copy_on_read(self.layer.embeddings)
+        outputs = {}
 
-        clean_loss, clean_grads, embedding_grad, y_pred = self._clean_pass(
-            model, x, y, sample_weight, trainable if update_from_clean else []
+        def clean_forward():
+            outputs["y_pred"] = y_pred = model(x, training=True)
+            loss = _compute_loss(model, x, y, y_pred, sample_weight)
+            _track_loss(_loss_tracker(model), loss, x)
+            return model.optimizer.scale_loss(loss), loss
+
+        def perturbed_forward():
+            with keras.StatelessScope(collect_losses=True) as scope:
+                y_pred = model(x, training=True)
+                # Inside the scope: regularizers see the perturbed pass, and
+                # the updates that `compute_loss` makes to loss-tracking
+                # metrics are dropped.
+                loss = _compute_loss(model, x, y, y_pred, sample_weight)
+            self._keep_state_updates(model, scope)
+            return model.optimizer.scale_loss(loss), loss
+
+        clean = taped_pass(
+            self.layer, clean_forward, trainable if self.objective == "sum" else []
         )
-        touched = TouchedRows(embedding_grad)
-        if under_xla:
-            rows = RowsInPlaceUnderXla(variable, touched)
-        else:
-            rows = RowsInPlace(variable, touched, dense_reads=True, undo_log=self.undo_log)
-        # What the last pass computed from its reads of the matrix.
-        consumed = [clean_loss, embedding_grad, *clean_grads]
+        touched = TouchedRows(clean.lookups.ids, self.dim)
 
         def perturbed_pass(perturbation, last):
-            rows.move(perturbation, after=tensors_of(consumed))
-            sources = trainable if last else []
-            loss, grads, gradient = self._perturbed_pass(model, x, y, sample_weight, sources)
-            consumed[:] = [loss, gradient, *grads]
-            return loss, grads, gradient
+            return taped_pass(
+                self.layer, perturbed_forward, trainable if last else [],
+                perturbation_at=lambda ids: touched.at(ids, perturbation),
+                lookup_gradients=not last,
+            )
 
-        adversarial_loss, adversarial_grads = attack(
-            self.method, touched, embedding_grad, perturbed_pass
-        )
-        rows.restore(after=tensors_of(consumed))
-        grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
+        adversarial = attack(self.method, touched, clean, perturbed_pass)
+        grads = update_gradients(self.objective, clean.gradients, adversarial.gradients, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 
-        _track_loss(self.adversarial_loss, adversarial_loss, x)
-        logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        logs = dict(logs)
+        _track_loss(self.adversarial_loss, adversarial.loss, x)
+        logs = dict(model.compute_metrics(x, y, outputs["y_pred"], sample_weight=sample_weight))
         logs["adversarial_loss"] = self.adversarial_loss.result()
         return logs
 
@@ -130,47 +117,8 @@ class AdversarialTrainStep(AdversarialStep):
         for variable in self.adversarial_loss.variables:
             variable.assign(tf.where(fresh, tf.zeros_like(variable), variable))
 
-    def _clean_pass(self, model, x, y, sample_weight, sources):
-        """Returns (loss, gradients of `sources`, embedding gradient, y_pred)."""
-        embedding = self.embedding.value
-        # Without weight gradients to compute, record only what depends on E.
-        with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
-            tape.watch(embedding)
-            y_pred = model(x, training=True)
-            loss = _compute_loss(model, x, y, y_pred, sample_weight)
-            _track_loss(_loss_tracker(model), loss, x)
-            loss = model.optimizer.scale_loss(loss)
-        grads, embedding_grad = split_gradients(tape, loss, sources, self.embedding, embedding)
-        if embedding_grad is None:
-            raise ValueError(
-                f"The loss does not depend on the embedding "
-                f"'{self.embedding.path}', so it cannot be perturbed. Name the "
-                f"embedding layer that the model's inputs go through."
-            )
-        return loss, grads, embedding_grad, y_pred
-
-    def _perturbed_pass(self, model, x, y, sample_weight, sources):
-        """Runs the model on the variable with its rows moved.
-
-        Returns (loss, gradients of `sources`, gradient of the embedding).
-        """
-        embedding = self.embedding.value
-        with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
-            tape.watch(embedding)
-            with keras.StatelessScope(collect_losses=True) as scope:
-                y_pred = model(x, training=True)
-                # Inside the scope: regularizers see E + r, and the updates
-                # that `compute_loss` makes to loss-tracking metrics are dropped.
-                loss = _compute_loss(model, x, y, y_pred, sample_weight)
-            scaled_loss = model.optimizer.scale_loss(loss)
-        self._keep_state_updates(model, scope)
-        grads, embedding_grad = split_gradients(tape, scaled_loss, sources, self.embedding, embedding)
-        return loss, grads, embedding_grad
-
     def _keep_state_updates(self, model, scope):
         for variable in model.non_trainable_variables:
-            if variable is self.embedding:
-                continue
             value = scope.get_current_value(variable)
             if value is not None:
                 variable.assign(value)
@@ -184,14 +132,13 @@ def is_installed(model):
     return installed_step(model, "train_step", AdversarialTrainStep) is not None
 
 
-def install(model, embedding, method, objective):
+def install(model, layer, method, objective):
     """Replaces the model's `train_step` with an adversarial one."""
-    step = AdversarialTrainStep(embedding, method, objective)
+    strategy = model.distribute_strategy
+    distribution.check_strategy(strategy, multi_worker=False)
+    step = AdversarialTrainStep(layer, method, objective, strategy)
     install_step(model, "train_step", step, keras.Model.train_step)
-    # Wraps whatever builds the train function, so no class override is lost.
-    install_step(model, "make_train_function", UndoingTrainFunctionMaker(step.undo_log.undo))
 
 
 def uninstall(model):
     uninstall_step(model, "train_step")
-    uninstall_step(model, "make_train_function")

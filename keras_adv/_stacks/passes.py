@@ -1,22 +1,39 @@
 """The order of passes in an adversarial step, shared by every stack.
 
-A stack supplies one function, `perturbed_pass(perturbation, last)`, that runs
-the model with the embedding rows moved by `perturbation` and returns
-`(loss, weight_gradients, embedding_gradient)`; weight gradients are asked for
-on the last pass only (earlier PGD passes need the embedding gradient alone).
+1. The clean pass: the loss, and the gradient w.r.t. the lookups' outputs
+   (plus the weight gradients when the update uses the clean loss).
+2. `method.steps` perturbed passes, each built from the gradient of the pass
+   before; the weight gradients are asked for on the last pass only.
+3. One optimizer update from clean + adversarial, or adversarial only.
+
+A stack supplies `perturbed_pass(perturbation, last) -> Pass`: the model run
+with `perturbation` (rows of the touched tokens) added at its lookups.
 """
 
-__all__ = ["AdversarialStep", "attack", "split_gradients", "update_gradients"]
+import collections
+
+__all__ = ["AdversarialStep", "Pass", "attack", "update_gradients"]
+
+Pass = collections.namedtuple("Pass", ["loss", "gradients", "lookups", "lookup_gradients"])
+Pass.__doc__ = """What one pass computed.
+
+Attributes:
+    loss: The loss of the pass.
+    gradients: The gradients of the weights it was asked for (maybe none).
+    lookups: Its `Lookups` (ids and outputs).
+    lookup_gradients: The gradient w.r.t. each lookup's output, or None
+        where the pass did not need them (the last one).
+"""
 
 
 class AdversarialStep:
-    """What every stack's step holds: the embedding, the method, the objective.
+    """What every stack's step holds: the embedding layer, the method, the objective.
 
     Each stack subclasses it with `__call__(model, ...)` for its own step
     contract, and is bound to one model with `types.MethodType`.
 
     Args:
-        embedding: The embedding matrix variable.
+        layer: The embedding layer whose lookups are perturbed.
         method: A `keras_adv.FGM` or `keras_adv.PGD`.
         objective: `"sum"` or `"adversarial"`.
     """
@@ -24,44 +41,31 @@ class AdversarialStep:
     # Autograph (tf-keras with jit_compile) reads the name of what it converts.
     __name__ = "train_step"
 
-    def __init__(self, embedding, method, objective):
-        self.embedding = embedding
+    def __init__(self, layer, method, objective):
+        self.layer = layer
         self.method = method
         self.objective = objective
 
-
-def split_gradients(tape, loss, sources, embedding, embedding_target):
-    """Gradients of `sources` and of the embedding, from one tape.
-
-    The embedding is differentiated through `embedding_target` (the tensor or
-    variable the pass actually read), whether or not it is among `sources`.
-
-    Returns:
-        (gradients of `sources`, gradient of the embedding).
-    """
-    position = next((i for i, v in enumerate(sources) if v is embedding), None)
-    targets = [embedding_target if v is embedding else v for v in sources]
-    if position is None:
-        targets.append(embedding_target)
-        position = len(targets) - 1
-    grads = tape.gradient(loss, targets)
-    return grads[: len(sources)], grads[position]
+    @property
+    def dim(self):
+        return self.layer.embeddings.shape[1]
 
 
-def attack(method, touched, clean_embedding_gradient, perturbed_pass):
-    """Runs `method.steps` perturbed passes; returns the last pass's (loss, gradients).
+def attack(method, touched, clean, perturbed_pass):
+    """Runs `method.steps` perturbed passes; returns the last one's `Pass`.
 
     Args:
         method: A `keras_adv.FGM` or `keras_adv.PGD`.
         touched: The `TouchedRows` of the batch.
-        clean_embedding_gradient: The embedding gradient of the clean pass.
-        perturbed_pass: `(perturbation, last) -> (loss, grads, embedding_grad)`.
+        clean: The clean `Pass`.
+        perturbed_pass: `(perturbation, last) -> Pass`.
     """
-    perturbation, gradient = None, clean_embedding_gradient
+    perturbation, latest = None, clean
     for step in range(method.steps):
-        perturbation = method.ascend(perturbation, touched.rows(gradient))
-        loss, grads, gradient = perturbed_pass(perturbation, step == method.steps - 1)
-    return loss, grads
+        gradient = touched.rows(latest.lookups.ids, latest.lookup_gradients)
+        perturbation = method.ascend(perturbation, gradient)
+        latest = perturbed_pass(perturbation, step == method.steps - 1)
+    return latest
 
 
 def update_gradients(objective, clean_grads, adversarial_grads, add):

@@ -1,34 +1,21 @@
 """tf-keras 2 (as used by bert4keras), eager execution (the default).
 
 The model instance gets an adversarial `train_step`, following tf-keras's own
-`Model.train_step`. tf-keras's Embedding reads its matrix with sparse gathers,
-so the perturbed passes move only the touched rows of the variable in place
-(`RowsInPlace`) and put them back from a copy, bit for bit, before the
-optimizer runs. A step that raises in between is undone from Python: the
-instance's `make_train_function` wraps tf-keras's train function with
-`undo_on_failure`, which writes back the rows that the step's `UndoLog`
-still holds (an XLA-compiled step needs none: it commits no variable unless it
-runs to the end). The clean pass updates the compiled loss trackers as in
-plain training; the perturbed passes leave them as they were.
+`Model.train_step`, that runs the passes of `passes.py` with the perturbation
+added at the embedding lookups (`lookup.py`): the matrix is never written.
+The clean pass updates the compiled loss trackers as in plain training; the
+perturbed passes leave them as they were. With a loss-scale optimizer
+(mixed precision) the passes differentiate the scaled loss and the weight
+gradients are unscaled before the update, as `optimizer.minimize` does.
 """
 
 import tensorflow as tf
 
-from keras_adv._stacks.instance_patch import (
-    UndoingTrainFunctionMaker,
-    install_step,
-    installed_step,
-    uninstall_step,
-)
-from keras_adv._stacks.passes import AdversarialStep, attack, split_gradients, update_gradients
-from keras_adv._stacks.tf_rows import (
-    RowsInPlace,
-    RowsInPlaceUnderXla,
-    TouchedRows,
-    UndoLog,
-    add_gradients,
-    tensors_of,
-)
+from keras_adv._stacks import distribution
+from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
+from keras_adv._stacks.passes import AdversarialStep, attack, update_gradients
+from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
+from keras_adv._stacks.tf_tape import taped_pass
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -44,13 +31,32 @@ def _loss_trackers(model):
     return model.compiled_loss.metrics
 
 
+def _scaled(optimizer, loss):
+    # tf-keras's LossScaleOptimizer (mixed precision) scales the loss itself.
+    scale = getattr(optimizer, "get_scaled_loss", None)
+    return loss if scale is None else scale(loss)
+
+
+def _unscaled(optimizer, grads):
+    unscale = getattr(optimizer, "get_unscaled_gradients", None)
+    return grads if unscale is None else unscale(grads)
+
+
+def _unscaled_for_distribution(loss):
+    # Under a strategy, `compute_loss` divides the loss by the replica count
+    # (so that summed gradients are the global batch's); tf-keras's own loss
+    # tracker sees it before that.
+    return loss * tf.distribute.get_strategy().num_replicas_in_sync
+
+
 class AdversarialTrainStep(AdversarialStep):
     """A tf-keras `train_step` with embedding-space adversarial training."""
 
-    def __init__(self, embedding, method, objective):
-        super().__init__(embedding, method, objective)
-        self.adversarial_loss = _tf_keras().metrics.Mean(name="adversarial_loss")
-        self.undo_log = UndoLog(embedding)
+    def __init__(self, layer, method, objective, strategy):
+        super().__init__(layer, method, objective)
+        # Made in the model's strategy scope, so that replicas sum into it.
+        with strategy.scope():
+            self.adversarial_loss = _tf_keras().metrics.Mean(name="adversarial_loss")
 
     def __call__(self, model, data):
         tf_keras = _tf_keras()
@@ -59,50 +65,38 @@ class AdversarialTrainStep(AdversarialStep):
         if trackers:  # Built by the first compute_loss of a fit.
             self._reset_with(trackers[0])
         trainable = list(model.trainable_variables)
-        update_from_clean = self.objective == "sum"
-        sources = trainable if update_from_clean else []
+        optimizer = model.optimizer
+        outputs = {}
 
-        with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
-            tape.watch(self.embedding)
-            y_pred = model(x, training=True)
+        def clean_forward():
+            outputs["y_pred"] = y_pred = model(x, training=True)
             loss = model.compute_loss(x, y, y_pred, sample_weight)
-        clean_grads, embedding_grad = split_gradients(tape, loss, sources, self.embedding, self.embedding)
-        if embedding_grad is None:
-            raise ValueError(
-                f"The loss does not depend on the embedding '{self.embedding.name}', "
-                f"so it cannot be perturbed. Name the embedding layer that the "
-                f"model's inputs go through."
-            )
-        touched = TouchedRows(embedding_grad)
-        if model.jit_compile:
-            # XLA orders the writes by data; its step cannot fail half-way.
-            rows = RowsInPlaceUnderXla(self.embedding, touched)
-        else:
-            rows = RowsInPlace(self.embedding, touched, undo_log=self.undo_log)
-        # What the last pass computed from its reads of the matrix.
-        consumed = [loss, embedding_grad, *clean_grads]
+            return _scaled(optimizer, loss), loss
+
+        def perturbed_forward():
+            y_pred = model(x, training=True)
+            loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
+            return _scaled(optimizer, loss), loss
+
+        clean = taped_pass(
+            self.layer, clean_forward, trainable if self.objective == "sum" else []
+        )
+        touched = TouchedRows(clean.lookups.ids, self.dim)
 
         def perturbed_pass(perturbation, last):
-            rows.move(perturbation, after=tensors_of(consumed))
-            pass_sources = trainable if last else []
-            with tf.GradientTape(watch_accessed_variables=bool(pass_sources)) as tape:
-                tape.watch(self.embedding)
-                adversarial_pred = model(x, training=True)
-                adversarial_loss = self._untracked_loss(model, x, y, adversarial_pred, sample_weight)
-            grads, gradient = split_gradients(
-                tape, adversarial_loss, pass_sources, self.embedding, self.embedding
+            return taped_pass(
+                self.layer, perturbed_forward, trainable if last else [],
+                perturbation_at=lambda ids: touched.at(ids, perturbation),
+                lookup_gradients=not last,
             )
-            consumed[:] = [adversarial_loss, gradient, *grads]
-            return adversarial_loss, grads, gradient
 
-        adversarial_loss, adversarial_grads = attack(self.method, touched, embedding_grad, perturbed_pass)
-        rows.restore(after=tensors_of(consumed))
-        grads = update_gradients(self.objective, clean_grads, adversarial_grads, add_gradients)
-        model.optimizer.apply_gradients(zip(grads, trainable))
+        adversarial = attack(self.method, touched, clean, perturbed_pass)
+        grads = update_gradients(self.objective, clean.gradients, adversarial.gradients, add_gradients)
+        optimizer.apply_gradients(zip(_unscaled(optimizer, grads), trainable))
 
         batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        self.adversarial_loss.update_state(adversarial_loss, sample_weight=batch_size)
-        logs = dict(model.compute_metrics(x, y, y_pred, sample_weight))
+        self.adversarial_loss.update_state(_unscaled_for_distribution(adversarial.loss), sample_weight=batch_size)
+        logs = dict(model.compute_metrics(x, y, outputs["y_pred"], sample_weight))
         logs["adversarial_loss"] = self.adversarial_loss.result()
         return logs
 
@@ -133,14 +127,13 @@ def is_installed(model):
     return installed_step(model, "train_step", AdversarialTrainStep) is not None
 
 
-def install(model, embedding, method, objective):
+def install(model, layer, method, objective):
     """Replaces the model's `train_step` with an adversarial one."""
-    step = AdversarialTrainStep(embedding, method, objective)
+    strategy = model.distribute_strategy
+    distribution.check_strategy(strategy, multi_worker=True)
+    step = AdversarialTrainStep(layer, method, objective, strategy)
     install_step(model, "train_step", step, _tf_keras().Model.train_step)
-    # Wraps whatever builds the train function, so no class override is lost.
-    install_step(model, "make_train_function", UndoingTrainFunctionMaker(step.undo_log.undo))
 
 
 def uninstall(model):
     uninstall_step(model, "train_step")
-    uninstall_step(model, "make_train_function")

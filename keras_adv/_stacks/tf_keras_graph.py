@@ -2,32 +2,47 @@
 
 `fit` runs one `K.function` per step, built by `model._make_train_function`;
 the model instance gets a builder that makes an adversarial one. All passes
-live in the one graph, ordered by explicit control dependencies (a TF1 graph
-has none of its own):
+live in the one graph:
 
-    clean forward (the model's `total_loss`) -> embedding gradient
-    -> move the touched rows -> forward again -> ... (PGD)
-    -> restore the rows from their copy -> optimizer updates
+    clean forward (the model's `total_loss`) -> gradient at its lookups
+    -> forward again with the perturbation added at the lookups -> ... (PGD)
+    -> optimizer updates
 
-so a step is one `session.run`, the rows come back bit for bit before the
-optimizer reads them, and nothing goes through numpy. When the run fails
-half-way, the train function (wrapped by `undo_on_failure`) runs the undo op
-of the step's `UndoLog` before it re-raises. The optimizer's own
-`get_updates` computes the weight gradients of clean + adversarial loss (or the
-adversarial loss only). `fit`'s History holds the clean `loss` and the compiled
-metrics; tf-keras's graph-mode loop names its outputs after the compiled
-metrics, so the adversarial loss is not among them.
+The clean pass is the model's own graph: its lookups are the embedding
+layer's nodes there. The perturbed passes call the model again, with the
+lookups tapped (`lookup.py`); nothing writes the matrix, so a step is one
+`session.run` that either updates the weights as the optimizer does or,
+when it fails, changes nothing that keras_adv wrote. The optimizer's own
+`get_updates` computes the weight gradients of clean + adversarial loss (or
+the adversarial loss only). `fit`'s History holds the clean `loss` and the
+compiled metrics; tf-keras's graph-mode loop names its outputs after the
+compiled metrics, so the adversarial loss is not among them.
+
+Under a distribution strategy, tf-keras's graph-mode `fit` builds each
+replica's train function on a clone of the model, never calling this
+builder: that is refused with a clear error (eager tf-keras supports it).
 """
 
 import contextlib
+import types
 
 import tensorflow as tf
 
-from keras_adv._stacks.instance_patch import install_step, installed_step, undo_on_failure, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep, attack
-from keras_adv._stacks.tf_rows import RowsInPlace, TouchedRows, UndoLog
+from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
+from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
+from keras_adv._stacks.passes import AdversarialStep, Pass, attack
+from keras_adv._stacks.tf_rows import TouchedRows
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
+
+_DISTRIBUTED_ERROR = (
+    "With eager execution disabled, tf-keras trains under a distribution "
+    "strategy through its v1 distributed loop, which builds each replica's "
+    "train function on a clone of the model: keras_adv's adversarial step "
+    "would be silently skipped. Train with eager execution (the tf-keras "
+    "default; do not call `tf.compat.v1.disable_eager_execution()`), where "
+    "keras_adv supports MirroredStrategy and MultiWorkerMirroredStrategy."
+)
 
 
 def _backend():
@@ -59,6 +74,25 @@ def _endpoints_reading(model, outputs):
             endpoint.output_loss_metric = metric
 
 
+def _graph_lookups(layer, loss):
+    """The lookups of `layer` in the model's own graph that `loss` depends on,
+    and the gradient of `loss` w.r.t. each."""
+    candidates = Lookups()
+    for node in layer._inbound_nodes:
+        ids = tf.nest.flatten(node.input_tensors)[0]
+        outputs = tf.nest.flatten(node.output_tensors)[0]
+        if is_lookup(ids, outputs):
+            candidates.ids.append(ids)
+            candidates.outputs.append(outputs)
+    gradients = tf.gradients(loss, candidates.outputs) if candidates.outputs else []
+    lookups = Lookups()
+    for ids, outputs, gradient in zip(candidates.ids, candidates.outputs, gradients):
+        if gradient is not None:
+            lookups.ids.append(ids)
+            lookups.outputs.append(outputs)
+    return lookups, [g for g in gradients if g is not None]
+
+
 class AdversarialTrainFunction(AdversarialStep):
     """Builds the adversarial train function of a `training_v1` model.
 
@@ -79,68 +113,65 @@ class AdversarialTrainFunction(AdversarialStep):
         if not isinstance(backend.symbolic_learning_phase(), int):
             inputs += [backend.symbolic_learning_phase()]
         with backend.get_graph().as_default():
-            undo_log = UndoLog(self.embedding)
-            for variable in undo_log.variables:
-                backend.track_variable(variable)  # Initialised by Keras's session.
-            undo = undo_log.undo()
             with backend.name_scope("training"):
-                loss, restored = self._losses_with_restore(model, undo_log)
-                # Every weight gradient and update runs on the restored matrix.
-                with tf.control_dependencies([restored]):
-                    updates = model.optimizer.get_updates(
-                        params=model._collected_trainable_weights, loss=loss
-                    )
+                updates = model.optimizer.get_updates(
+                    params=model._collected_trainable_weights, loss=self._loss(model)
+                )
                 updates += model.get_updates_for(None)
                 updates += model.get_updates_for(model.inputs)
             metrics = model._get_training_eval_metrics()
             metrics_tensors = [m._call_result for m in metrics if hasattr(m, "_call_result")]
         with backend.name_scope("training"):
-            train_function = backend.function(
+            model.train_function = backend.function(
                 inputs,
                 [model.total_loss] + metrics_tensors,
                 updates=updates,
                 name="train_function",
                 **model._function_kwargs,
             )
-        model.train_function = undo_on_failure(train_function, lambda: backend.get_session().run(undo))
         model._set_trainable_state(current_trainable_state)
 
-    def _losses_with_restore(self, model, undo_log):
-        """Returns (the loss to update from, the op that restores the rows)."""
+    def _loss(self, model):
+        """The loss to update from: clean + adversarial, or adversarial only."""
         clean_loss = model.total_loss
-        (clean_gradient,) = tf.gradients(clean_loss, [self.embedding])
-        if clean_gradient is None:
+        lookups, lookup_gradients = _graph_lookups(self.layer, clean_loss)
+        if not lookups.outputs:
             raise ValueError(
-                f"The loss does not depend on the embedding '{self.embedding.name}', "
-                f"so it cannot be perturbed. Name the embedding layer that the "
-                f"model's inputs go through."
+                f"The loss does not depend on the lookups of embedding layer "
+                f"'{self.layer.name}', so they cannot be perturbed. Name the "
+                f"embedding layer that the model's inputs go through."
             )
-        touched = TouchedRows(clean_gradient)
-        rows = RowsInPlace(self.embedding, touched, undo_log=undo_log)
-        # What the next write must wait for: every read of the previous pass.
-        previous_pass = [clean_loss, _values(clean_gradient)]
+        clean = Pass(clean_loss, [], lookups, lookup_gradients)
+        touched = TouchedRows(lookups.ids, self.dim)
 
         def perturbed_pass(perturbation, last):
-            moved = rows.move(perturbation, after=previous_pass)
-            with tf.control_dependencies([moved]):
+            def add_perturbation(ids, outputs):
+                return outputs + tf.cast(touched.at(ids, perturbation), outputs.dtype)
+
+            with tapped_lookups(self.layer, add_perturbation) as perturbed:
                 outputs = tf.nest.flatten(model(model.inputs))
             with _endpoints_reading(model, outputs):
                 loss = model._prepare_total_loss(
                     [getattr(o, "_keras_mask", None) for o in outputs]
                 )
-            gradient = None if last else tf.gradients(loss, [self.embedding])[0]
-            previous_pass[:] = [loss] + ([] if last else [_values(gradient)])
-            return loss, [], gradient
+            gradients = None if last else tf.gradients(loss, perturbed.outputs)
+            return Pass(loss, [], perturbed, gradients)
 
-        adversarial_loss, _ = attack(self.method, touched, clean_gradient, perturbed_pass)
-        restored = rows.restore(after=[adversarial_loss])
+        adversarial = attack(self.method, touched, clean, perturbed_pass)
         if self.objective == "adversarial":
-            return adversarial_loss, restored
-        return clean_loss + adversarial_loss, restored
+            return adversarial.loss
+        return clean_loss + adversarial.loss
 
 
-def _values(gradient):
-    return gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+def _refuse_distributed_fit(select_training_loop):
+    """Wraps `model._select_training_loop`: the distributed loop is refused."""
+
+    def guarded(model, inputs):
+        if model._distribution_strategy is not None:
+            raise NotImplementedError(_DISTRIBUTED_ERROR)
+        return select_training_loop(model, inputs)
+
+    return guarded
 
 
 def is_compiled(model):
@@ -151,8 +182,10 @@ def is_installed(model):
     return installed_step(model, "_make_train_function", AdversarialTrainFunction) is not None
 
 
-def install(model, embedding, method, objective):
+def install(model, layer, method, objective):
     """Gives the model an adversarial train-function builder."""
+    if model._distribution_strategy is not None:
+        raise NotImplementedError(_DISTRIBUTED_ERROR)
     conditional = model.get_updates_for(model.inputs) + model.get_losses_for(model.inputs)
     if conditional:
         raise NotImplementedError(
@@ -169,9 +202,14 @@ def install(model, embedding, method, objective):
         )
     from tf_keras.src.engine import training_v1
 
-    builder = AdversarialTrainFunction(embedding, method, objective)
+    builder = AdversarialTrainFunction(layer, method, objective)
     install_step(model, "_make_train_function", builder, training_v1.Model._make_train_function)
+    if "_select_training_loop" not in model.__dict__:
+        model._select_training_loop = types.MethodType(
+            _refuse_distributed_fit(type(model)._select_training_loop), model
+        )
 
 
 def uninstall(model):
     uninstall_step(model, "_make_train_function")
+    del model._select_training_loop

@@ -53,10 +53,11 @@ def attacked_accuracy(model, embedding_name, x, y, epsilons, *, batch_size=256):
     import tensorflow as tf
 
     from keras_adv import find_embedding, perturbed_embedding
-    from keras_adv.custom_loop import _tf_variable
 
     epsilons = [float(e) for e in epsilons]
-    embedding = _tf_variable(find_embedding(model, embedding_name))
+    embedding = find_embedding(model, embedding_name)
+    if not isinstance(embedding, tf.Variable):
+        embedding = embedding.value  # A Keras 3 variable wraps the tf.Variable.
     spec = tf.nest.map_structure(
         lambda a: tf.TensorSpec([None, *np.shape(a)[1:]], tf.as_dtype(np.asarray(a).dtype)), x
     )

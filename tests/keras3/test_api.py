@@ -63,9 +63,10 @@ class TestBadInput(TestCase):
         with pytest.raises(TypeError, match=r"'dense' \(Dense\) has no embedding matrix.*'emb'"):
             keras_adv.adversarial_training(self.model, "dense")
 
-    def test_variable_that_is_not_a_matrix(self):
-        with pytest.raises(TypeError, match=r"'dense/bias' has shape \(3,\)"):
-            keras_adv.adversarial_training(self.model, "dense/bias")
+    @pytest.mark.parametrize("name", ["dense/bias", "dense/kernel"])
+    def test_variable_that_is_not_an_embedding_matrix(self, name):
+        with pytest.raises(TypeError, match=rf"'{name}' \(shape .*\) is not the matrix of an embedding layer.*'emb'"):
+            keras_adv.adversarial_training(self.model, name)
 
     def test_name_of_wrong_type(self):
         with pytest.raises(TypeError, match="non-empty string"):
@@ -110,7 +111,7 @@ class TestBadInput(TestCase):
         model.compile(optimizer="sgd", loss={"main": "mse", "aux": None})
         keras_adv.adversarial_training(model, "unused")
         x, _ = batch()
-        with pytest.raises(ValueError, match="does not depend on the embedding 'unused/embeddings'"):
+        with pytest.raises(ValueError, match="does not depend on the lookups of embedding layer 'unused'"):
             model.fit(x, {"main": np.zeros((8, 3)), "aux": np.zeros((8, 3))}, verbose=0)
 
     def test_remove_when_not_on(self):

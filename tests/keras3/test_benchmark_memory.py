@@ -2,8 +2,9 @@
 exactly the bytes that a step's tensors hold at once.
 
 The benchmark measures with TensorFlow's BFC allocator, which is chosen
-before TensorFlow loads, so the measure runs in a process of its own; the
-timing processes keep the default one, whose allocations the trace holds too.
+before TensorFlow loads, so the measure runs in a process of its own. (Only
+the BFC allocator's events are in the trace on every CPU of this project's
+machines: with the default allocator, an AMD machine's trace held none.)
 """
 
 import json
@@ -62,8 +63,8 @@ print(json.dumps({
 """
 
 
-def measure(use_bfc):
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true" if use_bfc else "false"}
+def measure():
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"}
     out = subprocess.run(
         [sys.executable, "-c", MEASURE], capture_output=True, text=True, env=env, cwd=ROOT
     )
@@ -73,12 +74,7 @@ def measure(use_bfc):
 
 @pytest.fixture(scope="module")
 def peaks():
-    return measure(use_bfc=True)
-
-
-@pytest.fixture(scope="module")
-def default_allocator_peaks():
-    return measure(use_bfc=False)
+    return measure()
 
 
 def test_traced_peak_counts_the_tensors_alive_at_once(peaks):
@@ -95,11 +91,3 @@ def test_traced_peak_subtracts_what_the_step_frees(peaks):
 def test_traced_peak_of_an_allocator_absent_from_the_trace_is_an_error(peaks):
     assert "no allocation by an allocator named like 'GPU_0' for GPU:0" in peaks["wrong device"]
     assert "bfc_cpu_allocator_for_gpu" in peaks["wrong device"]  # What the trace does hold.
-
-
-def test_traced_peak_is_the_same_with_the_default_allocator(peaks, default_allocator_peaks):
-    # The tensors are the same whichever allocator serves them; only where a
-    # scalar or two is served from may differ.
-    for name in ("step", "one tensor", "one after another"):
-        assert abs(np.subtract(default_allocator_peaks[name], peaks[name])).max() < 4096
-    assert "mklcpu" in default_allocator_peaks["wrong device"]

@@ -1,0 +1,114 @@
+"""Where the perturbation enters: the outputs of the embedding layer's lookups.
+
+Adding `r[ids]` to what a lookup returns equals looking up `E + r`, bit for
+bit (both compute `E[id] + r[id]` in the variable's dtype), and the gradient of
+the loss w.r.t. the matrix is the gradient w.r.t. those outputs, summed per
+token id. So the passes of an adversarial step never write the matrix: it is
+exact by construction, a step that raises leaves nothing to undo, every
+replica of a distributed step reads the same variable, and the same entry
+serves every backend. A model that also reads `E` elsewhere (a tied output
+projection) sees the perturbation at the lookup only.
+
+While a pass runs, the layer instance's `call` is wrapped (an instance
+attribute, removed when the last pass using it ends); the model keeps its
+class, config and variables. A call is a lookup when its output has one
+axis more than its input (ids -> vectors): the reverse call of a tied
+embedding (vectors -> logits) passes through untouched.
+"""
+
+import contextlib
+import threading
+
+__all__ = ["Lookups", "tapped_lookups", "is_lookup"]
+
+# The wrapper of each tapped layer, and how many passes use it. Each pass
+# belongs to one thread: MirroredStrategy runs each replica's step in a
+# thread of its own, and they may overlap.
+_lock = threading.Lock()
+_wrappers = {}  # id(layer) -> [wrapped call, users]
+_local = threading.local()
+
+
+class Lookups:
+    """What the lookups of one pass read and returned.
+
+    Attributes:
+        ids: The token-id tensor of each lookup, in call order.
+        outputs: The tensor each lookup returned to the model (perturbed,
+            where the pass perturbs): its gradient is the one the methods use.
+    """
+
+    def __init__(self):
+        self.ids = []
+        self.outputs = []
+
+
+@contextlib.contextmanager
+def tapped_lookups(layer, transform):
+    """Inside the block, this thread's lookups of `layer` return `transform(ids, outputs)`.
+
+    Args:
+        layer: The embedding layer.
+        transform: `(ids, outputs) -> outputs`, what a lookup returns instead
+            (the stack adds the perturbation, and watches it for a tape).
+
+    Yields:
+        The `Lookups` of the block, filled as the model runs.
+    """
+    lookups = Lookups()
+    taps = _taps_of_this_thread()
+    if id(layer) in taps:
+        raise RuntimeError(f"The lookups of layer '{layer.name}' are tapped already.")
+    _wrap(layer)
+    taps[id(layer)] = (transform, lookups)
+    try:
+        yield lookups
+    finally:
+        del taps[id(layer)]
+        _unwrap(layer)
+
+
+def _taps_of_this_thread():
+    if not hasattr(_local, "taps"):
+        _local.taps = {}
+    return _local.taps
+
+
+def _wrap(layer):
+    with _lock:
+        entry = _wrappers.get(id(layer))
+        if entry is None:
+            original = layer.call
+
+            def call(*args, **kwargs):
+                outputs = original(*args, **kwargs)
+                tap = _taps_of_this_thread().get(id(layer))
+                ids = args[0] if args else kwargs.get("inputs")
+                if tap is None or not is_lookup(ids, outputs):
+                    return outputs
+                transform, lookups = tap
+                outputs = transform(ids, outputs)
+                lookups.ids.append(ids)
+                lookups.outputs.append(outputs)
+                return outputs
+
+            layer.call = call
+            entry = _wrappers[id(layer)] = [call, 0]
+        entry[1] += 1
+
+
+def _unwrap(layer):
+    with _lock:
+        entry = _wrappers[id(layer)]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _wrappers[id(layer)]
+            del layer.call
+
+
+def is_lookup(ids, outputs):
+    """Whether a call of an embedding layer mapped `ids` to vectors (one axis more)."""
+    try:
+        return len(outputs.shape) == len(ids.shape) + 1
+    except (AttributeError, TypeError, ValueError):  # No shape, or an unknown rank.
+        return False

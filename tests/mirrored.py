@@ -1,0 +1,96 @@
+"""Under MirroredStrategy, adversarial training gives the single-device result.
+
+Stack-neutral, like tests/closed_form.py: each mirrored test folder runs these
+classes in a process of its own, whose conftest splits the CPU into two
+logical devices before TensorFlow initialises.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_adv
+from tests import failing_step
+from tests.models import batch, compile_sgd, linear_text_model
+from tests.testing import TestCase
+
+GLOBAL_BATCH, STEPS, LR = 8, 3, 0.5
+DEVICES = ["/cpu:0", "/cpu:1"]
+_MIRRORED = []
+
+
+def mirrored_strategy():
+    """The process's one MirroredStrategy over the two logical CPUs.
+
+    One per process: each new strategy numbers its collective ops from the
+    same keys, and a later one's all-gathers then meet an earlier one's.
+    """
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(DEVICES))
+    return _MIRRORED[0]
+CASES = [
+    ("fgm", dict(epsilon=0.7), "sum"),
+    ("fgm", dict(epsilon=0.7), "adversarial"),
+    ("pgd", dict(epsilon=0.7, alpha=0.3, steps=3), "sum"),
+    ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4), "adversarial"),
+]
+
+
+def replica_values(variable, strategy):
+    """Each replica's copy of a (Keras 3 or tf-keras) variable, as numpy."""
+    if not isinstance(variable, tf.Variable):
+        variable = variable.value  # A Keras 3 variable wraps the tf one.
+    return [np.array(v) for v in strategy.experimental_local_results(variable)]
+
+
+class MirroredParityTests(TestCase):
+    def _train(self, strategy, method, options, objective, line_in_scope):
+        """Weights and History after STEPS steps of GLOBAL_BATCH examples."""
+        self.setup_method(None)
+        x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
+        with strategy.scope():
+            model = compile_sgd(linear_text_model(), lr=LR)
+            if line_in_scope:
+                keras_adv.adversarial_training(model, "emb", method=method, objective=objective, **options)
+        if not line_in_scope:
+            keras_adv.adversarial_training(model, "emb", method=method, objective=objective, **options)
+        history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+        return model, history.history
+
+    @pytest.mark.parametrize("line_in_scope", [True, False], ids=["line in scope", "line outside scope"])
+    @pytest.mark.parametrize("method,options,objective", CASES)
+    def test_two_replicas_give_the_single_device_result(self, method, options, objective, line_in_scope):
+        mirrored = mirrored_strategy()
+        assert mirrored.num_replicas_in_sync == 2
+        model, history = self._train(mirrored, method, options, objective, line_in_scope)
+        single_model, single = self._train(
+            tf.distribute.get_strategy(), method, options, objective, line_in_scope=True
+        )
+        expected = single_model.get_weights()
+        for variable, want in zip(model.weights, expected):
+            for replica in replica_values(variable, mirrored):  # Every replica agrees.
+                self.assertAllClose(replica, want, rtol=1e-5, atol=2e-6)
+        self.assertAllClose(history["loss"], single["loss"], rtol=1e-5)
+        self.assertAllClose(history["adversarial_loss"], single["adversarial_loss"], rtol=1e-5)
+        # The perturbation mattered: plain training lands elsewhere.
+        self.setup_method(None)
+        plain = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
+        plain.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+        assert np.abs(plain.get_weights()[0] - expected[0]).max() > 1e-3
+
+    def test_a_replica_that_raises_leaves_every_copy_as_it_was(self):
+        mirrored = mirrored_strategy()
+        x, y = batch(size=GLOBAL_BATCH)
+        with mirrored.scope():
+            model = compile_sgd(failing_step.checked_text_model())
+        model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0)  # A plain step works.
+        before = [replica_values(v, mirrored) for v in model.weights]
+        # epsilon=1000 makes the perturbed pass of every replica raise.
+        keras_adv.adversarial_training(model, "emb", 1000.0, method="pgd", alpha=400.0)
+        with pytest.raises(Exception, match="perturbed pass failed"):
+            model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, verbose=0)
+        for variable, copies in zip(model.weights, before):
+            for replica, was in zip(replica_values(variable, mirrored), copies):
+                self.assertBitEqual(replica, was)

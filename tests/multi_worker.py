@@ -1,0 +1,92 @@
+"""Two tf-keras workers under MultiWorkerMirroredStrategy, on loopback ports.
+
+`train_on_two_workers(...)` starts this module as two processes, each one
+worker of the cluster (TF_CONFIG), which train the linear model with the one
+line on the same global batches and save their final weights; every worker
+is stopped within a bounded time. Run as a script, it is one worker.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 240
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def train_on_two_workers(out_dir, method, objective, global_batch, steps):
+    """Returns each worker's final weights (a list of lists of arrays).
+
+    Raises:
+        AssertionError: If a worker fails or runs past `TIMEOUT_S`.
+    """
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": ROOT,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        args = [sys.executable, "-m", "tests.multi_worker", out_dir, method, objective,
+                str(global_batch), str(steps)]
+        workers.append(subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ))
+    logs = []
+    try:
+        for worker in workers:
+            logs.append(worker.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    for index, (worker, log) in enumerate(zip(workers, logs)):
+        assert worker.returncode == 0, f"worker {index} failed:\n{log[-4000:]}"
+    return [_load(out_dir, index) for index in range(2)]
+
+
+def _load(out_dir, index):
+    with np.load(os.path.join(out_dir, f"worker{index}.npz")) as saved:
+        return [saved[f"w{i}"] for i in range(len(saved.files))]
+
+
+def _work(out_dir, method, objective, global_batch, steps):
+    import keras_adv
+
+    keras_adv.prepare_bert4keras()
+    import bert4keras.backend  # noqa: F401  (puts tf.keras under the name `keras`)
+    import tensorflow as tf
+
+    from tests.models import batch, compile_sgd, linear_text_model
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    assert strategy.num_replicas_in_sync == 2
+    tf.keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = compile_sgd(linear_text_model(), lr=0.5)
+    keras_adv.adversarial_training(model, "emb", 0.7, method=method, objective=objective)
+    x, y = batch(size=global_batch * steps, seed=3)
+    model.fit(x, y, batch_size=global_batch, epochs=1, shuffle=False, verbose=0)
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+    np.savez(os.path.join(out_dir, f"worker{index}.npz"), **weights)
+
+
+if __name__ == "__main__":
+    _work(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
