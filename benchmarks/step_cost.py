@@ -41,8 +41,9 @@ Three processes per stack measure both (the plain step's own peak moves from
 process to process), and the report gives the median of their ratios. On the
 CPU, TensorFlow keeps allocator statistics only with its BFC allocator, which
 those processes turn on (`TF_CPU_ALLOCATOR_USE_BFC`); the timing processes
-keep the default allocator that users get (oneDNN's, whose allocations the
-trace holds too: a step replays to within 0.3 MiB of the BFC allocator's).
+keep the default allocator that users get. Only the BFC allocator's events
+are in the profiler trace on every CPU (an AMD machine's trace held none of
+the default allocator's), so both measures use it.
 """
 
 import argparse
@@ -80,7 +81,7 @@ TIMED_TOGETHER = [
     ["bert-like, frozen embedding", "bert-like, frozen embedding, vocab 250000"],
 ]
 RECIPE_HOST, RECIPE_GRAPH = "published recipe (host copies)", "published recipe (dense, in graph)"
-CLEAN_GRADIENTS, RESTORE_ROWS = "clean gradients", "restore rows"
+CLEAN_GRADIENTS = "clean gradients"
 # The two measures of peak memory (see `_live_tensor_peaks`, `_allocator_peaks`).
 LIVE, ALLOCATOR = "live tensors", "allocator"
 # keras_adv's methods, each named "<method> <objective>".
@@ -89,6 +90,9 @@ VARIANTS = ["plain", "embedding gradient", *METHODS, RECIPE_HOST, RECIPE_GRAPH]
 # What the large-vocabulary model runs: the cost that must not grow with V.
 LARGE_VOCABULARY_VARIANTS = ["plain", "embedding gradient", "fgm sum", RECIPE_HOST]
 FROZEN_EMBEDDING_VARIANTS = ["plain", "fgm sum"]
+# What runs under MirroredStrategy, beside the same on one device.
+MIRRORED_MODELS = ["tiny", "bert-like"]
+MIRRORED_VARIANTS = ["plain", "fgm sum", "fgm adversarial", "pgd3 sum"]
 
 
 def variants_of(model_name):
@@ -97,6 +101,7 @@ def variants_of(model_name):
     return LARGE_VOCABULARY_VARIANTS if "250000" in model_name else VARIANTS
 
 EPSILON = 1.0
+STACKS = (("keras3", "Keras 3 on TensorFlow (KerasHub BERT)"), ("tf_keras", "tf-keras eager (bert4keras BERT)"))
 
 
 def floors(times):
@@ -159,13 +164,14 @@ def _build(stack, spec, jit):
     return model, embedding_name, (x, labels)
 
 
-def _step_functions(stack, model, embedding_name, data, names):
-    """A compiled step per variant, all on the same model."""
+def _step_functions(stack, model, embedding_name, data, names, strategy=None):
+    """A compiled step per variant, all on the same model (each replica's
+    step run by `strategy.run` on its share of the batch, when given)."""
     import numpy as np
     import tensorflow as tf
 
     import keras_adv
-    from keras_adv.custom_loop import _tf_variable
+    from keras_adv.embedding import find_embedding_layer
 
     if stack == "keras3":
         from keras_adv._stacks.keras_tensorflow import AdversarialTrainStep
@@ -173,8 +179,8 @@ def _step_functions(stack, model, embedding_name, data, names):
     else:
         from keras_adv._stacks.tf_keras import AdversarialTrainStep
         plain_step = type(model).train_step
-    embedding = keras_adv.find_embedding(model, embedding_name)
-    variable = _tf_variable(embedding)
+    layer = find_embedding_layer(model, embedding_name)
+    variable = _tf_variable(layer.embeddings)
     x, y = data
     loss_fn = model.loss
 
@@ -212,8 +218,8 @@ def _step_functions(stack, model, embedding_name, data, names):
         return logs
 
     def adversarial(method, objective):
-        step = AdversarialTrainStep(embedding, keras_adv.methods.get_method(
-            method, epsilon=EPSILON, steps=3, alpha=0.4), objective)
+        step = AdversarialTrainStep(layer, keras_adv.methods.get_method(
+            method, epsilon=EPSILON, steps=3, alpha=0.4), objective, model.distribute_strategy)
         return lambda data: step(model, data)
 
     builders = {
@@ -225,37 +231,49 @@ def _step_functions(stack, model, embedding_name, data, names):
         "pgd3 adversarial": lambda: adversarial("pgd", "adversarial"),
         RECIPE_GRAPH: lambda: published_recipe_in_graph,
     }
-    batch = (tf.nest.map_structure(tf.constant, x), tf.constant(y))
+    if strategy is None:
+        batch = (tf.nest.map_structure(tf.constant, x), tf.constant(y))
+
+        def compiled(step):
+            return tf.function(step, jit_compile=model.jit_compile)
+    else:
+        dataset = tf.data.Dataset.from_tensors((x, y)).unbatch().batch(len(y))
+        batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+
+        def compiled(step):
+            return tf.function(lambda data: strategy.run(step, args=(data,)))
+
     functions = {}
     for name in names:
         # The published recipe is a Python function around compiled pieces.
-        function = published_recipe_with_host_copies if name == RECIPE_HOST else (
-            tf.function(builders[name](), jit_compile=model.jit_compile))
-        functions[name] = lambda f=function: tf.nest.map_structure(lambda t: np.asarray(t), f(batch))
+        function = published_recipe_with_host_copies if name == RECIPE_HOST else compiled(builders[name]())
+        # Each replica's results, to the host: the step has run.
+        functions[name] = lambda f=function: [
+            np.asarray(t) for t in tf.nest.flatten(f(batch), expand_composites=True)
+        ]
     return functions
 
 
-def _held_through_the_perturbed_passes(model, embedding_name, data):
-    """What a method holds beyond a plain step's tensors, in MiB: the
-    original values of the touched rows, kept for the bit-exact restore (one
-    row per token of the batch, as the embedding gradient has them), and,
-    under `objective="sum"`, the clean gradient of every weight as the tape
-    returns it (a lookup's, token or segment, one row per token too)."""
+def _tf_variable(variable):
     import tensorflow as tf
 
-    import keras_adv
-    from keras_adv._stacks.tf_rows import tensors_of
-    from keras_adv.custom_loop import _tf_variable
+    # A Keras 3 variable wraps the tf.Variable that a tape watches.
+    return variable if isinstance(variable, tf.Variable) else variable.value
 
-    variable = _tf_variable(keras_adv.find_embedding(model, embedding_name))
+
+def _held_through_the_perturbed_passes(model, embedding_name, data):
+    """What a method holds beyond a plain step's tensors, in MiB: under
+    `objective="sum"`, the clean gradient of every weight as the tape returns
+    it (a lookup's, token or segment, one row per token) through the
+    adversarial pass. (`"adversarial"` holds nothing more: the perturbation
+    enters at the lookups, and no original rows are kept to restore.)"""
+    import tensorflow as tf
+
     with tf.GradientTape() as tape:
-        tape.watch(variable)
         loss = model.loss(data[1], model(data[0], training=True))
-    gradients, embedding_gradient = tape.gradient(loss, [model.trainable_variables, variable])
-    return {
-        RESTORE_ROWS: embedding_gradient.values.numpy().nbytes / 2**20,
-        CLEAN_GRADIENTS: sum(t.numpy().nbytes for t in tensors_of(gradients)) / 2**20,
-    }
+    gradients = tape.gradient(loss, model.trainable_variables)
+    parts = [t for t in tf.nest.flatten(gradients, expand_composites=True) if t is not None]
+    return {CLEAN_GRADIENTS: sum(t.numpy().nbytes for t in parts) / 2**20}
 
 
 def _in_allocator(functions):
@@ -397,6 +415,38 @@ def run_stack(stack, steps, models, memory=False, xla=False):
     return results
 
 
+def run_mirrored(stack, steps, models):
+    """`{model: {"single device": {variant: s}, "mirrored": {variant: s}}}`:
+    each variant timed on one device and under MirroredStrategy over two
+    logical CPU devices, side by side, round by round, in one process."""
+    if stack == "tf_keras":
+        import keras_adv
+
+        keras_adv.prepare_bert4keras()
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    results = {}
+    for model_name in models:
+        functions = {}
+        for setting, scope in (("single device", None), ("mirrored", strategy)):
+            with (scope or tf.distribute.get_strategy()).scope():
+                model, embedding_name, data = _build(stack, MODELS[model_name], jit=False)
+            functions[setting] = _step_functions(
+                stack, model, embedding_name, data, MIRRORED_VARIANTS, strategy=scope
+            )
+            for function in functions[setting].values():  # Trace and warm up.
+                function()
+                function()
+        results[model_name] = _timings(functions, steps)
+        print(f"[{stack}] {model_name}: " + "; ".join(
+            f"{setting}: " + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in times.items())
+            for setting, times in results[model_name].items()), flush=True)
+    return results
+
+
 def _timings(functions, steps):
     """`{model: {variant: median seconds}}` over `steps` rounds, every round
     timing each variant of each model once, in turn, the models' order
@@ -437,7 +487,7 @@ def _memory(stack, *args):
     hold beyond a plain step (`_held_through_the_perturbed_passes`)."""
     runs = [_child("--stack", stack, *args, "--models", "bert-like", "--memory",
                    env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})["bert-like"] for _ in range(MEMORY_PROCESSES)]
-    memory = {held: statistics.median(run[held] for run in runs) for held in (RESTORE_ROWS, CLEAN_GRADIENTS)}
+    memory = {CLEAN_GRADIENTS: statistics.median(run[CLEAN_GRADIENTS] for run in runs)}
     for measure in (LIVE, ALLOCATOR):
         peaks = [run[measure] for run in runs]
         memory[measure] = {
@@ -496,17 +546,37 @@ def _vocabulary_growth(small, big, title):
     return "\n".join(rows)
 
 
+def _mirrored_table(results):
+    rows = ["| model | method | one device: x plain | mirrored, 2 replicas: x plain | mirrored / one device |",
+            "| --- | --- | --- | --- | --- |"]
+    for model_name, by_setting in results.items():
+        single, mirrored = by_setting["single device"], by_setting["mirrored"]
+        for name in MIRRORED_VARIANTS[1:]:
+            one, two = single[name] / single["plain"], mirrored[name] / mirrored["plain"]
+            rows.append(f"| {model_name} | {name} | {one:.2f} | {two:.2f} | {two / one:.3f} |")
+    return "\n".join(rows)
+
+
+def _mirrored_section(stack, steps):
+    results = _child("--stack", stack, *steps, "--mirrored", "--models", *MIRRORED_MODELS)
+    return ["### MirroredStrategy over 2 logical CPU devices", "",
+            "Each method's step against the plain step, on one device and under MirroredStrategy "
+            "(global batch as above, split across the replicas), timed side by side in one process. "
+            "Under the strategy the perturbation is built from the global batch's gradient: the "
+            "replicas all-gather their token ids and all-reduce the touched rows' gradient.", "",
+            _mirrored_table(results), ""]
+
+
 def _memory_floors(memory):
     """The memory floor of each objective from what it must hold beyond a
     plain step, and each method's live-tensor peak over its floor."""
-    rows, clean, plain = memory[RESTORE_ROWS], memory[CLEAN_GRADIENTS], memory[LIVE]["MiB"]["plain"]
-    floor = {"adversarial": 1 + rows / plain, "sum": 1 + (rows + clean) / plain}
+    clean, plain = memory[CLEAN_GRADIENTS], memory[LIVE]["MiB"]["plain"]
+    floor = {"adversarial": 1.0, "sum": 1 + clean / plain}
     over = ", ".join(f"{name} {memory[LIVE]['x plain'][name] / floor[name.split()[1]]:.3f}"
                      for name in METHODS)
-    return (f"Memory floors (live tensors): every method keeps the touched rows' original values for "
-            f"the bit-exact restore, {rows:.1f} MiB (one row per token of the batch), so "
-            f"`objective=\"adversarial\"` needs {floor['adversarial']:.3f} x plain; `objective=\"sum\"` "
-            f"also holds the clean gradients through the adversarial pass, {clean:.1f} MiB: "
+    return (f"Memory floors (live tensors): `objective=\"adversarial\"` holds nothing beyond a plain "
+            f"step (the perturbation enters at the lookups; no rows are kept to restore): 1.000 x plain; "
+            f"`objective=\"sum\"` holds the clean gradients through the adversarial pass, {clean:.1f} MiB: "
             f"{floor['sum']:.3f} x plain. Peak over its floor: {over}.")
 
 
@@ -528,18 +598,27 @@ def main():
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--xla", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", default=list(MODELS), help=argparse.SUPPRESS)
+    parser.add_argument("--mirrored", action="store_true",
+                        help="only time the methods under MirroredStrategy against one device, and print it")
     parser.add_argument("--out", default=os.path.join(HERE, os.pardir, "BENCHMARKS.md"))
     args = parser.parse_args()
+    if args.stack and args.mirrored:  # A child: one stack, mirrored against one device.
+        print(json.dumps(run_mirrored(args.stack, args.steps, args.models)))
+        return
     if args.stack:  # A child: one stack, its timings or (--memory) its peaks.
         print(json.dumps(run_stack(args.stack, args.steps, args.models, args.memory, args.xla)))
         return
 
     steps = ("--steps", str(args.steps))
+    if args.mirrored:
+        for stack, title in STACKS:
+            print("\n".join([f"## {title}", "", *_mirrored_section(stack, steps)]))
+        return
     lines = ["# Benchmarks", "",
              f"Command: `python benchmarks/step_cost.py --steps {args.steps}`", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", "",
              MEMORY_MEASURES, ""]
-    for stack, title in (("keras3", "Keras 3 on TensorFlow (KerasHub BERT)"), ("tf_keras", "tf-keras eager (bert4keras BERT)")):
+    for stack, title in STACKS:
         results = _child("--stack", stack, *steps)
         gpu = results["device"] == "GPU"
         lines += [f"## {title}", "",
@@ -571,6 +650,7 @@ def main():
             xla_memory = _memory(stack, *steps, "--xla")
             lines += ["### bert-like, XLA-compiled on this CPU (`jit_compile=True`, a GPU's default)", "",
                       _table(xla, xla_memory), "", _memory_floors(xla_memory), ""]
+            lines += _mirrored_section(stack, steps)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
