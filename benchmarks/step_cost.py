@@ -171,6 +171,7 @@ def _step_functions(stack, model, embedding_name, data, names, strategy=None):
     import tensorflow as tf
 
     import keras_adv
+    from keras_adv._stacks.passes import Settings
     from keras_adv.embedding import find_embedding_layer
 
     if stack == "keras3":
@@ -218,8 +219,9 @@ def _step_functions(stack, model, embedding_name, data, names, strategy=None):
         return logs
 
     def adversarial(method, objective):
-        step = AdversarialTrainStep(layer, keras_adv.methods.get_method(
-            method, epsilon=EPSILON, steps=3, alpha=0.4), objective, model.distribute_strategy)
+        pgd = dict(steps=3, alpha=0.4) if method == "pgd" else {}
+        settings = Settings(keras_adv.methods.get_method(method, epsilon=EPSILON, **pgd), objective)
+        step = AdversarialTrainStep(layer, settings, model.distribute_strategy)
         return lambda data: step(model, data)
 
     builders = {
@@ -237,7 +239,8 @@ def _step_functions(stack, model, embedding_name, data, names, strategy=None):
         def compiled(step):
             return tf.function(step, jit_compile=model.jit_compile)
     else:
-        dataset = tf.data.Dataset.from_tensors((x, y)).unbatch().batch(len(y))
+        features = tuple(x) if isinstance(x, list) else x  # tf.data stacks a list.
+        dataset = tf.data.Dataset.from_tensor_slices((features, y)).batch(len(y))
         batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
 
         def compiled(step):
@@ -434,6 +437,8 @@ def run_mirrored(stack, steps, models):
         for setting, scope in (("single device", None), ("mirrored", strategy)):
             with (scope or tf.distribute.get_strategy()).scope():
                 model, embedding_name, data = _build(stack, MODELS[model_name], jit=False)
+                # Built in the scope, as `fit` builds it there, before any step is traced.
+                model.optimizer.build(model.trainable_variables)
             functions[setting] = _step_functions(
                 stack, model, embedding_name, data, MIRRORED_VARIANTS, strategy=scope
             )

@@ -2,6 +2,7 @@
 
 from keras_adv import _stacks
 from keras_adv.embedding import find_embedding_layer
+from keras_adv._stacks.passes import Settings
 from keras_adv.methods import get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
@@ -12,12 +13,13 @@ OBJECTIVES = ("sum", "adversarial")
 def adversarial_training(
     model,
     embedding_name,
-    epsilon=1.0,
+    epsilon=None,
     *,
     method="fgm",
-    steps=3,
-    alpha=0.3,
+    steps=None,
+    alpha=None,
     objective="sum",
+    relative_epsilon=False,
 ):
     """Makes `model.fit` train adversarially in the space of one embedding matrix.
 
@@ -41,20 +43,28 @@ def adversarial_training(
         embedding_name: Name of the embedding layer (searched through nested
             models and layers) or path of the embedding variable.
         epsilon: Positive float, the L2 norm (FGM) or radius (PGD) of the
-            perturbation over the whole batch.
-        method: `"fgm"` or `"pgd"`.
-        steps: PGD's number of steps K (ignored by FGM).
-        alpha: PGD's step length (ignored by FGM).
+            perturbation over the whole batch (default 1.0).
+        method: `"fgm"` or `"pgd"`, or a `keras_adv.FGM`/`keras_adv.PGD`
+            object (then `epsilon`, `steps` and `alpha` are its own).
+        steps: PGD's number of steps K (default 3); FGM takes none.
+        alpha: PGD's step length (default 0.3); FGM takes none.
         objective: `"sum"` (clean + adversarial gradients, the default) or
             `"adversarial"` (adversarial gradient only).
+        relative_epsilon: If True, `epsilon` (and PGD's `alpha`) are
+            fractions of the L2 norm `n` of the batch's touched embedding
+            rows (each distinct token's row once): FGM adds
+            `r = epsilon * n * g / ||g||`, so `epsilon=0.1` moves the rows by
+            a tenth of their own size whatever the scale of the model's
+            embeddings.
 
     Returns:
         `model`, for chaining.
 
     Raises:
         ValueError: For a bad `epsilon`, `steps`, `alpha`, `method` or
-            `objective`, a model that is not compiled, or an embedding name
-            that matches nothing or several embeddings.
+            `objective`, a parameter the method does not take, a model that
+            is not compiled, or an embedding name that matches nothing or
+            several embeddings.
         TypeError: For an argument of the wrong type, or a name that matches
             a layer without an embedding matrix.
         NotImplementedError: For a training stack not supported yet.
@@ -77,7 +87,9 @@ def adversarial_training(
             f"first, then `adversarial_training`."
         )
     layer = find_embedding_layer(model, embedding_name)
-    stack.install(model, layer, adversary, objective)
+    if not isinstance(relative_epsilon, bool):
+        raise TypeError(f"`relative_epsilon` must be True or False, got {relative_epsilon!r}.")
+    stack.install(model, layer, Settings(adversary, objective, relative_epsilon))
     return model
 
 

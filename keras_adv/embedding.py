@@ -46,13 +46,25 @@ def _embedding_matrix(layer):
     return matrix
 
 
+def _is_unbuilt_embedding(layer):
+    # Keras's Embedding (and its subclasses: KerasHub's ReversibleEmbedding,
+    # bert4keras's) makes its matrix in `build`; before, its sizes say what it is.
+    return (
+        not layer.built
+        and isinstance(getattr(layer, "input_dim", None), int)
+        and isinstance(getattr(layer, "output_dim", None), int)
+    )
+
+
 def _embedding_layers(model):
-    """`[(qualified_name, layer, matrix)]`, one entry per distinct matrix."""
+    """`[(qualified_name, layer, matrix)]`, one entry per distinct matrix
+    (`matrix` None for an embedding layer not built yet)."""
     found, seen = [], set()
     for qualified, layer in _walk_layers(model):
         matrix = _embedding_matrix(layer)
-        if matrix is not None and id(matrix) not in seen:
-            seen.add(id(matrix))
+        key = id(layer) if matrix is None else id(matrix)
+        if (matrix is not None or _is_unbuilt_embedding(layer)) and key not in seen:
+            seen.add(key)
             found.append((qualified, layer, matrix))
     return found
 
@@ -60,6 +72,8 @@ def _embedding_layers(model):
 def embedding_candidates(model):
     """Lists the embedding layers of `model` as `"'name' (Class, V x d, variable 'path')"`."""
     return [
+        f"'{qualified}' ({type(layer).__name__}, {layer.input_dim} x {layer.output_dim}, not built yet)"
+        if matrix is None else
         f"'{qualified}' ({type(layer).__name__}, {matrix.shape[0]} x {matrix.shape[1]}, "
         f"variable '{qualified}/{_short_name(matrix)}')"
         for qualified, layer, matrix in _embedding_layers(model)
@@ -94,7 +108,13 @@ def find_embedding(model, name):
         ValueError: If nothing matches `name`, or several different
             embeddings do. The message lists the embedding layers that exist.
     """
-    return _embedding_matrix(find_embedding_layer(model, name))
+    layer = find_embedding_layer(model, name)
+    if _is_unbuilt_embedding(layer):
+        raise ValueError(
+            f"Embedding layer '{layer.name}' is not built yet, so it has no matrix. "
+            f"Build the model first (`model.build(input_shape)` or call it on a batch)."
+        )
+    return _embedding_matrix(layer)
 
 
 def find_embedding_layer(model, name):
@@ -112,6 +132,10 @@ def find_embedding_layer(model, name):
     if layers:
         matrices = {}
         for qualified, layer in layers:
+            if _is_unbuilt_embedding(layer):
+                # Its matrix exists from the first step on, where it is found.
+                matrices.setdefault(id(layer), (qualified, layer))
+                continue
             if _embedding_matrix(layer) is None:
                 raise TypeError(
                     f"Layer '{name}' ({type(layer).__name__}) has no embedding "
@@ -131,7 +155,7 @@ def find_embedding_layer(model, name):
     variables = {id(v): v for v in model.weights if name in _variable_names(v)}
     embedding_layers = _embedding_layers(model)
     for qualified, _, matrix in embedding_layers:
-        if name == f"{qualified}/{_short_name(matrix)}":
+        if matrix is not None and name == f"{qualified}/{_short_name(matrix)}":
             variables[id(matrix)] = matrix
     if len(variables) > 1:
         raise ValueError(
@@ -149,6 +173,13 @@ def find_embedding_layer(model, name):
                 f"so no lookup reads it. {_describe_candidates(model)}"
             )
         return owner
+    if not model.built:
+        raise ValueError(
+            f"No layer named '{name}' in model '{model.name}', which is not built "
+            f"yet, so it has no variables to match a path against. Name the "
+            f"embedding layer, or build the model first (`model.build(input_shape)` "
+            f"or call it on a batch). {_describe_candidates(model)}"
+        )
     raise ValueError(
         f"No layer or variable named '{name}' in model '{model.name}'. "
         f"{_describe_candidates(model)}"

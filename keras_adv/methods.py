@@ -165,30 +165,51 @@ class PGD:
 
 
 _METHODS = {"fgm": FGM, "pgd": PGD}
+DEFAULT_EPSILON = 1.0
 
 
-def get_method(method, *, epsilon, steps, alpha):
+def get_method(method, *, epsilon=None, steps=None, alpha=None):
     """Builds the method object named by `method`.
 
     Args:
         method: `"fgm"` or `"pgd"` (case-insensitive), or an `FGM`/`PGD`
-            instance, returned as is.
-        epsilon, steps, alpha: The method's parameters (`steps` and `alpha`
-            are used by PGD only).
+            instance, returned as is (its parameters live on it).
+        epsilon: The perturbation's norm (FGM) or radius (PGD); None for 1.0.
+        steps, alpha: PGD's number of steps and step length; None for 3 and
+            0.3. FGM takes neither.
 
     Returns:
         An `FGM` or `PGD` instance.
 
     Raises:
-        ValueError: For an unknown method name or a bad parameter.
+        ValueError: For an unknown method name, a bad parameter, or one that
+            the method does not take (instead of ignoring it).
         TypeError: For a parameter of the wrong type.
     """
+    given = {k: v for k, v in dict(epsilon=epsilon, steps=steps, alpha=alpha).items() if v is not None}
     if isinstance(method, (FGM, PGD)):
+        if given:
+            raise ValueError(
+                f"Got {', '.join(f'`{k}`' for k in given)} beside the method object "
+                f"{method!r}, whose own parameters apply. Set them on the object instead."
+            )
         return method
     if not isinstance(method, str) or method.lower() not in _METHODS:
         raise ValueError(
             f"Unknown method {method!r}. Expected one of {sorted(_METHODS)}."
         )
+    epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
     if method.lower() == "fgm":
+        pgd_only = [f"`{k}`" for k in ("steps", "alpha") if k in given]
+        if pgd_only:
+            raise ValueError(
+                f"{' and '.join(pgd_only)} {'is' if len(pgd_only) == 1 else 'are'} PGD's: "
+                f"FGM takes one step of length `epsilon`. Drop "
+                f"{'it' if len(pgd_only) == 1 else 'them'}, or pass method='pgd'."
+            )
         return FGM(epsilon=epsilon)
-    return PGD(epsilon=epsilon, alpha=alpha, steps=steps)
+    return PGD(
+        epsilon=epsilon,
+        alpha=0.3 if alpha is None else alpha,
+        steps=3 if steps is None else steps,
+    )

@@ -50,6 +50,45 @@ class OneStepClosedFormTests(TestCase):
             self.assertAllClose(history.history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
         assert adversarial_loss > clean_loss
 
+    def test_train_on_batch_returns_the_adversarial_loss_last(self):
+        # `metrics_names` lists the model's own metrics only: keras_adv keeps
+        # its adversarial-loss metric off the model, which gains no state.
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", 0.7)
+        values = np.atleast_1d(model.train_on_batch(x, y))
+        _, clean_loss, adversarial_loss = reference.adversarial_sgd_step(
+            before, x, y, LR, "fgm", 0.7, "sum"
+        )
+        added = 1 if self.history_has_adversarial_loss else 0
+        assert len(values) == len(model.metrics_names) + added
+        self.assertAllClose(values[0], clean_loss, rtol=1e-5)
+        if self.history_has_adversarial_loss:
+            self.assertAllClose(values[-1], adversarial_loss, rtol=1e-5)
+            logs = model.train_on_batch(x, y, return_dict=True)
+            assert set(logs) == {"loss", "adversarial_loss"}
+
+    @pytest.mark.parametrize(
+        "method,options",
+        [("fgm", dict(epsilon=0.1)), ("pgd", dict(epsilon=0.1, alpha=0.04, steps=3))],
+    )
+    def test_relative_epsilon_is_in_units_of_the_touched_rows_norm(self, method, options):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method=method, relative_epsilon=True, **options)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _ = reference.adversarial_sgd_step(
+            before, x, y, LR, method, objective="sum", relative_epsilon=True, **options
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # The unit is far from 1 here, so an absolute epsilon lands elsewhere.
+        assert abs(reference.touched_rows_norm(before[0], x) - 1) > 0.5
+        absolute, _, _ = reference.adversarial_sgd_step(before, x, y, LR, method, objective="sum", **options)
+        assert np.abs(absolute[0] - expected[0]).max() > 1e-3
+
     @pytest.mark.parametrize("objective", ["sum", "adversarial"])
     def test_history_averages_each_epoch_separately(self, objective):
         model = compile_sgd(linear_text_model(), lr=LR)
@@ -97,7 +136,8 @@ class EquivalenceTests(TestCase):
     @pytest.mark.parametrize("method", ["fgm", "pgd"])
     def test_tiny_epsilon_sum_objective_is_a_plain_step_with_double_gradient(self, method):
         model = compile_sgd(linear_text_model(), lr=LR)
-        keras_adv.adversarial_training(model, "emb", 1e-12, method=method, alpha=1e-13)
+        pgd_step = dict(alpha=1e-13) if method == "pgd" else {}
+        keras_adv.adversarial_training(model, "emb", 1e-12, method=method, **pgd_step)
         adversarial = self._fit_one_step(model, *batch())
         self.setup_method(None)
         plain_doubled = self._plain_step(2 * LR)

@@ -52,7 +52,8 @@ class FailingStepTests(TestCase):
             model.fit(x, y, epochs=1, verbose=0)  # A plain step works.
             before = model.get_weights()
             # epsilon=1000 makes every perturbed embedding output exceed LIMIT.
-            keras_adv.adversarial_training(model, "emb", 1000.0, method=method, alpha=400.0)
+            pgd_step = dict(alpha=400.0) if method == "pgd" else {}
+            keras_adv.adversarial_training(model, "emb", 1000.0, method=method, **pgd_step)
             with pytest.raises(
                 (RuntimeError, tf.errors.InvalidArgumentError), match="perturbed pass failed"
             ):

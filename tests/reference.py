@@ -52,9 +52,19 @@ def project(r, radius):
     return r * (radius / norm) if norm > radius else r
 
 
-def perturbation(params, x, y, method, epsilon, alpha=None, steps=1, sample_weight=None):
-    """The final perturbation r of the embedding matrix (FGM or PGD)."""
+def touched_rows_norm(E, x):
+    """The L2 norm of the rows of E that the batch's tokens touch, each once."""
+    return np.sqrt(np.sum(E[np.unique(x)] ** 2))
+
+
+def perturbation(params, x, y, method, epsilon, alpha=None, steps=1, sample_weight=None,
+                 relative_epsilon=False):
+    """The final perturbation r of the embedding matrix (FGM or PGD); with
+    `relative_epsilon`, epsilon and alpha in units of the touched rows' norm."""
     E, W, b = params
+    if relative_epsilon:
+        unit = touched_rows_norm(E, x)
+        epsilon, alpha = epsilon * unit, None if alpha is None else alpha * unit
     r = np.zeros_like(E)
     for _ in range(1 if method == "fgm" else steps):
         _, (g, _, _) = gradients([E + r, W, b], x, y, sample_weight)
@@ -66,12 +76,13 @@ def perturbation(params, x, y, method, epsilon, alpha=None, steps=1, sample_weig
 
 
 def adversarial_sgd_step(
-    params, x, y, lr, method, epsilon, objective, alpha=None, steps=1, sample_weight=None
+    params, x, y, lr, method, epsilon, objective, alpha=None, steps=1, sample_weight=None,
+    relative_epsilon=False,
 ):
     """One adversarial SGD step. Returns (new params, clean loss, adversarial loss)."""
     E, W, b = params
     clean_loss, clean_grads = gradients(params, x, y, sample_weight)
-    r = perturbation(params, x, y, method, epsilon, alpha, steps, sample_weight)
+    r = perturbation(params, x, y, method, epsilon, alpha, steps, sample_weight, relative_epsilon)
     adversarial_loss, adversarial_grads = gradients([E + r, W, b], x, y, sample_weight)
     if objective == "sum":
         update = [c + a for c, a in zip(clean_grads, adversarial_grads)]

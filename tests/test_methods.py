@@ -50,9 +50,11 @@ class TestMath(TestCase):
             FGM(0.5).epsilon = 1.0
 
     def test_get_method(self):
-        assert get_method("FGM", epsilon=0.5, steps=3, alpha=0.1) == FGM(0.5)
+        assert get_method("FGM", epsilon=0.5) == FGM(0.5)
+        assert get_method("fgm") == FGM(1.0)
+        assert get_method("pgd") == PGD(1.0, 0.3, 3)
         assert get_method("pgd", epsilon=0.5, steps=2, alpha=0.1) == PGD(0.5, 0.1, 2)
-        assert get_method(PGD(1.0), epsilon=9.0, steps=9, alpha=9.0) == PGD(1.0)
+        assert get_method(PGD(1.0)) == PGD(1.0)
 
     @pytest.mark.parametrize(
         "make,error,words",

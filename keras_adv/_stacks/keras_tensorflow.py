@@ -18,9 +18,8 @@ import tensorflow as tf
 
 from keras_adv._stacks import distribution
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep, attack, update_gradients
-from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
-from keras_adv._stacks.tf_tape import taped_pass
+from keras_adv._stacks.passes import AdversarialStep
+from keras_adv._stacks.tf_tape import taped_adversarial_passes
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -57,8 +56,8 @@ def _switch_off_copy_on_read(variable):
 class AdversarialTrainStep(AdversarialStep):
     """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training."""
 
-    def __init__(self, layer, method, objective, strategy):
-        super().__init__(layer, method, objective)
+    def __init__(self, layer, settings, strategy):
+        super().__init__(layer, settings)
         # Held here, not on the model, so the model gains no tracked metric;
         # made in the model's strategy scope, so that replicas sum into it.
         # Reset together with Keras's loss tracker (see `_reset_with`).
@@ -68,8 +67,9 @@ class AdversarialTrainStep(AdversarialStep):
     def __call__(self, model, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._reset_with(_loss_tracker(model))
-        trainable = list(model.trainable_variables)
-        if not model.jit_compile:  # XLA has no copy-on-read mode, nor this op.
+        # XLA has no copy-on-read mode, nor this op; a layer not built yet
+        # makes its matrix in this step, fresh.
+        if not model.jit_compile and self.layer.built:
             _switch_off_copy_on_read(self.layer.embeddings)
         outputs = {}
 
@@ -89,20 +89,9 @@ class AdversarialTrainStep(AdversarialStep):
             self._keep_state_updates(model, scope)
             return model.optimizer.scale_loss(loss), loss
 
-        clean = taped_pass(
-            self.layer, clean_forward, trainable if self.objective == "sum" else []
+        adversarial, grads, trainable = taped_adversarial_passes(
+            self, model, clean_forward, perturbed_forward
         )
-        touched = TouchedRows(clean.lookups.ids, self.dim)
-
-        def perturbed_pass(perturbation, last):
-            return taped_pass(
-                self.layer, perturbed_forward, trainable if last else [],
-                perturbation_at=lambda ids: touched.at(ids, perturbation),
-                lookup_gradients=not last,
-            )
-
-        adversarial = attack(self.method, touched, clean, perturbed_pass)
-        grads = update_gradients(self.objective, clean.gradients, adversarial.gradients, add_gradients)
         model.optimizer.apply_gradients(zip(grads, trainable))
 
         _track_loss(self.adversarial_loss, adversarial.loss, x)
@@ -132,11 +121,11 @@ def is_installed(model):
     return installed_step(model, "train_step", AdversarialTrainStep) is not None
 
 
-def install(model, layer, method, objective):
+def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
     strategy = model.distribute_strategy
     distribution.check_strategy(strategy, multi_worker=False)
-    step = AdversarialTrainStep(layer, method, objective, strategy)
+    step = AdversarialTrainStep(layer, settings, strategy)
     install_step(model, "train_step", step, keras.Model.train_step)
 
 

@@ -11,9 +11,9 @@ projection) sees the perturbation at the lookup only.
 
 While a pass runs, the layer instance's `call` is wrapped (an instance
 attribute, removed when the last pass using it ends); the model keeps its
-class, config and variables. A call is a lookup when its output has one
-axis more than its input (ids -> vectors): the reverse call of a tied
-embedding (vectors -> logits) passes through untouched.
+class, config and variables. A call is a lookup when it maps ids to the
+matrix's vectors (`is_lookup`): the reverse call of a tied embedding
+(vectors -> logits) passes through untouched.
 """
 
 import contextlib
@@ -84,7 +84,7 @@ def _wrap(layer):
                 outputs = original(*args, **kwargs)
                 tap = _taps_of_this_thread().get(id(layer))
                 ids = args[0] if args else kwargs.get("inputs")
-                if tap is None or not is_lookup(ids, outputs):
+                if tap is None or not is_lookup(layer, ids, outputs):
                     return outputs
                 transform, lookups = tap
                 outputs = transform(ids, outputs)
@@ -106,9 +106,15 @@ def _unwrap(layer):
             del layer.call
 
 
-def is_lookup(ids, outputs):
-    """Whether a call of an embedding layer mapped `ids` to vectors (one axis more)."""
+def is_lookup(layer, ids, outputs):
+    """Whether a call of embedding `layer` mapped `ids` to its vectors: one
+    axis more than the ids, of the matrix's width. (A tied embedding's
+    reverse call maps vectors to vocabulary logits; bert4keras's even
+    flattens them first, so the rank alone does not tell.)"""
     try:
-        return len(outputs.shape) == len(ids.shape) + 1
+        return (
+            len(outputs.shape) == len(ids.shape) + 1
+            and outputs.shape[-1] == layer.embeddings.shape[1]
+        )
     except (AttributeError, TypeError, ValueError):  # No shape, or an unknown rank.
         return False

@@ -11,8 +11,25 @@ with `perturbation` (rows of the touched tokens) added at its lookups.
 """
 
 import collections
+import dataclasses
 
-__all__ = ["AdversarialStep", "Pass", "attack", "update_gradients"]
+__all__ = ["AdversarialStep", "Settings", "Pass", "attack", "update_gradients"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What `adversarial_training` was asked for, checked.
+
+    Attributes:
+        method: A `keras_adv.FGM` or `keras_adv.PGD`.
+        objective: `"sum"` or `"adversarial"`.
+        relative_epsilon: Whether the method's lengths (epsilon, alpha) are
+            fractions of the L2 norm of the touched embedding rows.
+    """
+
+    method: object
+    objective: str = "sum"
+    relative_epsilon: bool = False
 
 Pass = collections.namedtuple("Pass", ["loss", "gradients", "lookups", "lookup_gradients"])
 Pass.__doc__ = """What one pass computed.
@@ -27,44 +44,51 @@ Attributes:
 
 
 class AdversarialStep:
-    """What every stack's step holds: the embedding layer, the method, the objective.
+    """What every stack's step holds: the embedding layer and the settings.
 
     Each stack subclasses it with `__call__(model, ...)` for its own step
     contract, and is bound to one model with `types.MethodType`.
 
     Args:
         layer: The embedding layer whose lookups are perturbed.
-        method: A `keras_adv.FGM` or `keras_adv.PGD`.
-        objective: `"sum"` or `"adversarial"`.
+        settings: The `Settings`.
     """
 
     # Autograph (tf-keras with jit_compile) reads the name of what it converts.
     __name__ = "train_step"
 
-    def __init__(self, layer, method, objective):
+    def __init__(self, layer, settings):
         self.layer = layer
-        self.method = method
-        self.objective = objective
+        self.settings = settings
 
     @property
     def dim(self):
         return self.layer.embeddings.shape[1]
 
 
-def attack(method, touched, clean, perturbed_pass):
-    """Runs `method.steps` perturbed passes; returns the last one's `Pass`.
+def attack(step, touched, clean, perturbed_pass):
+    """Runs the method's perturbed passes; returns the last one's `Pass`.
+
+    With `relative_epsilon`, the method works in units of the norm of the
+    touched embedding rows, `n`, and each pass adds `n` times its
+    perturbation: FGM's `r = epsilon * n * g / ||g||`, PGD's steps of
+    `alpha * n` in the ball of radius `epsilon * n`.
 
     Args:
-        method: A `keras_adv.FGM` or `keras_adv.PGD`.
+        step: The stack's `AdversarialStep`.
         touched: The `TouchedRows` of the batch.
         clean: The clean `Pass`.
         perturbed_pass: `(perturbation, last) -> Pass`.
     """
+    method = step.settings.method
+    if step.settings.relative_epsilon:
+        unit = touched.norm_of_rows(step.layer.embeddings)
     perturbation, latest = None, clean
-    for step in range(method.steps):
+    for i in range(method.steps):
         gradient = touched.rows(latest.lookups.ids, latest.lookup_gradients)
         perturbation = method.ascend(perturbation, gradient)
-        latest = perturbed_pass(perturbation, step == method.steps - 1)
+        applied = unit * perturbation if step.settings.relative_epsilon else perturbation
+        latest = perturbed_pass(applied, i == method.steps - 1)
     return latest
 
 

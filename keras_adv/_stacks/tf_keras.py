@@ -13,9 +13,8 @@ import tensorflow as tf
 
 from keras_adv._stacks import distribution
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep, attack, update_gradients
-from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
-from keras_adv._stacks.tf_tape import taped_pass
+from keras_adv._stacks.passes import AdversarialStep
+from keras_adv._stacks.tf_tape import taped_adversarial_passes
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -52,8 +51,8 @@ def _unscaled_for_distribution(loss):
 class AdversarialTrainStep(AdversarialStep):
     """A tf-keras `train_step` with embedding-space adversarial training."""
 
-    def __init__(self, layer, method, objective, strategy):
-        super().__init__(layer, method, objective)
+    def __init__(self, layer, settings, strategy):
+        super().__init__(layer, settings)
         # Made in the model's strategy scope, so that replicas sum into it.
         with strategy.scope():
             self.adversarial_loss = _tf_keras().metrics.Mean(name="adversarial_loss")
@@ -64,7 +63,6 @@ class AdversarialTrainStep(AdversarialStep):
         trackers = _loss_trackers(model)
         if trackers:  # Built by the first compute_loss of a fit.
             self._reset_with(trackers[0])
-        trainable = list(model.trainable_variables)
         optimizer = model.optimizer
         outputs = {}
 
@@ -78,20 +76,9 @@ class AdversarialTrainStep(AdversarialStep):
             loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
             return _scaled(optimizer, loss), loss
 
-        clean = taped_pass(
-            self.layer, clean_forward, trainable if self.objective == "sum" else []
+        adversarial, grads, trainable = taped_adversarial_passes(
+            self, model, clean_forward, perturbed_forward
         )
-        touched = TouchedRows(clean.lookups.ids, self.dim)
-
-        def perturbed_pass(perturbation, last):
-            return taped_pass(
-                self.layer, perturbed_forward, trainable if last else [],
-                perturbation_at=lambda ids: touched.at(ids, perturbation),
-                lookup_gradients=not last,
-            )
-
-        adversarial = attack(self.method, touched, clean, perturbed_pass)
-        grads = update_gradients(self.objective, clean.gradients, adversarial.gradients, add_gradients)
         optimizer.apply_gradients(zip(_unscaled(optimizer, grads), trainable))
 
         batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -127,11 +114,11 @@ def is_installed(model):
     return installed_step(model, "train_step", AdversarialTrainStep) is not None
 
 
-def install(model, layer, method, objective):
+def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
     strategy = model.distribute_strategy
     distribution.check_strategy(strategy, multi_worker=True)
-    step = AdversarialTrainStep(layer, method, objective, strategy)
+    step = AdversarialTrainStep(layer, settings, strategy)
     install_step(model, "train_step", step, _tf_keras().Model.train_step)
 
 

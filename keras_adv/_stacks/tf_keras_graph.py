@@ -74,6 +74,43 @@ def _endpoints_reading(model, outputs):
             endpoint.output_loss_metric = metric
 
 
+class _CallAdditions:
+    """What one more call of the model adds to its layers: losses (a `Loss`
+    layer's `add_loss`, activity regularizers) and updates (batch-norm
+    statistics), conditional on that call's tensors.
+
+    Made before the call; `take()` after it takes what the call added back
+    off the layers, so the model holds what it held before (a train function
+    built from it later sees the clean pass only). Inside
+    `losses_of_the_call()`, each layer holds its unconditional losses and the
+    ones the call added, for the compiled loss built there.
+    """
+
+    def __init__(self, model):
+        self.layers = list(model._flatten_layers(include_self=True))
+        self.before = [(list(layer._losses), list(layer._updates)) for layer in self.layers]
+        self.added_losses = []
+        self.updates = []
+
+    def take(self):
+        for layer, (losses, updates) in zip(self.layers, self.before):
+            self.added_losses.append(layer._losses[len(losses):])
+            self.updates += layer._updates[len(updates):]
+            layer._losses[:] = losses
+            layer._updates[:] = updates
+
+    @contextlib.contextmanager
+    def losses_of_the_call(self):
+        try:
+            for layer, (losses, _), added in zip(self.layers, self.before, self.added_losses):
+                unconditional = [l for l in losses if getattr(l, "_unconditional_loss", False)]
+                layer._losses[:] = unconditional + added
+            yield
+        finally:
+            for layer, (losses, _) in zip(self.layers, self.before):
+                layer._losses[:] = losses
+
+
 def _graph_lookups(layer, loss):
     """The lookups of `layer` in the model's own graph that `loss` depends on,
     and the gradient of `loss` w.r.t. each."""
@@ -81,7 +118,7 @@ def _graph_lookups(layer, loss):
     for node in layer._inbound_nodes:
         ids = tf.nest.flatten(node.input_tensors)[0]
         outputs = tf.nest.flatten(node.output_tensors)[0]
-        if is_lookup(ids, outputs):
+        if is_lookup(layer, ids, outputs):
             candidates.ids.append(ids)
             candidates.outputs.append(outputs)
     gradients = tf.gradients(loss, candidates.outputs) if candidates.outputs else []
@@ -114,11 +151,15 @@ class AdversarialTrainFunction(AdversarialStep):
             inputs += [backend.symbolic_learning_phase()]
         with backend.get_graph().as_default():
             with backend.name_scope("training"):
+                loss, perturbed_updates = self._loss(model)
                 updates = model.optimizer.get_updates(
-                    params=model._collected_trainable_weights, loss=self._loss(model)
+                    params=model._collected_trainable_weights, loss=loss
                 )
                 updates += model.get_updates_for(None)
                 updates += model.get_updates_for(model.inputs)
+                # As in eager mode, every pass keeps its updates of
+                # non-trainable state (batch-norm statistics).
+                updates += perturbed_updates
             metrics = model._get_training_eval_metrics()
             metrics_tensors = [m._call_result for m in metrics if hasattr(m, "_call_result")]
         with backend.name_scope("training"):
@@ -132,7 +173,8 @@ class AdversarialTrainFunction(AdversarialStep):
         model._set_trainable_state(current_trainable_state)
 
     def _loss(self, model):
-        """The loss to update from: clean + adversarial, or adversarial only."""
+        """The loss to update from (clean + adversarial, or adversarial only),
+        and the perturbed passes' updates of non-trainable state."""
         clean_loss = model.total_loss
         lookups, lookup_gradients = _graph_lookups(self.layer, clean_loss)
         if not lookups.outputs:
@@ -144,23 +186,28 @@ class AdversarialTrainFunction(AdversarialStep):
         clean = Pass(clean_loss, [], lookups, lookup_gradients)
         touched = TouchedRows(lookups.ids, self.dim)
 
+        perturbed_updates = []
+
         def perturbed_pass(perturbation, last):
             def add_perturbation(ids, outputs):
                 return outputs + tf.cast(touched.at(ids, perturbation), outputs.dtype)
 
+            additions = _CallAdditions(model)
             with tapped_lookups(self.layer, add_perturbation) as perturbed:
                 outputs = tf.nest.flatten(model(model.inputs))
-            with _endpoints_reading(model, outputs):
+            additions.take()
+            perturbed_updates.extend(additions.updates)
+            with _endpoints_reading(model, outputs), additions.losses_of_the_call():
                 loss = model._prepare_total_loss(
                     [getattr(o, "_keras_mask", None) for o in outputs]
                 )
             gradients = None if last else tf.gradients(loss, perturbed.outputs)
             return Pass(loss, [], perturbed, gradients)
 
-        adversarial = attack(self.method, touched, clean, perturbed_pass)
-        if self.objective == "adversarial":
-            return adversarial.loss
-        return clean_loss + adversarial.loss
+        adversarial = attack(self, touched, clean, perturbed_pass)
+        if self.settings.objective == "adversarial":
+            return adversarial.loss, perturbed_updates
+        return clean_loss + adversarial.loss, perturbed_updates
 
 
 def _refuse_distributed_fit(select_training_loop):
@@ -182,18 +229,10 @@ def is_installed(model):
     return installed_step(model, "_make_train_function", AdversarialTrainFunction) is not None
 
 
-def install(model, layer, method, objective):
+def install(model, layer, settings):
     """Gives the model an adversarial train-function builder."""
     if model._distribution_strategy is not None:
         raise NotImplementedError(_DISTRIBUTED_ERROR)
-    conditional = model.get_updates_for(model.inputs) + model.get_losses_for(model.inputs)
-    if conditional:
-        raise NotImplementedError(
-            "With eager execution disabled, keras_adv calls the model a second "
-            "time in the training graph, and this model's layers add updates or "
-            "losses on every call (batch normalization, activity regularizers). "
-            "Train it with eager execution (the tf-keras default) instead."
-        )
     if getattr(model.optimizer, "get_updates", None) is None:
         raise TypeError(
             f"With eager execution disabled, tf-keras needs a legacy optimizer "
@@ -202,7 +241,7 @@ def install(model, layer, method, objective):
         )
     from tf_keras.src.engine import training_v1
 
-    builder = AdversarialTrainFunction(layer, method, objective)
+    builder = AdversarialTrainFunction(layer, settings)
     install_step(model, "_make_train_function", builder, training_v1.Model._make_train_function)
     if "_select_training_loop" not in model.__dict__:
         model._select_training_loop = types.MethodType(

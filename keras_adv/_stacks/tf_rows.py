@@ -54,12 +54,23 @@ class TouchedRows:
             ids = self.replica.all_gather(ids, axis=0)
         self.num_rows = tf.shape(ids)[0]
         self._sorted_ids = tf.sort(ids)
-        starts_new_token = tf.concat(
+        self._first_of_token = tf.concat(
             [tf.ones([1], tf.bool), tf.not_equal(self._sorted_ids[1:], self._sorted_ids[:-1])],
             axis=0,
         )
         # The row of each sorted occurrence: tokens numbered in id order.
-        self._row_in_sorted_order = tf.cumsum(tf.cast(starts_new_token, tf.int32)) - 1
+        self._row_in_sorted_order = tf.cumsum(tf.cast(self._first_of_token, tf.int32)) - 1
+
+    def norm_of_rows(self, matrix):
+        """The L2 norm of the touched rows of `matrix` (each token once), a
+        constant of the step: the unit of a relative epsilon."""
+        if not isinstance(matrix, tf.Variable):
+            matrix = matrix.value  # A Keras 3 variable wraps the tf.Variable.
+        # A read of the whole matrix, then a gather, as a Keras 3 lookup does:
+        # a sparse read would switch the variable to copy-on-read mode.
+        rows = tf.cast(tf.gather(matrix.value(), self._sorted_ids), tf.float32)
+        squares = tf.where(self._first_of_token, tf.reduce_sum(tf.square(rows), axis=1), 0.0)
+        return tf.stop_gradient(tf.sqrt(tf.reduce_sum(squares)))
 
     def _row_of(self, ids):
         """The row of each id in `ids` (flat), and whether it is a touched token."""

@@ -1,26 +1,62 @@
-"""One pass of the model on a `tf.GradientTape`, with its lookups tapped.
+"""The passes of an adversarial step on `tf.GradientTape`s, lookups tapped.
 
 Keras 3 on TensorFlow and tf-keras in eager mode run their passes this way;
-only how each computes its loss differs (`forward`).
+only how each computes its loss (`forward`) and applies the update differ.
 """
 
 import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.passes import Pass
+from keras_adv._stacks.passes import Pass, attack, update_gradients
+from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
 
-__all__ = ["taped_pass", "no_lookup_gradient_error"]
+__all__ = ["taped_adversarial_passes", "taped_pass", "no_lookup_gradient_error"]
 
 
-def taped_pass(layer, forward, sources, perturbation_at=None, lookup_gradients=True):
+def taped_adversarial_passes(step, model, clean_forward, perturbed_forward):
+    """Runs the clean pass and the method's perturbed passes (`passes.py`).
+
+    Args:
+        step: The stack's `AdversarialStep` (layer, method, objective).
+        model: The model; its trainable variables are read after the clean
+            pass, which builds a model that is not built yet (as Keras's own
+            step does).
+        clean_forward, perturbed_forward: `() -> (loss to differentiate,
+            loss to report)` of the clean and of a perturbed pass.
+
+    Returns:
+        `(the last perturbed Pass, the gradients to apply, the variables
+        they apply to)`.
+    """
+    def trainable():
+        return list(model.trainable_variables)
+
+    objective = step.settings.objective
+    clean = taped_pass(step.layer, clean_forward, trainable if objective == "sum" else None)
+    touched = TouchedRows(clean.lookups.ids, step.dim)
+
+    def perturbed_pass(perturbation, last):
+        return taped_pass(
+            step.layer, perturbed_forward, trainable if last else None,
+            perturbation_at=lambda ids: touched.at(ids, perturbation),
+            lookup_gradients=not last,
+        )
+
+    adversarial = attack(step, touched, clean, perturbed_pass)
+    grads = update_gradients(objective, clean.gradients, adversarial.gradients, add_gradients)
+    return adversarial, grads, trainable()
+
+
+def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradients=True):
     """Runs `forward()` with the lookups of `layer` perturbed and watched.
 
     Args:
         layer: The embedding layer.
         forward: `() -> (loss to differentiate, loss to report)`, run inside
             the tape.
-        sources: The weights whose gradients the pass needs (maybe none:
-            then the tape records only what depends on the lookups).
+        weights: `() -> variables` whose gradients the pass needs, read after
+            `forward()`; None for none (the tape then records only what
+            depends on the lookups).
         perturbation_at: `ids -> perturbation` added to each lookup's output,
             or None for the clean pass.
         lookup_gradients: Whether to differentiate the lookups' outputs.
@@ -28,7 +64,7 @@ def taped_pass(layer, forward, sources, perturbation_at=None, lookup_gradients=T
     Returns:
         A `Pass`, with the reported loss.
     """
-    with tf.GradientTape(watch_accessed_variables=bool(sources)) as tape:
+    with tf.GradientTape(watch_accessed_variables=weights is not None) as tape:
 
         def transform(ids, outputs):
             if perturbation_at is not None:
@@ -43,7 +79,8 @@ def taped_pass(layer, forward, sources, perturbation_at=None, lookup_gradients=T
             f"The model never looked up token ids through layer '{layer.name}'. "
             f"Name the embedding layer that the model's inputs go through."
         )
-    targets = list(sources) + (lookups.outputs if lookup_gradients else [])
+    sources = [] if weights is None else weights()
+    targets = sources + (lookups.outputs if lookup_gradients else [])
     grads = tape.gradient(loss, targets)
     lookup_grads = grads[len(sources):] if lookup_gradients else None
     if lookup_gradients and all(g is None for g in lookup_grads):

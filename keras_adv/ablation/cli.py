@@ -36,6 +36,8 @@ def _parser():
     ablation.add_argument("--model", help="char-cnn (default), kerashub-bert or bert4keras-bert")
     ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm pgd (default all three)")
     ablation.add_argument("--epsilon", type=float, help="epsilon of the adversarial methods (default 1.0)")
+    ablation.add_argument("--relative-epsilon", action="store_true", default=None,
+                          help="epsilon (and PGD's alpha) as fractions of the norm of the touched embedding rows")
     ablation.add_argument("--objective", help="sum (default) or adversarial")
     ablation.add_argument("--steps", type=int, help="PGD steps (default 3)")
     ablation.add_argument("--alpha", type=float, help="PGD step length (default 0.3)")
@@ -55,8 +57,9 @@ def _config(args):
     # --quick sets smaller defaults; what the user states still wins.
     settings = {**(QUICK if args.quick else {}), **{k: v for k, v in settings.items() if v is not None}}
     method_options = {
-        k: v for k, v in dict(epsilon=args.epsilon, objective=args.objective,
-                              steps=args.steps, alpha=args.alpha).items() if v is not None
+        k: v for k, v in dict(epsilon=args.epsilon, objective=args.objective, steps=args.steps,
+                              alpha=args.alpha, relative_epsilon=args.relative_epsilon).items()
+        if v is not None
     }
     if args.methods or method_options:
         names = args.methods or [m.name for m in AblationConfig().methods]

@@ -27,14 +27,17 @@ class MethodSpec:
     objective: str = "sum"
     steps: int = 3
     alpha: float = 0.3
+    relative_epsilon: bool = False
 
     def __post_init__(self):
         if self.name not in ("plain", "fgm", "pgd"):
             raise ValueError(f"Unknown method {self.name!r}. Expected one of ['plain', 'fgm', 'pgd'].")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}. Expected one of {list(OBJECTIVES)}.")
+        if not isinstance(self.relative_epsilon, bool):
+            raise ValueError(f"`relative_epsilon` must be true or false, got {self.relative_epsilon!r}.")
         if self.name != "plain":
-            get_method(self.name, epsilon=self.epsilon, steps=self.steps, alpha=self.alpha)
+            get_method(self.name, **self._method_parameters())
 
     @property
     def label(self):
@@ -44,14 +47,21 @@ class MethodSpec:
         text = f"{self.name} eps={self.epsilon:g}"
         if self.name == "pgd":
             text += f" K={self.steps} alpha={self.alpha:g}"
+        if self.relative_epsilon:
+            text += " (relative)"
         if self.objective != "sum":
             text += f" ({self.objective})"
         return text
 
     def options(self):
         """Keyword arguments of `keras_adv.adversarial_training`."""
-        return dict(epsilon=self.epsilon, method=self.name, steps=self.steps,
-                    alpha=self.alpha, objective=self.objective)
+        return dict(method=self.name, objective=self.objective,
+                    relative_epsilon=self.relative_epsilon, **self._method_parameters())
+
+    def _method_parameters(self):
+        if self.name == "pgd":
+            return dict(epsilon=self.epsilon, steps=self.steps, alpha=self.alpha)
+        return dict(epsilon=self.epsilon)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,12 +31,12 @@ def macro_scores(matrix):
 
 
 def attacked_accuracy(model, embedding_name, x, y, epsilons, *, batch_size=256):
-    """Test accuracy when each batch's embedding matrix is moved by `eps * g / ||g||`.
+    """Test accuracy when each batch's embedding lookups read `E + eps * g / ||g||`.
 
     The white-box attack of the training recipe: `g` is the gradient of the
     loss on the batch's true labels w.r.t. the embedding matrix, computed once
     per batch for every epsilon. It uses `keras_adv.perturbed_embedding`, so
-    the matrix is restored exactly after each batch. Works for Keras 3
+    the matrix itself is never written. Works for Keras 3
     (TensorFlow) and tf-keras classifiers that return logits, with array,
     list or dict inputs.
 

@@ -142,13 +142,26 @@ class TestConfig:
         path.write_text(
             "seeds: 2\nepochs: 4\nmethods:\n  - plain\n  - {name: fgm, epsilon: 0.5}\n"
             "  - {name: pgd, epsilon: 1.0, alpha: 0.4, steps: 2, objective: adversarial}\n"
+            "  - {name: fgm, epsilon: 0.1, relative_epsilon: true}\n"
         )
         config = load_task_config(str(path), epochs=1)
         assert (config.seeds, config.epochs) == (2, 1)
         assert [m.label for m in config.methods] == [
-            "plain", "fgm eps=0.5", "pgd eps=1 K=2 alpha=0.4 (adversarial)"
+            "plain", "fgm eps=0.5", "pgd eps=1 K=2 alpha=0.4 (adversarial)", "fgm eps=0.1 (relative)"
         ]
-        assert config.methods[2].options() == dict(epsilon=1.0, method="pgd", steps=2, alpha=0.4, objective="adversarial")
+        assert config.methods[2].options() == dict(
+            epsilon=1.0, method="pgd", steps=2, alpha=0.4, objective="adversarial", relative_epsilon=False
+        )
+        # FGM gets no PGD parameters (keras_adv refuses them).
+        assert config.methods[3].options() == dict(
+            epsilon=0.1, method="fgm", objective="sum", relative_epsilon=True
+        )
+
+    def test_relative_epsilon_from_the_command_line(self):
+        config = cli._config(cli._parser().parse_args(
+            ["ablation", "--methods", "plain", "fgm", "pgd", "--epsilon", "0.1", "--relative-epsilon"]
+        ))
+        assert [m.relative_epsilon for m in config.methods] == [False, True, True]
 
     def test_quick_is_small_but_stated_settings_win(self):
         quick = cli._config(cli._parser().parse_args(["ablation", "--quick", "--seeds", "3"]))

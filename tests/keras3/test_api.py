@@ -38,6 +38,12 @@ class TestBadInput(TestCase):
             (dict(method="pgd", steps=2.5), TypeError, "steps"),
             (dict(method="pgd", alpha=0.0), ValueError, "alpha"),
             (dict(method="pgd", alpha=-0.1), ValueError, "alpha"),
+            # FGM takes one step of epsilon: PGD's parameters are refused, not ignored.
+            (dict(method="fgm", steps=0), ValueError, "`steps` is PGD's.*Drop it, or pass method='pgd'"),
+            (dict(method="fgm", steps=2.5), ValueError, "`steps` is PGD's"),
+            (dict(method="fgm", alpha=0.0), ValueError, "`alpha` is PGD's"),
+            (dict(steps=3, alpha=0.3), ValueError, "`steps` and `alpha` are PGD's"),
+            (dict(method=keras_adv.FGM(0.5), epsilon=0.7), ValueError, "`epsilon` beside the method object"),
             (dict(method="fgsm"), ValueError, "'fgm', 'pgd'"),
             (dict(objective="clean"), ValueError, "'sum', 'adversarial'"),
         ],

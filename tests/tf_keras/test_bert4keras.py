@@ -6,7 +6,7 @@ import tensorflow as tf
 from bert4keras.backend import keras
 
 import keras_adv
-from tests.bert4keras_models import token_batch, tiny_bert_classifier, used_and_unused_rows
+from tests.bert4keras_models import seq2seq_batch, tiny_unilm, token_batch, tiny_bert_classifier, used_and_unused_rows
 from tests.testing import TestCase, vocabulary_sized_ops
 
 OPTIONS = [
@@ -183,3 +183,28 @@ class TestSparseStep(TestCase):
         plain = self._dense_vocabulary_tensors(model)
         keras_adv.adversarial_training(model, "Embedding-Token", 0.5, **options)
         assert self._dense_vocabulary_tensors(model) == plain
+
+
+class TestLossLayerModelEager(TestCase):
+    """A UniLM model whose loss a `Loss` layer adds (compiled with an
+    optimizer only). The graph-mode tests check its step against a hand
+    computation; here: it trains, and its adversarial loss is the loss the
+    model adds at the perturbed lookups (epsilon -> 0: the clean loss)."""
+
+    def test_trains_and_the_adversarial_loss_is_the_layers_loss(self):
+        x = seq2seq_batch(size=8)
+        model = tiny_unilm()
+        model.compile(optimizer=keras.optimizers.Adam(0.0))
+        keras_adv.adversarial_training(model, "Embedding-Token", 1e-9, method="pgd", alpha=1e-10)
+        history = model.fit(x, None, batch_size=8, verbose=0).history
+        self.assertAllClose(history["adversarial_loss"][0], history["loss"][0], rtol=1e-6)
+        clean = float(model.evaluate(x, None, batch_size=8, verbose=0))
+        self.assertAllClose(history["loss"][0], clean, rtol=1e-5)
+
+        keras_adv.adversarial_training(model, "Embedding-Token", 0.5)
+        history = model.fit(x, None, batch_size=8, verbose=0).history
+        assert history["adversarial_loss"][0] > history["loss"][0]
+
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        history = model.fit(x, None, batch_size=4, epochs=3, verbose=0).history
+        assert history["loss"][-1] < history["loss"][0]

@@ -6,7 +6,9 @@ import tensorflow as tf
 from bert4keras.backend import K, keras
 
 import keras_adv
-from tests.bert4keras_models import VOCAB, token_batch, tiny_bert_classifier, used_and_unused_rows
+from tests.bert4keras_models import (
+    VOCAB, seq2seq_batch, tiny_bert_classifier, tiny_unilm, token_batch, used_and_unused_rows,
+)
 from tests.testing import TestCase
 
 OPTIONS = [
@@ -46,6 +48,127 @@ def original_recipe(model, embedding_name, epsilon):
         return outputs
 
     model.train_function = train_function
+
+
+def _text_model(batch_norm=False):
+    tokens = keras.Input((5,), dtype="int32")
+    x = keras.layers.Flatten()(keras.layers.Embedding(20, 4, name="emb")(tokens))
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Dense(6, activation="tanh", activity_regularizer=keras.regularizers.l2(0.1))(x)
+    return keras.Model(tokens, keras.layers.Dense(2)(x))
+
+
+def _lookup_output(model, layer_name):
+    """The tensor a lookup of `layer_name` returns in the model's own graph."""
+    layer = model.get_layer(layer_name)
+    (node,) = [n for n in layer._inbound_nodes if n.output_tensors.shape[-1] == layer.output_dim]
+    return tf.nest.flatten(node.input_tensors)[0], node.output_tensors
+
+
+def _hand_adversarial_sgd_step(model, layer_name, feed, epsilon, lr):
+    """The weights after one SGD step on the adversarial loss, worked out from
+    the same weights with the perturbation computed in numpy and fed in at the
+    lookup (the model's tied output projection, if any, reads the clean E)."""
+    session = tf.compat.v1.keras.backend.get_session()
+    ids, looked_up = _lookup_output(model, layer_name)
+    loss = model.total_loss
+    ids_value, clean_lookup, lookup_grad = session.run(
+        [ids, looked_up, tf.gradients(loss, looked_up)[0]], feed
+    )
+    ids_value = ids_value.astype("int64")
+    rows = {}
+    for token, grad in zip(ids_value.reshape(-1), lookup_grad.reshape(-1, lookup_grad.shape[-1])):
+        rows[token] = rows.get(token, 0.0) + grad.astype("float64")
+    norm = np.sqrt(sum(np.sum(g**2) for g in rows.values()))
+    r = {token: epsilon * g / norm for token, g in rows.items()}
+    perturbed = clean_lookup + np.array([r[t] for t in ids_value.reshape(-1)]).reshape(clean_lookup.shape)
+    weights = model.trainable_weights
+    fed = {**feed, looked_up: perturbed.astype("float32")}
+    adversarial_loss, grads = session.run([loss, tf.gradients(loss, weights)], fed)
+    new_weights = []
+    for weight, grad in zip(weights, grads):
+        dense = np.zeros(weight.shape, "float64")
+        if hasattr(grad, "indices"):  # Gathered rows (a position embedding's).
+            np.add.at(dense, grad.indices, grad.values)
+        elif grad is not None:
+            dense += grad
+        # E's gradient holds its lookup's part (through the gather, at the fed
+        # perturbed value) and the tied projection's (at the clean E).
+        new_weights.append(K.get_value(weight) - lr * dense)
+    return adversarial_loss, new_weights
+
+
+class TestLayersThatAddLossesAndUpdates(TestCase):
+    """A second call of the model in the training graph adds its own losses
+    (a `Loss` layer, activity regularizers) and updates (batch norm): the
+    perturbed pass's loss is the one built from them, and the model keeps
+    only the clean pass's."""
+
+    def test_unilm_loss_layer_model_step_matches_a_hand_computation(self):
+        model = tiny_unilm()
+        model.compile(optimizer=keras.optimizers.legacy.SGD(0.5))
+        x = seq2seq_batch()
+        feed = dict(zip(model.inputs, x))
+        adversarial_loss, expected = _hand_adversarial_sgd_step(model, "Embedding-Token", feed, 0.5, 0.5)
+        clean_loss = tf.compat.v1.keras.backend.get_session().run(model.total_loss, feed)
+        assert adversarial_loss > clean_loss
+        keras_adv.adversarial_training(model, "Embedding-Token", 0.5, objective="adversarial")
+        model.fit(x, None, batch_size=len(x[0]), shuffle=False, verbose=0)
+        for weight, want in zip(model.trainable_weights, expected):
+            self.assertAllClose(K.get_value(weight), want, rtol=1e-4, atol=2e-6)
+        assert len(model.losses) == 1  # The perturbed pass's loss is not kept on the model.
+
+    def test_unilm_loss_layer_model_trains(self):
+        model = tiny_unilm()
+        model.compile(optimizer=keras.optimizers.legacy.Adam(1e-3))
+        keras_adv.adversarial_training(model, "Embedding-Token", 0.5, method="pgd")
+        x = seq2seq_batch(size=8)
+        history = model.fit(x, None, batch_size=4, epochs=3, verbose=0).history
+        assert history["loss"][-1] < history["loss"][0]
+        assert len(model.losses) == 1
+
+    def test_activity_regularizer_matches_the_recipe(self):
+        # The recipe perturbs E itself, so its loss holds the regularizer's
+        # term of the perturbed pass, as keras_adv's must (no tied matrix here).
+        rng = np.random.RandomState(0)
+        x, y = rng.randint(0, 20, (8, 5)).astype("int32"), rng.randint(0, 2, 8).astype("int32")
+        results = []
+        for use_recipe in (True, False):
+            self.setup_method(None)
+            model = _text_model()
+            model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          optimizer=keras.optimizers.legacy.SGD(0.5))
+            if use_recipe:
+                initial = model.get_weights()
+                original_recipe(model, "emb", 0.5)
+            else:
+                model.set_weights(initial)
+                keras_adv.adversarial_training(model, "emb", 0.5, objective="adversarial")
+            model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+            results.append(model.get_weights())
+        for ours, theirs, start in zip(results[1], results[0], initial):
+            self.assertAllClose(ours, theirs, rtol=1e-4, atol=2e-6)
+        assert np.abs(results[1][0] - initial[0]).max() > 1e-3
+
+    def test_batch_norm_trains_and_its_statistics_move_with_every_pass(self):
+        rng = np.random.RandomState(0)
+        x, y = rng.randint(0, 20, (8, 5)).astype("int32"), rng.randint(0, 2, 8).astype("int32")
+        moved = []
+        for options in (None, dict(method="pgd", steps=2, alpha=0.3)):
+            self.setup_method(None)
+            model = _text_model(batch_norm=True)
+            model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          optimizer=keras.optimizers.legacy.SGD(0.0))
+            if options is not None:
+                keras_adv.adversarial_training(model, "emb", 0.5, **options)
+            moving_mean = model.get_layer("bn").moving_mean
+            before = K.get_value(moving_mean)
+            model.fit(x, y, batch_size=8, verbose=0)
+            moved.append(np.abs(K.get_value(moving_mean) - before).sum())
+        # Three passes, three updates of the statistics (each from its own
+        # batch statistics), not the one of a plain step.
+        assert moved[1] > 2 * moved[0]
 
 
 class TestParityWithTheOriginalRecipe(TestCase):
@@ -150,15 +273,6 @@ class TestGraphStep(TestCase):
         model.compile(loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(0.1))
         with pytest.raises(TypeError, match="legacy optimizer.*legacy.Adam"):
             keras_adv.adversarial_training(model, "Embedding-Token", 0.5)
-
-    def test_batch_normalization_is_refused(self):
-        tokens = keras.Input((5,), dtype="int32")
-        x = keras.layers.Embedding(20, 4, name="emb")(tokens)
-        x = keras.layers.BatchNormalization()(keras.layers.Flatten()(x))
-        model = keras.Model(tokens, keras.layers.Dense(2)(x))
-        model.compile(loss="mse", optimizer="sgd")
-        with pytest.raises(NotImplementedError, match="batch normalization.*eager execution"):
-            keras_adv.adversarial_training(model, "emb", 0.5)
 
     def test_weights_round_trip(self, tmp_path):
         model = _compiled()
