@@ -1,4 +1,4 @@
-"""keras_adv: one-line embedding-space adversarial training (FGM, PGD) for Keras."""
+"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD) for Keras."""
 
 from keras_adv.api import adversarial_training
 from keras_adv.api import remove_adversarial_training
@@ -7,6 +7,7 @@ from keras_adv.custom_loop import perturbed_embedding
 from keras_adv.embedding import embedding_candidates
 from keras_adv.embedding import find_embedding
 from keras_adv.methods import FGM
+from keras_adv.methods import FGSM
 from keras_adv.methods import PGD
 from keras_adv.methods import l2_normalize
 from keras_adv.methods import project_to_ball
@@ -21,6 +22,7 @@ __all__ = [
     "find_embedding",
     "embedding_candidates",
     "FGM",
+    "FGSM",
     "PGD",
     "l2_normalize",
     "project_to_ball",

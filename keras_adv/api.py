@@ -20,6 +20,7 @@ def adversarial_training(
     alpha=None,
     objective="sum",
     relative_epsilon=False,
+    per_example=False,
 ):
     """Makes `model.fit` train adversarially in the space of one embedding matrix.
 
@@ -44,8 +45,9 @@ def adversarial_training(
             models and layers) or path of the embedding variable.
         epsilon: Positive float, the L2 norm (FGM) or radius (PGD) of the
             perturbation over the whole batch (default 1.0).
-        method: `"fgm"` or `"pgd"`, or a `keras_adv.FGM`/`keras_adv.PGD`
-            object (then `epsilon`, `steps` and `alpha` are its own).
+        method: `"fgm"`, `"fgsm"` or `"pgd"`, or a `keras_adv.FGM`,
+            `keras_adv.FGSM` or `keras_adv.PGD` object (then `epsilon`,
+            `steps` and `alpha` are its own).
         steps: PGD's number of steps K (default 3); FGM takes none.
         alpha: PGD's step length (default 0.3); FGM takes none.
         objective: `"sum"` (clean + adversarial gradients, the default) or
@@ -56,6 +58,12 @@ def adversarial_training(
             `r = epsilon * n * g / ||g||`, so `epsilon=0.1` moves the rows by
             a tenth of their own size whatever the scale of the model's
             embeddings.
+        per_example: If True, each example's embedded sequence (the
+            lookup's output, `T x d`) gets its own perturbation, normalised
+            (FGM) or projected (PGD) over its non-padding positions (Miyato
+            et al. 2017), instead of the touched rows of the matrix that all
+            examples share. Padding comes from the layer's `mask_zero`, a
+            KerasHub `padding_mask` input, or token 0 for bert4keras.
 
     Returns:
         `model`, for chaining.
@@ -87,9 +95,10 @@ def adversarial_training(
             f"first, then `adversarial_training`."
         )
     layer = find_embedding_layer(model, embedding_name)
-    if not isinstance(relative_epsilon, bool):
-        raise TypeError(f"`relative_epsilon` must be True or False, got {relative_epsilon!r}.")
-    stack.install(model, layer, Settings(adversary, objective, relative_epsilon))
+    for name, value in (("relative_epsilon", relative_epsilon), ("per_example", per_example)):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    stack.install(model, layer, Settings(adversary, objective, relative_epsilon, per_example))
     return model
 
 

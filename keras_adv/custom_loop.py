@@ -60,7 +60,7 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
     # set their environment flags (prepare_bert4keras) before it loads.
     import tensorflow as tf
 
-    from keras_adv._stacks.lookup import tapped_lookups
+    from keras_adv._stacks.lookup import Lookups, tapped_lookups
     from keras_adv._stacks.tf_rows import TouchedRows
 
     adversary = method if method is not None else FGM(epsilon=epsilon)
@@ -75,12 +75,13 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
     else:  # A dense gradient: every row of the matrix.
         values = tf.convert_to_tensor(gradient)
         ids = tf.range(tf.shape(values)[0])
-    dim = layer.embeddings.shape[1]
-    touched = TouchedRows([ids], dim)
+    gradient_rows = Lookups()
+    gradient_rows.ids.append(ids)
+    touched = TouchedRows(gradient_rows, layer)
     perturbation = adversary.ascend(None, touched.rows([ids], [values]))
 
-    def add_perturbation(ids, outputs):
-        return outputs + tf.cast(touched.at(ids, perturbation), outputs.dtype)
+    def add_perturbation(index, ids, outputs):
+        return outputs + tf.cast(touched.at(index, ids, perturbation), outputs.dtype)
 
     with tapped_lookups(layer, add_perturbation):
         yield perturbation

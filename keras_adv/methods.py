@@ -1,7 +1,8 @@
 """The adversarial methods as small immutable objects holding pure math.
 
-Each method turns the gradient of the loss with respect to the embedding rows
-into a perturbation of those rows. A training stack calls `ascend` once per
+Each method turns the gradient of the loss with respect to what it perturbs
+(the touched rows of the embedding matrix, or each example's embedded
+sequence, one row per example) into a perturbation of it. A training stack calls `ascend` once per
 gradient evaluation, `method.steps` times in all; the stack decides where the
 gradients come from and where the perturbation is applied.
 
@@ -17,7 +18,7 @@ import types
 
 import numpy as np
 
-__all__ = ["FGM", "PGD", "l2_normalize", "project_to_ball", "get_method"]
+__all__ = ["FGM", "FGSM", "PGD", "l2_normalize", "project_to_ball", "get_method"]
 
 
 def _math_for(x):
@@ -26,7 +27,7 @@ def _math_for(x):
         return types.SimpleNamespace(
             sqrt=np.sqrt, sum=np.sum, square=np.square, isfinite=np.isfinite,
             where=np.where, logical_and=np.logical_and, greater=np.greater,
-            ones_like=np.ones_like, zeros_like=np.zeros_like,
+            ones_like=np.ones_like, zeros_like=np.zeros_like, sign=np.sign,
         )
     if type(x).__module__.startswith("tensorflow"):
         import tensorflow as tf
@@ -34,46 +35,59 @@ def _math_for(x):
         return types.SimpleNamespace(
             sqrt=tf.sqrt, sum=tf.reduce_sum, square=tf.square, isfinite=tf.math.is_finite,
             where=tf.where, logical_and=tf.logical_and, greater=tf.greater,
-            ones_like=tf.ones_like, zeros_like=tf.zeros_like,
+            ones_like=tf.ones_like, zeros_like=tf.zeros_like, sign=tf.sign,
         )
     from keras import ops
 
     return ops
 
 
-def l2_normalize(gradient):
+def _norm(x, ops, per_example):
+    """One L2 norm over all of `x`, or one per example (leading row), kept
+    broadcastable against `x`."""
+    if per_example:
+        return ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+    return ops.sqrt(ops.sum(ops.square(x)))
+
+
+def l2_normalize(gradient, per_example=False):
     """Returns `gradient / ||gradient||_2`, or zeros when the norm is 0 or not finite.
 
     The norm is one L2 norm over the whole tensor (the whole batch), as in
-    Miyato et al. (2017). A zero or non-finite norm gives no direction, and the
-    step then trains on the clean batch instead of on NaNs.
+    Miyato et al. (2017), or, with `per_example`, one per row of a
+    `[examples, features]` tensor. A zero or non-finite norm gives no
+    direction, and the step then trains on the clean batch (or example)
+    instead of on NaNs.
 
     Args:
-        gradient: A tensor, the gradient of the loss w.r.t. embedding rows.
+        gradient: A tensor, the gradient of the loss w.r.t. what is perturbed.
+        per_example: Normalise each row on its own.
 
     Returns:
         A tensor of the same shape and dtype.
     """
     ops = _math_for(gradient)
-    norm = ops.sqrt(ops.sum(ops.square(gradient)))
+    norm = _norm(gradient, ops, per_example)
     usable = ops.logical_and(ops.isfinite(norm), ops.greater(norm, 0))
     safe_norm = ops.where(usable, norm, ops.ones_like(norm))
     return ops.where(usable, gradient / safe_norm, ops.zeros_like(gradient))
 
 
-def project_to_ball(perturbation, radius):
+def project_to_ball(perturbation, radius, per_example=False):
     """Scales `perturbation` back onto the L2 ball of `radius` if it lies outside.
 
     Args:
         perturbation: A tensor.
-        radius: A positive float.
+        radius: A positive float (or a tensor broadcastable to the norms).
+        per_example: Project each row of a `[examples, features]` tensor
+            onto its own ball.
 
     Returns:
-        `perturbation` if its L2 norm is at most `radius`, else
+        `perturbation` where its L2 norm is at most `radius`, else
         `perturbation * radius / norm`.
     """
     ops = _math_for(perturbation)
-    norm = ops.sqrt(ops.sum(ops.square(perturbation)))
+    norm = _norm(perturbation, ops, per_example)
     outside = ops.greater(norm, radius)
     safe_norm = ops.where(outside, norm, ops.ones_like(norm))
     return ops.where(outside, perturbation * (radius / safe_norm), perturbation)
@@ -109,16 +123,46 @@ class FGM:
         """Number of gradient evaluations that build the perturbation."""
         return 1
 
-    def ascend(self, perturbation, gradient):
+    def ascend(self, perturbation, gradient, per_example=False):
         """Returns the perturbation after one ascent step.
 
         Args:
             perturbation: The current perturbation, or `None` before the
                 first step (FGM ignores it: it takes a single step from 0).
             gradient: Gradient of the loss at the current perturbation.
+            per_example: One norm per row (example) instead of one in all.
         """
         del perturbation
-        return self.epsilon * l2_normalize(gradient)
+        return self.epsilon * l2_normalize(gradient, per_example)
+
+
+@dataclasses.dataclass(frozen=True)
+class FGSM:
+    """Fast Gradient Sign Method: `r = epsilon * sign(g)` (Goodfellow et al. 2015).
+
+    Each entry moves by `epsilon` (an L-infinity step) along its gradient's
+    sign; an entry whose gradient is 0, or not finite, stays where it is.
+
+    Args:
+        epsilon: Positive float, the size of the step of every entry.
+    """
+
+    epsilon: float = 1.0
+
+    def __post_init__(self):
+        _check_positive_finite("epsilon", self.epsilon)
+
+    @property
+    def steps(self):
+        """Number of gradient evaluations that build the perturbation."""
+        return 1
+
+    def ascend(self, perturbation, gradient, per_example=False):
+        """Returns `epsilon * sign(gradient)` (entries, so per example or not alike)."""
+        del perturbation, per_example
+        ops = _math_for(gradient)
+        usable = ops.isfinite(gradient)
+        return self.epsilon * ops.where(usable, ops.sign(gradient), ops.zeros_like(gradient))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,20 +195,21 @@ class PGD:
         if self.steps < 1:
             raise ValueError(f"`steps` must be at least 1, got {self.steps}.")
 
-    def ascend(self, perturbation, gradient):
+    def ascend(self, perturbation, gradient, per_example=False):
         """Returns the perturbation after one projected ascent step.
 
         Args:
             perturbation: The current perturbation, or `None` for `r_0 = 0`.
             gradient: Gradient of the loss at the current perturbation.
+            per_example: Steps and balls per row (example), not in all.
         """
-        step = self.alpha * l2_normalize(gradient)
+        step = self.alpha * l2_normalize(gradient, per_example)
         if perturbation is not None:
             step = perturbation + step
-        return project_to_ball(step, self.epsilon)
+        return project_to_ball(step, self.epsilon, per_example)
 
 
-_METHODS = {"fgm": FGM, "pgd": PGD}
+_METHODS = {"fgm": FGM, "fgsm": FGSM, "pgd": PGD}
 DEFAULT_EPSILON = 1.0
 
 
@@ -172,14 +217,14 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
     """Builds the method object named by `method`.
 
     Args:
-        method: `"fgm"` or `"pgd"` (case-insensitive), or an `FGM`/`PGD`
-            instance, returned as is (its parameters live on it).
+        method: `"fgm"`, `"fgsm"` or `"pgd"` (case-insensitive), or a
+            method object, returned as is (its parameters live on it).
         epsilon: The perturbation's norm (FGM) or radius (PGD); None for 1.0.
         steps, alpha: PGD's number of steps and step length; None for 3 and
             0.3. FGM takes neither.
 
     Returns:
-        An `FGM` or `PGD` instance.
+        An `FGM`, `FGSM` or `PGD` instance.
 
     Raises:
         ValueError: For an unknown method name, a bad parameter, or one that
@@ -187,7 +232,7 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
         TypeError: For a parameter of the wrong type.
     """
     given = {k: v for k, v in dict(epsilon=epsilon, steps=steps, alpha=alpha).items() if v is not None}
-    if isinstance(method, (FGM, PGD)):
+    if isinstance(method, (FGM, FGSM, PGD)):
         if given:
             raise ValueError(
                 f"Got {', '.join(f'`{k}`' for k in given)} beside the method object "
@@ -199,15 +244,16 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
             f"Unknown method {method!r}. Expected one of {sorted(_METHODS)}."
         )
     epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
-    if method.lower() == "fgm":
+    if method.lower() in ("fgm", "fgsm"):
+        name = method.upper()
         pgd_only = [f"`{k}`" for k in ("steps", "alpha") if k in given]
         if pgd_only:
             raise ValueError(
                 f"{' and '.join(pgd_only)} {'is' if len(pgd_only) == 1 else 'are'} PGD's: "
-                f"FGM takes one step of length `epsilon`. Drop "
+                f"{name} takes one step of size `epsilon`. Drop "
                 f"{'it' if len(pgd_only) == 1 else 'them'}, or pass method='pgd'."
             )
-        return FGM(epsilon=epsilon)
+        return _METHODS[method.lower()](epsilon=epsilon)
     return PGD(
         epsilon=epsilon,
         alpha=0.3 if alpha is None else alpha,

@@ -162,3 +162,86 @@ class EquivalenceTests(TestCase):
         self.setup_method(None)
         plain = self._plain_step(LR)
         assert np.abs(fgm[0] - plain[0]).max() > 1e-3
+
+
+PER_EXAMPLE_CASES = [
+    ("fgm", dict(epsilon=0.7), "sum"),
+    ("fgm", dict(epsilon=0.7), "adversarial"),
+    ("pgd", dict(epsilon=0.7, alpha=0.3, steps=3), "sum"),
+    # alpha * steps > epsilon: each example's projection is active.
+    ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4), "adversarial"),
+    ("fgsm", dict(epsilon=0.05), "sum"),
+]
+
+
+class PerExampleClosedFormTests(TestCase):
+    """`per_example=True`: each example's embedded sequence gets its own
+    perturbation (Miyato et al.'s form), against tests/reference.py."""
+
+    @pytest.mark.parametrize("method,options,objective", PER_EXAMPLE_CASES)
+    def test_weights_after_one_step(self, method, options, objective):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=method, objective=objective, per_example=True, **options
+        )
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _, R = reference.per_example_adversarial_sgd_step(
+            before, x, y, LR, method, objective=objective, **options
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        if method != "fgsm":  # Signs may agree across examples.
+            # Per example, not per token: a token in two examples got two
+            # different perturbations, which the matrix mode cannot give.
+            token = np.intersect1d(x[0], x[1])[0]
+            first, second = R[0][x[0] == token][0], R[1][x[1] == token][0]
+            assert np.abs(first - second).max() > 1e-3
+        matrix, _, _ = reference.adversarial_sgd_step(before, x, y, LR, method, objective=objective, **options)
+        assert np.abs(matrix[0] - expected[0]).max() > 1e-4
+
+    @pytest.mark.parametrize("method", ["fgm", "pgd"])
+    def test_tiny_epsilon_is_a_plain_step(self, method):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        pgd_step = dict(alpha=1e-13) if method == "pgd" else {}
+        keras_adv.adversarial_training(
+            model, "emb", 1e-12, method=method, objective="adversarial", per_example=True, **pgd_step
+        )
+        x, y = batch()
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        adversarial = params_of(model)
+        self.setup_method(None)
+        plain = compile_sgd(linear_text_model(), lr=LR)
+        plain.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        for a, p in zip(adversarial, params_of(plain)):
+            self.assertAllClose(a, p, rtol=1e-6, atol=1e-7)
+
+    def test_pgd_with_one_step_of_epsilon_is_fgm(self):
+        results = []
+        for method, options in (("fgm", {}), ("pgd", dict(steps=1, alpha=0.7))):
+            self.setup_method(None)
+            model = compile_sgd(linear_text_model(), lr=LR)
+            keras_adv.adversarial_training(model, "emb", 0.7, method=method, per_example=True, **options)
+            model.fit(*batch(), batch_size=8, epochs=1, shuffle=False, verbose=0)
+            results.append(params_of(model))
+        for f, p in zip(*results):
+            self.assertAllClose(f, p, rtol=1e-6, atol=1e-7)
+
+
+class FgsmClosedFormTests(TestCase):
+    """FGSM on the touched rows of the matrix: `epsilon * sign(dE)`."""
+
+    def test_weights_after_one_step(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", 0.05, method="fgsm")
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _ = reference.adversarial_sgd_step(before, x, y, LR, "fgsm", 0.05, "sum")
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # Rows the batch does not touch have a zero gradient: unperturbed.
+        r = reference.fgsm_perturbation(before, x, y, 0.05)
+        untouched = np.setdiff1d(np.arange(len(r)), x)
+        assert len(untouched) and not r[untouched].any()

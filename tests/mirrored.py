@@ -34,6 +34,9 @@ CASES = [
     ("fgm", dict(epsilon=0.7), "adversarial"),
     ("pgd", dict(epsilon=0.7, alpha=0.3, steps=3), "sum"),
     ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4), "adversarial"),
+    ("fgm", dict(epsilon=0.7, per_example=True), "sum"),
+    ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4, per_example=True, relative_epsilon=True), "sum"),
+    ("fgsm", dict(epsilon=0.05), "adversarial"),
 ]
 
 

@@ -66,10 +66,12 @@ def perturbation(params, x, y, method, epsilon, alpha=None, steps=1, sample_weig
         unit = touched_rows_norm(E, x)
         epsilon, alpha = epsilon * unit, None if alpha is None else alpha * unit
     r = np.zeros_like(E)
-    for _ in range(1 if method == "fgm" else steps):
+    for _ in range(steps if method == "pgd" else 1):
         _, (g, _, _) = gradients([E + r, W, b], x, y, sample_weight)
         if method == "fgm":
             r = epsilon * l2_normalize(g)
+        elif method == "fgsm":
+            r = epsilon * np.sign(g)
         else:
             r = project(r + alpha * l2_normalize(g), epsilon)
     return r
@@ -95,3 +97,72 @@ def adversarial_sgd_step(
 def plain_sgd_step(params, x, y, lr, sample_weight=None):
     loss, grads = gradients(params, x, y, sample_weight)
     return [p - lr * g for p, g in zip(params, grads)], loss
+
+
+# Per example: each example's embedded sequence e_i = E[x_i] gets its own
+# perturbation R_i (T x d), normalised or projected over its own entries.
+
+
+def lookup_gradients(params, x, y, R=None):
+    """Returns (loss, [dE, dW, db], de) with the lookups read as `E[x] + R`;
+    `de` is the gradient w.r.t. the lookups' outputs (B x T x d)."""
+    E, W, b = params
+    batch, length = x.shape
+    e = E[x] + (0.0 if R is None else R)
+    pooled = e.mean(axis=1)
+    logits = pooled @ W + b
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    loss = -np.log(probs[np.arange(batch), y]).mean()
+    dlogits = probs.copy()
+    dlogits[np.arange(batch), y] -= 1.0
+    dlogits /= batch
+    dW, db = pooled.T @ dlogits, dlogits.sum(axis=0)
+    de = np.repeat((dlogits @ W.T)[:, None, :] / length, length, axis=1)
+    dE = np.zeros_like(E)
+    np.add.at(dE, x.reshape(-1), de.reshape(-1, E.shape[1]))
+    return loss, [dE, dW, db], de
+
+
+def _per_example_normalize(g):
+    flat = g.reshape(len(g), -1)
+    norms = np.sqrt((flat**2).sum(axis=1, keepdims=True))
+    usable = np.isfinite(norms) & (norms > 0)
+    return np.where(usable, flat / np.where(usable, norms, 1.0), 0.0).reshape(g.shape)
+
+
+def _per_example_project(r, radius):
+    flat = r.reshape(len(r), -1)
+    norms = np.sqrt((flat**2).sum(axis=1, keepdims=True))
+    return np.where(norms > radius, flat * radius / np.where(norms > radius, norms, 1.0), flat).reshape(r.shape)
+
+
+def per_example_perturbation(params, x, y, method, epsilon, alpha=None, steps=1):
+    """The final perturbation R (B x T x d) of each example's lookups."""
+    R = np.zeros(x.shape + (params[0].shape[1],))
+    for _ in range(steps if method == "pgd" else 1):
+        _, _, g = lookup_gradients(params, x, y, R)
+        if method == "fgm":
+            R = epsilon * _per_example_normalize(g)
+        elif method == "fgsm":
+            R = epsilon * np.sign(g)
+        else:
+            R = _per_example_project(R + alpha * _per_example_normalize(g), epsilon)
+    return R
+
+
+def per_example_adversarial_sgd_step(params, x, y, lr, method, epsilon, objective, alpha=None, steps=1):
+    """One per-example adversarial SGD step: (new params, clean loss, adversarial loss, R)."""
+    clean_loss, clean_grads, _ = lookup_gradients(params, x, y)
+    R = per_example_perturbation(params, x, y, method, epsilon, alpha, steps)
+    adversarial_loss, adversarial_grads, _ = lookup_gradients(params, x, y, R)
+    update = adversarial_grads if objective == "adversarial" else [
+        c + a for c, a in zip(clean_grads, adversarial_grads)
+    ]
+    return [p - lr * g for p, g in zip(params, update)], clean_loss, adversarial_loss, R
+
+
+def fgsm_perturbation(params, x, y, epsilon):
+    """FGSM on the touched rows of the matrix: epsilon * sign(dE)."""
+    _, (dE, _, _) = gradients(params, x, y)
+    return epsilon * np.sign(dE)

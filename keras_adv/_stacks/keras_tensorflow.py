@@ -90,7 +90,7 @@ class AdversarialTrainStep(AdversarialStep):
             return model.optimizer.scale_loss(loss), loss
 
         adversarial, grads, trainable = taped_adversarial_passes(
-            self, model, clean_forward, perturbed_forward
+            self, model, x, clean_forward, perturbed_forward
         )
         model.optimizer.apply_gradients(zip(grads, trainable))
 

@@ -45,12 +45,13 @@ class Lookups:
 
 @contextlib.contextmanager
 def tapped_lookups(layer, transform):
-    """Inside the block, this thread's lookups of `layer` return `transform(ids, outputs)`.
+    """Inside the block, this thread's lookups of `layer` return `transform(index, ids, outputs)`.
 
     Args:
         layer: The embedding layer.
-        transform: `(ids, outputs) -> outputs`, what a lookup returns instead
-            (the stack adds the perturbation, and watches it for a tape).
+        transform: `(index, ids, outputs) -> outputs`, what the `index`-th
+            lookup of the block returns instead (the stack adds the
+            perturbation, and watches it for a tape).
 
     Yields:
         The `Lookups` of the block, filled as the model runs.
@@ -87,7 +88,7 @@ def _wrap(layer):
                 if tap is None or not is_lookup(layer, ids, outputs):
                     return outputs
                 transform, lookups = tap
-                outputs = transform(ids, outputs)
+                outputs = transform(len(lookups.ids), ids, outputs)
                 lookups.ids.append(ids)
                 lookups.outputs.append(outputs)
                 return outputs

@@ -24,12 +24,16 @@ class Settings:
         method: A `keras_adv.FGM` or `keras_adv.PGD`.
         objective: `"sum"` or `"adversarial"`.
         relative_epsilon: Whether the method's lengths (epsilon, alpha) are
-            fractions of the L2 norm of the touched embedding rows.
+            fractions of the L2 norm of what is perturbed (the touched
+            embedding rows, or each example's embedded sequence).
+        per_example: Whether each example's embedded sequence gets its own
+            perturbation, instead of the touched rows of the matrix.
     """
 
     method: object
     objective: str = "sum"
     relative_epsilon: bool = False
+    per_example: bool = False
 
 Pass = collections.namedtuple("Pass", ["loss", "gradients", "lookups", "lookup_gradients"])
 Pass.__doc__ = """What one pass computed.
@@ -66,29 +70,29 @@ class AdversarialStep:
         return self.layer.embeddings.shape[1]
 
 
-def attack(step, touched, clean, perturbed_pass):
+def attack(step, space, clean, perturbed_pass):
     """Runs the method's perturbed passes; returns the last one's `Pass`.
 
-    With `relative_epsilon`, the method works in units of the norm of the
-    touched embedding rows, `n`, and each pass adds `n` times its
+    With `relative_epsilon`, the method works in units of the norm `n` of
+    what it perturbs (`space.unit()`), and each pass adds `n` times its
     perturbation: FGM's `r = epsilon * n * g / ||g||`, PGD's steps of
     `alpha * n` in the ball of radius `epsilon * n`.
 
     Args:
         step: The stack's `AdversarialStep`.
-        touched: The `TouchedRows` of the batch.
+        space: What the method perturbs, built from the clean pass: the
+            `TouchedRows` of the batch, or its `ExampleRows`.
         clean: The clean `Pass`.
         perturbed_pass: `(perturbation, last) -> Pass`.
     """
-    method = step.settings.method
-    if step.settings.relative_epsilon:
-        unit = touched.norm_of_rows(step.layer.embeddings)
+    method, relative = step.settings.method, step.settings.relative_epsilon
+    if relative:
+        unit = space.unit()
     perturbation, latest = None, clean
     for i in range(method.steps):
-        gradient = touched.rows(latest.lookups.ids, latest.lookup_gradients)
-        perturbation = method.ascend(perturbation, gradient)
-        applied = unit * perturbation if step.settings.relative_epsilon else perturbation
-        latest = perturbed_pass(applied, i == method.steps - 1)
+        gradient = space.rows(latest.lookups.ids, latest.lookup_gradients)
+        perturbation = method.ascend(perturbation, gradient, per_example=space.per_example)
+        latest = perturbed_pass(unit * perturbation if relative else perturbation, i == method.steps - 1)
     return latest
 
 

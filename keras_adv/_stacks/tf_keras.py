@@ -77,7 +77,7 @@ class AdversarialTrainStep(AdversarialStep):
             return _scaled(optimizer, loss), loss
 
         adversarial, grads, trainable = taped_adversarial_passes(
-            self, model, clean_forward, perturbed_forward
+            self, model, x, clean_forward, perturbed_forward
         )
         optimizer.apply_gradients(zip(_unscaled(optimizer, grads), trainable))
 

@@ -31,7 +31,7 @@ import tensorflow as tf
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import AdversarialStep, Pass, attack
-from keras_adv._stacks.tf_rows import TouchedRows
+from keras_adv._stacks.tf_rows import padding_masks, perturbation_space
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
 
@@ -184,13 +184,15 @@ class AdversarialTrainFunction(AdversarialStep):
                 f"embedding layer that the model's inputs go through."
             )
         clean = Pass(clean_loss, [], lookups, lookup_gradients)
-        touched = TouchedRows(lookups.ids, self.dim)
+        settings = self.settings
+        masks = padding_masks(self.layer, lookups.ids) if settings.per_example else None
+        space = perturbation_space(settings.per_example, lookups, self.layer, masks)
 
         perturbed_updates = []
 
         def perturbed_pass(perturbation, last):
-            def add_perturbation(ids, outputs):
-                return outputs + tf.cast(touched.at(ids, perturbation), outputs.dtype)
+            def add_perturbation(index, ids, outputs):
+                return outputs + tf.cast(space.at(index, ids, perturbation), outputs.dtype)
 
             additions = _CallAdditions(model)
             with tapped_lookups(self.layer, add_perturbation) as perturbed:
@@ -204,7 +206,7 @@ class AdversarialTrainFunction(AdversarialStep):
             gradients = None if last else tf.gradients(loss, perturbed.outputs)
             return Pass(loss, [], perturbed, gradients)
 
-        adversarial = attack(self, touched, clean, perturbed_pass)
+        adversarial = attack(self, space, clean, perturbed_pass)
         if self.settings.objective == "adversarial":
             return adversarial.loss, perturbed_updates
         return clean_loss + adversarial.loss, perturbed_updates

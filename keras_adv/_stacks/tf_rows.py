@@ -1,4 +1,11 @@
-"""The embedding rows that a batch touches, in TensorFlow, on one replica or many.
+"""What the methods perturb, in TensorFlow: the embedding rows that a batch
+touches (on one replica or many), or each example's embedded sequence.
+
+Both spaces hand the method a 2-D gradient (`rows`) and give each lookup its
+part of the method's perturbation back (`at`), shaped like the lookup's
+output; `unit()` is the size that a relative epsilon is a fraction of.
+
+Touched rows (`TouchedRows`, the default):
 
 The methods perturb the embedding matrix, and the gradient of the matrix is the
 gradient w.r.t. the lookups' outputs summed per token id: each token's row is
@@ -18,7 +25,7 @@ the step gives the single-device result for the same global batch.
 
 import tensorflow as tf
 
-__all__ = ["TouchedRows", "add_gradients"]
+__all__ = ["TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", "add_gradients"]
 
 
 def _flat_ids(ids_list):
@@ -32,6 +39,21 @@ def _flat_rows(tensors, dim):
     return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1, dim]) for t in tensors], axis=0)
 
 
+def perturbation_space(per_example, lookups, layer, masks=None):
+    """The `ExampleRows` (per example) or `TouchedRows` of the clean pass's `lookups`."""
+    if per_example:
+        return ExampleRows(lookups, layer, masks)
+    return TouchedRows(lookups, layer)
+
+
+def _float_rows(matrix, ids):
+    if not isinstance(matrix, tf.Variable):
+        matrix = matrix.value  # A Keras 3 variable wraps the tf.Variable.
+    # A read of the whole matrix, then a gather, as a Keras 3 lookup does:
+    # a sparse read would switch the variable to copy-on-read mode.
+    return tf.cast(tf.gather(matrix.value(), ids), tf.float32)
+
+
 class TouchedRows:
     """The rows of the matrix that the batch's lookups touch.
 
@@ -39,17 +61,20 @@ class TouchedRows:
     looks up the same tokens, and each lookup finds its token's row by id.
 
     Args:
-        ids_list: The token-id tensor of each lookup of the clean pass.
-        dim: The embedding dimension d.
+        lookups: The `Lookups` of the clean pass.
+        layer: The embedding layer.
     """
 
-    def __init__(self, ids_list, dim):
-        self.dim = dim
+    per_example = False
+
+    def __init__(self, lookups, layer):
+        self.layer = layer
+        self.dim = layer.embeddings.shape[1]
         self.replica = tf.distribute.get_replica_context()
         distributed = self.replica is not None and self.replica.num_replicas_in_sync > 1
         if not distributed:
             self.replica = None
-        ids = _flat_ids(ids_list)
+        ids = _flat_ids(lookups.ids)
         if self.replica is not None:
             ids = self.replica.all_gather(ids, axis=0)
         self.num_rows = tf.shape(ids)[0]
@@ -61,14 +86,10 @@ class TouchedRows:
         # The row of each sorted occurrence: tokens numbered in id order.
         self._row_in_sorted_order = tf.cumsum(tf.cast(self._first_of_token, tf.int32)) - 1
 
-    def norm_of_rows(self, matrix):
-        """The L2 norm of the touched rows of `matrix` (each token once), a
+    def unit(self):
+        """The L2 norm of the touched rows of the matrix (each token once), a
         constant of the step: the unit of a relative epsilon."""
-        if not isinstance(matrix, tf.Variable):
-            matrix = matrix.value  # A Keras 3 variable wraps the tf.Variable.
-        # A read of the whole matrix, then a gather, as a Keras 3 lookup does:
-        # a sparse read would switch the variable to copy-on-read mode.
-        rows = tf.cast(tf.gather(matrix.value(), self._sorted_ids), tf.float32)
+        rows = _float_rows(self.layer.embeddings, self._sorted_ids)
         squares = tf.where(self._first_of_token, tf.reduce_sum(tf.square(rows), axis=1), 0.0)
         return tf.stop_gradient(tf.sqrt(tf.reduce_sum(squares)))
 
@@ -97,18 +118,107 @@ class TouchedRows:
             summed = self.replica.all_reduce(tf.distribute.ReduceOp.SUM, summed)
         return summed
 
-    def at(self, ids, rows):
-        """Each id's row of `rows` (zeros for an untouched token), shaped `ids.shape + [d]`.
+    def at(self, index, ids, rows):
+        """Each id's row of `rows` (zeros for an untouched token), shaped
+        `ids.shape + [d]`: the perturbation of lookup `index`.
 
         The rows are a constant of the pass that adds them: the update
         differentiates the loss at `E + r`, not how `r` came from the
         weights (a TF1 graph's `tf.gradients` would follow it otherwise).
         """
+        del index  # Every lookup finds its rows by id.
         rows = tf.stop_gradient(rows)
         flat = tf.reshape(tf.cast(ids, tf.int32), [-1])
         row, touched = self._row_of(flat)
         values = tf.where(touched[:, None], tf.gather(rows, row), tf.zeros_like(rows[:1]))
         return tf.reshape(values, tf.concat([tf.shape(ids), [self.dim]], axis=0))
+
+
+class ExampleRows:
+    """Each example's embedded sequence, one row per example (`per_example=True`).
+
+    Example i's row holds its lookups' outputs at its non-padding positions,
+    flattened and concatenated: the methods then take one norm (or ball) per
+    example, and padding gets no perturbation and counts in no norm. Every
+    later pass makes the same lookups in the same order, so lookup `index`
+    gets the same part of each row. Nothing crosses replicas: each example's
+    norm is its own.
+
+    Args:
+        lookups: The `Lookups` of the clean pass.
+        layer: The embedding layer.
+        masks: For each lookup, its non-padding positions (bool, the shape of
+            its ids), or None where every position counts
+            (`padding_masks`).
+    """
+
+    per_example = True
+
+    def __init__(self, lookups, layer, masks=None):
+        self.dim = layer.embeddings.shape[1]
+        masks = masks or [None] * len(lookups.ids)
+        self.masks = [
+            tf.ones(tf.shape(ids), tf.float32) if mask is None else tf.cast(mask, tf.float32)
+            for ids, mask in zip(lookups.ids, masks)
+        ]
+        self.shapes = [tf.shape(outputs) for outputs in lookups.outputs]
+        self.widths = [tf.reduce_prod(shape[1:]) for shape in self.shapes]
+        self._clean = lookups.outputs
+
+    def _flat(self, tensors):
+        """`[B, sum of each lookup's T x d]`: the masked tensors, example by example."""
+        parts = [
+            tf.reshape(tf.cast(t, tf.float32) * mask[..., None], [shape[0], width])
+            for t, mask, shape, width in zip(tensors, self.masks, self.shapes, self.widths)
+        ]
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+    def unit(self):
+        """Each example's `||e_i||` over its non-padding positions, `[B, 1]`:
+        the unit of a relative epsilon, a constant of the step."""
+        clean = self._flat(self._clean)
+        return tf.stop_gradient(tf.sqrt(tf.reduce_sum(tf.square(clean), axis=1, keepdims=True)))
+
+    def rows(self, ids_list, gradients):
+        """The gradient of each example's embedded sequence, `[B, M]`, float32."""
+        del ids_list
+        return self._flat(gradients)
+
+    def at(self, index, ids, rows):
+        """Lookup `index`'s part of each example's row, shaped as its output."""
+        del ids
+        rows = tf.stop_gradient(rows)
+        if len(self.widths) > 1:
+            rows = tf.split(rows, tf.stack(self.widths), axis=1)[index]
+        return tf.reshape(rows, self.shapes[index]) * self.masks[index][..., None]
+
+
+def padding_masks(layer, ids_list, inputs=None):
+    """The non-padding positions of each lookup, or None where every position counts.
+
+    - A layer that masks token 0 (`mask_zero=True`), and bert4keras's
+      embeddings (its models pad with token 0): `ids != 0`.
+    - A KerasHub model's `padding_mask` input, where it has the ids' shape.
+    - Otherwise every position counts.
+
+    Args:
+        layer: The embedding layer.
+        ids_list: The ids of each lookup.
+        inputs: The model's inputs of the batch (a dict for KerasHub models).
+    """
+    pads_with_zero = getattr(layer, "mask_zero", False) or any(
+        cls.__module__.startswith("bert4keras.") for cls in type(layer).__mro__
+    )
+    padding_mask = inputs.get("padding_mask") if isinstance(inputs, dict) else None
+    masks = []
+    for ids in ids_list:
+        if pads_with_zero:
+            masks.append(tf.not_equal(tf.cast(ids, tf.int32), 0))
+        elif padding_mask is not None and padding_mask.shape.rank == ids.shape.rank:
+            masks.append(tf.cast(padding_mask, tf.bool))
+        else:
+            masks.append(None)
+    return masks
 
 
 def add_gradients(a, b):

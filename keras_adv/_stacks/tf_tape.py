@@ -8,19 +8,20 @@ import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import Pass, attack, update_gradients
-from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
+from keras_adv._stacks.tf_rows import add_gradients, padding_masks, perturbation_space
 
 __all__ = ["taped_adversarial_passes", "taped_pass", "no_lookup_gradient_error"]
 
 
-def taped_adversarial_passes(step, model, clean_forward, perturbed_forward):
+def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward):
     """Runs the clean pass and the method's perturbed passes (`passes.py`).
 
     Args:
-        step: The stack's `AdversarialStep` (layer, method, objective).
+        step: The stack's `AdversarialStep` (layer, settings).
         model: The model; its trainable variables are read after the clean
             pass, which builds a model that is not built yet (as Keras's own
             step does).
+        inputs: The batch's inputs (where a per-example mask may come from).
         clean_forward, perturbed_forward: `() -> (loss to differentiate,
             loss to report)` of the clean and of a perturbed pass.
 
@@ -31,19 +32,20 @@ def taped_adversarial_passes(step, model, clean_forward, perturbed_forward):
     def trainable():
         return list(model.trainable_variables)
 
-    objective = step.settings.objective
-    clean = taped_pass(step.layer, clean_forward, trainable if objective == "sum" else None)
-    touched = TouchedRows(clean.lookups.ids, step.dim)
+    settings = step.settings
+    clean = taped_pass(step.layer, clean_forward, trainable if settings.objective == "sum" else None)
+    masks = padding_masks(step.layer, clean.lookups.ids, inputs) if settings.per_example else None
+    space = perturbation_space(settings.per_example, clean.lookups, step.layer, masks)
 
     def perturbed_pass(perturbation, last):
         return taped_pass(
             step.layer, perturbed_forward, trainable if last else None,
-            perturbation_at=lambda ids: touched.at(ids, perturbation),
+            perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
             lookup_gradients=not last,
         )
 
-    adversarial = attack(step, touched, clean, perturbed_pass)
-    grads = update_gradients(objective, clean.gradients, adversarial.gradients, add_gradients)
+    adversarial = attack(step, space, clean, perturbed_pass)
+    grads = update_gradients(settings.objective, clean.gradients, adversarial.gradients, add_gradients)
     return adversarial, grads, trainable()
 
 
@@ -57,8 +59,8 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
         weights: `() -> variables` whose gradients the pass needs, read after
             `forward()`; None for none (the tape then records only what
             depends on the lookups).
-        perturbation_at: `ids -> perturbation` added to each lookup's output,
-            or None for the clean pass.
+        perturbation_at: `(index, ids) -> perturbation` added to the output
+            of the pass's `index`-th lookup, or None for the clean pass.
         lookup_gradients: Whether to differentiate the lookups' outputs.
 
     Returns:
@@ -66,9 +68,9 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
     """
     with tf.GradientTape(watch_accessed_variables=weights is not None) as tape:
 
-        def transform(ids, outputs):
+        def transform(index, ids, outputs):
             if perturbation_at is not None:
-                outputs = outputs + tf.cast(perturbation_at(ids), outputs.dtype)
+                outputs = outputs + tf.cast(perturbation_at(index, ids), outputs.dtype)
             tape.watch(outputs)
             return outputs
 

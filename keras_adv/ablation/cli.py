@@ -34,10 +34,12 @@ def _parser():
     ablation.add_argument("--label-column", help="label column of --data (default 'label')")
     ablation.add_argument("--task-config", help="YAML file with any of these settings and a list of methods")
     ablation.add_argument("--model", help="char-cnn (default), kerashub-bert or bert4keras-bert")
-    ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm pgd (default all three)")
+    ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm fgsm pgd (default plain fgm pgd)")
     ablation.add_argument("--epsilon", type=float, help="epsilon of the adversarial methods (default 1.0)")
     ablation.add_argument("--relative-epsilon", action="store_true", default=None,
                           help="epsilon (and PGD's alpha) as fractions of the norm of the touched embedding rows")
+    ablation.add_argument("--per-example", action="store_true", default=None,
+                          help="perturb each example's embedded sequence instead of the shared matrix rows")
     ablation.add_argument("--objective", help="sum (default) or adversarial")
     ablation.add_argument("--steps", type=int, help="PGD steps (default 3)")
     ablation.add_argument("--alpha", type=float, help="PGD step length (default 0.3)")
@@ -58,7 +60,8 @@ def _config(args):
     settings = {**(QUICK if args.quick else {}), **{k: v for k, v in settings.items() if v is not None}}
     method_options = {
         k: v for k, v in dict(epsilon=args.epsilon, objective=args.objective, steps=args.steps,
-                              alpha=args.alpha, relative_epsilon=args.relative_epsilon).items()
+                              alpha=args.alpha, relative_epsilon=args.relative_epsilon,
+                              per_example=args.per_example).items()
         if v is not None
     }
     if args.methods or method_options:

@@ -22,20 +22,24 @@ QUICK = dict(seeds=2, epochs=1, train_limit=1500, eval_limit=400, attack_epsilon
 class MethodSpec:
     """One row of the table: plain training, or one adversarial setting."""
 
-    name: str  # "plain", "fgm" or "pgd"
+    name: str  # "plain", "fgm", "fgsm" or "pgd"
     epsilon: float = 1.0
     objective: str = "sum"
     steps: int = 3
     alpha: float = 0.3
     relative_epsilon: bool = False
+    per_example: bool = False
 
     def __post_init__(self):
-        if self.name not in ("plain", "fgm", "pgd"):
-            raise ValueError(f"Unknown method {self.name!r}. Expected one of ['plain', 'fgm', 'pgd'].")
+        if self.name not in ("plain", "fgm", "fgsm", "pgd"):
+            raise ValueError(
+                f"Unknown method {self.name!r}. Expected one of ['plain', 'fgm', 'fgsm', 'pgd']."
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}. Expected one of {list(OBJECTIVES)}.")
-        if not isinstance(self.relative_epsilon, bool):
-            raise ValueError(f"`relative_epsilon` must be true or false, got {self.relative_epsilon!r}.")
+        for flag in ("relative_epsilon", "per_example"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"`{flag}` must be true or false, got {getattr(self, flag)!r}.")
         if self.name != "plain":
             get_method(self.name, **self._method_parameters())
 
@@ -49,14 +53,16 @@ class MethodSpec:
             text += f" K={self.steps} alpha={self.alpha:g}"
         if self.relative_epsilon:
             text += " (relative)"
+        if self.per_example:
+            text += " (per example)"
         if self.objective != "sum":
             text += f" ({self.objective})"
         return text
 
     def options(self):
         """Keyword arguments of `keras_adv.adversarial_training`."""
-        return dict(method=self.name, objective=self.objective,
-                    relative_epsilon=self.relative_epsilon, **self._method_parameters())
+        return dict(method=self.name, objective=self.objective, relative_epsilon=self.relative_epsilon,
+                    per_example=self.per_example, **self._method_parameters())
 
     def _method_parameters(self):
         if self.name == "pgd":

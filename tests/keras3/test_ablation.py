@@ -150,18 +150,23 @@ class TestConfig:
             "plain", "fgm eps=0.5", "pgd eps=1 K=2 alpha=0.4 (adversarial)", "fgm eps=0.1 (relative)"
         ]
         assert config.methods[2].options() == dict(
-            epsilon=1.0, method="pgd", steps=2, alpha=0.4, objective="adversarial", relative_epsilon=False
+            epsilon=1.0, method="pgd", steps=2, alpha=0.4, objective="adversarial",
+            relative_epsilon=False, per_example=False,
         )
         # FGM gets no PGD parameters (keras_adv refuses them).
         assert config.methods[3].options() == dict(
-            epsilon=0.1, method="fgm", objective="sum", relative_epsilon=True
+            epsilon=0.1, method="fgm", objective="sum", relative_epsilon=True, per_example=False
         )
 
-    def test_relative_epsilon_from_the_command_line(self):
+    def test_new_options_from_the_command_line(self):
         config = cli._config(cli._parser().parse_args(
-            ["ablation", "--methods", "plain", "fgm", "pgd", "--epsilon", "0.1", "--relative-epsilon"]
+            ["ablation", "--methods", "plain", "fgm", "fgsm", "pgd", "--epsilon", "0.1",
+             "--relative-epsilon", "--per-example"]
         ))
-        assert [m.relative_epsilon for m in config.methods] == [False, True, True]
+        assert [m.label for m in config.methods] == [
+            "plain", "fgm eps=0.1 (relative) (per example)", "fgsm eps=0.1 (relative) (per example)",
+            "pgd eps=0.1 K=3 alpha=0.3 (relative) (per example)",
+        ]
 
     def test_quick_is_small_but_stated_settings_win(self):
         quick = cli._config(cli._parser().parse_args(["ablation", "--quick", "--seeds", "3"]))
@@ -173,7 +178,7 @@ class TestCommandLineErrors:
         "argv,words",
         [
             (["--data", "missing.csv"], "Data file not found: 'missing.csv'"),
-            (["--methods", "plain", "fgsm"], "Unknown method 'fgsm'"),
+            (["--methods", "plain", "fgx"], "Unknown method 'fgx'"),
             (["--epsilon", "0"], "epsilon"),
             (["--epsilon", "-1"], "epsilon"),
             (["--model", "gpt"], "Unknown model 'gpt'"),

@@ -1,6 +1,8 @@
 """The closed-form checks (tests/closed_form.py) on Keras 3 with TensorFlow."""
 
-from tests.closed_form import EquivalenceTests, OneStepClosedFormTests
+from tests.closed_form import (
+    EquivalenceTests, FgsmClosedFormTests, OneStepClosedFormTests, PerExampleClosedFormTests,
+)
 
 
 class TestOneStepClosedForm(OneStepClosedFormTests):
@@ -8,4 +10,12 @@ class TestOneStepClosedForm(OneStepClosedFormTests):
 
 
 class TestEquivalences(EquivalenceTests):
+    pass
+
+
+class TestPerExampleClosedForm(PerExampleClosedFormTests):
+    pass
+
+
+class TestFgsmClosedForm(FgsmClosedFormTests):
     pass

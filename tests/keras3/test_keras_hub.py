@@ -45,9 +45,12 @@ class TestBertTextClassifier(TestCase):
             dict(method="fgm", objective="adversarial"),
             dict(method="pgd", objective="sum"),
             dict(method="pgd", objective="adversarial"),
+            dict(method="fgm", per_example=True),
+            dict(method="pgd", per_example=True, relative_epsilon=True, epsilon=0.1, alpha=0.04),
+            dict(method="fgsm", epsilon=0.01),
         ],
     )
-    def test_trains_with_fgm_and_pgd(self, options):
+    def test_trains_with_each_method(self, options):
         classifier = _classifier()
         classifier.compile(
             optimizer=keras.optimizers.Adam(1e-3),
@@ -56,7 +59,7 @@ class TestBertTextClassifier(TestCase):
         weights = [v.path for v in classifier.weights]
         token_embedding = classifier.backbone.token_embedding.embeddings
         before = keras.ops.convert_to_numpy(token_embedding)
-        keras_adv.adversarial_training(classifier, "token_embedding", 0.5, **options)
+        keras_adv.adversarial_training(classifier, "token_embedding", **{"epsilon": 0.5, **options})
         x, y = _data()
         history = classifier.fit(x, y, batch_size=8, epochs=1, verbose=0).history
         # One step, no dropout: the perturbation goes up the loss.
@@ -68,3 +71,30 @@ class TestBertTextClassifier(TestCase):
         assert np.abs(after[used] - before[used]).min() > 0  # Adam moved every used row...
         np.testing.assert_array_equal(after[unused], before[unused])  # ...and nothing else.
         assert [v.path for v in classifier.weights] == weights
+
+
+class TestPerExamplePadding(TestCase):
+    def test_padding_positions_get_no_perturbation_and_count_in_no_norm(self):
+        # The model reads its `padding_mask` input; keras_adv reads it too.
+        classifier = _classifier()
+        classifier.compile(
+            optimizer=keras.optimizers.SGD(0.0),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        x, y = _data()
+        x["padding_mask"][:, 10:] = 0
+        padded = dict(x, token_ids=x["token_ids"].copy())
+        padded["token_ids"][:, 10:] = 0
+        results = []
+        for data in (x, padded):  # Different tokens at the padding positions.
+            self.setup_method(None)
+            model = _classifier()
+            model.set_weights(classifier.get_weights())
+            model.compile(optimizer=keras.optimizers.SGD(0.0),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            keras_adv.adversarial_training(model, "token_embedding", 0.5, per_example=True)
+            results.append(model.fit(data, y, batch_size=8, verbose=0).history)
+        # What sits under the padding changes neither the loss nor the
+        # perturbation of the real positions (attention masks the padding).
+        self.assertAllClose(results[0]["adversarial_loss"], results[1]["adversarial_loss"], rtol=1e-5)
+        assert results[0]["adversarial_loss"][0] > results[0]["loss"][0]

@@ -7,9 +7,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.tf_rows import TouchedRows, add_gradients
+from keras_adv._stacks.lookup import Lookups, tapped_lookups
+from keras_adv._stacks.tf_rows import ExampleRows, TouchedRows, add_gradients, padding_masks
 from tests.testing import TestCase
+
+
+def _embedding(vocab, dim):
+    layer = keras.layers.Embedding(vocab, dim)
+    layer.build((None,))
+    return layer
+
+
+def _lookups(*ids_list):
+    lookups = Lookups()
+    lookups.ids.extend(ids_list)
+    return lookups
 
 
 class TestTouchedRows(TestCase):
@@ -23,11 +35,13 @@ class TestTouchedRows(TestCase):
         for i, g in zip(ids, grads):
             np.add.at(dense, i.reshape(-1), g.reshape(-1, 2))
 
+        layer = _embedding(vocab=9, dim=2)
+
         @tf.function(jit_compile=jit)
         def rows_and_lookups(ids_a, ids_b, grad_a, grad_b, probe):
-            touched = TouchedRows([ids_a, ids_b], 2)
+            touched = TouchedRows(_lookups(ids_a, ids_b), layer)
             rows = touched.rows([ids_a, ids_b], [grad_a, grad_b])
-            return rows, touched.at(ids_a, rows), touched.at(probe, rows)
+            return rows, touched.at(0, ids_a, rows), touched.at(1, probe, rows)
 
         probe = np.array([[8, 5, 3]], "int32")  # 8 is not in the batch.
         rows, at_a, at_probe = rows_and_lookups(*ids, *grads, probe)
@@ -39,9 +53,16 @@ class TestTouchedRows(TestCase):
 
     def test_float_ids_as_bert4keras_feeds_them(self):
         ids = tf.constant([[3.0, 1.0, 3.0]])
-        touched = TouchedRows([ids], 1)
+        touched = TouchedRows(_lookups(ids), _embedding(vocab=5, dim=1))
         rows = touched.rows([ids], [tf.constant([[[1.0], [2.0], [4.0]]])])
-        self.assertAllClose(touched.at(ids, rows), [[[5.0], [2.0], [5.0]]])
+        self.assertAllClose(touched.at(0, ids, rows), [[[5.0], [2.0], [5.0]]])
+
+    def test_unit_is_the_norm_of_the_touched_rows_each_once(self):
+        layer = _embedding(vocab=6, dim=2)
+        ids = tf.constant([[1, 4, 1], [4, 4, 5]])
+        E = layer.embeddings.numpy().astype("float64")
+        expected = np.sqrt(np.sum(E[[1, 4, 5]] ** 2))
+        self.assertAllClose(TouchedRows(_lookups(ids), layer).unit(), expected, rtol=1e-6)
 
     def test_add_gradients_keeps_slices_sparse(self):
         a = tf.IndexedSlices(tf.ones([2, 3]), tf.constant([0, 2]), tf.constant([4, 3]))
@@ -50,6 +71,27 @@ class TestTouchedRows(TestCase):
         assert isinstance(total, tf.IndexedSlices)
         self.assertAllClose(tf.convert_to_tensor(total), [[1] * 3, [0] * 3, [3] * 3, [0] * 3])
         assert add_gradients(None, b) is b
+
+
+class TestExampleRows(TestCase):
+    def test_padding_gets_no_perturbation_and_counts_in_no_norm(self):
+        layer = keras.layers.Embedding(10, 2, mask_zero=True)
+        layer.build((None,))
+        ids = tf.constant([[3, 4, 0], [5, 0, 0]])
+        (mask,) = padding_masks(layer, [ids])
+        outputs = tf.ones([2, 3, 2])
+        lookups = Lookups()
+        lookups.ids.append(ids)
+        lookups.outputs.append(outputs)
+        rows = ExampleRows(lookups, layer, [mask])
+        gradient = tf.constant(np.arange(12, dtype="float32").reshape(2, 3, 2) + 1)
+        flat = rows.rows([ids], [gradient])
+        # Example 0 keeps positions 0 and 1, example 1 position 0.
+        self.assertAllClose(flat, [[1, 2, 3, 4, 0, 0], [7, 8, 0, 0, 0, 0]])
+        back = rows.at(0, ids, flat)
+        self.assertAllClose(back, gradient.numpy() * mask.numpy()[..., None])
+        # The relative unit: each example's clean vectors at its real positions.
+        self.assertAllClose(rows.unit(), [[2.0], [np.sqrt(2.0)]])
 
 
 class TestTappedLookups(TestCase):
@@ -61,7 +103,7 @@ class TestTappedLookups(TestCase):
     def test_lookups_return_what_the_transform_gives_and_are_recorded(self):
         layer = self._layer()
         ids = np.array([[1, 2]], "int32")
-        with tapped_lookups(layer, lambda i, out: out + 1.0) as lookups:
+        with tapped_lookups(layer, lambda k, i, out: out + 1.0) as lookups:
             inside = layer(ids)
         self.assertBitEqual(inside, layer.embeddings.numpy()[ids] + np.float32(1.0))
         assert len(lookups.ids) == 1 and lookups.outputs[0] is inside
@@ -75,7 +117,7 @@ class TestTappedLookups(TestCase):
         layer = keras_hub.layers.ReversibleEmbedding(10, 3)
         layer.build((None,))
         vectors = np.ones((1, 2, 3), "float32")
-        with tapped_lookups(layer, lambda i, out: out * 0.0) as lookups:
+        with tapped_lookups(layer, lambda k, i, out: out * 0.0) as lookups:
             logits = layer(vectors, reverse=True)
         self.assertBitEqual(logits, layer(vectors, reverse=True))
         assert lookups.ids == []
@@ -83,7 +125,7 @@ class TestTappedLookups(TestCase):
     def test_the_layer_is_restored_when_the_block_raises(self):
         layer = self._layer()
         with pytest.raises(RuntimeError, match="boom"):
-            with tapped_lookups(layer, lambda i, out: out * 0.0):
+            with tapped_lookups(layer, lambda k, i, out: out * 0.0):
                 raise RuntimeError("boom")
         assert "call" not in vars(layer)
 
@@ -95,7 +137,7 @@ class TestTappedLookups(TestCase):
         started, finish, seen = threading.Event(), threading.Event(), {}
 
         def other_thread():
-            with tapped_lookups(layer, lambda i, out: out + 2.0):
+            with tapped_lookups(layer, lambda k, i, out: out + 2.0):
                 started.set()
                 finish.wait(10)
                 seen["other"] = layer(ids).numpy()
@@ -104,7 +146,7 @@ class TestTappedLookups(TestCase):
         thread.start()
         started.wait(10)
         seen["untapped"] = layer(ids).numpy()
-        with tapped_lookups(layer, lambda i, out: out + 1.0):
+        with tapped_lookups(layer, lambda k, i, out: out + 1.0):
             seen["mine"] = layer(ids).numpy()
         finish.set()
         thread.join(10)

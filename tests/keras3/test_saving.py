@@ -9,14 +9,26 @@ from tests.models import batch, compile_sgd, linear_text_model
 from tests.testing import TestCase
 
 
+import pytest
+
+MODES = [dict(method="pgd"), dict(method="fgm", per_example=True)]
+
+
+@pytest.mark.parametrize("options", MODES, ids=["matrix", "per example"])
 class TestSaveAndExport(TestCase):
+    @pytest.fixture(autouse=True)
+    def _options(self, options):
+        self.options = options
+
     def _trained(self):
         model = compile_sgd(linear_text_model(), lr=0.3)
-        keras_adv.adversarial_training(model, "emb", 0.5, method="pgd")
+        config = model.get_config()
+        keras_adv.adversarial_training(model, "emb", 0.5, **self.options)
         model.fit(*batch(size=16), batch_size=4, epochs=2, verbose=0)
+        assert model.get_config() == config  # Its config is its own.
         return model
 
-    def test_keras_file_round_trip(self, tmp_path):
+    def test_keras_file_round_trip(self, tmp_path, options):
         model = self._trained()
         path = str(tmp_path / "model.keras")
         model.save(path)
@@ -30,7 +42,7 @@ class TestSaveAndExport(TestCase):
         history = restored.fit(*batch(size=8), verbose=0)
         assert "adversarial_loss" not in history.history
 
-    def test_saved_model_export_serves_the_same_predictions(self, tmp_path):
+    def test_saved_model_export_serves_the_same_predictions(self, tmp_path, options):
         model = self._trained()
         path = str(tmp_path / "export")
         model.export(path)
@@ -42,7 +54,7 @@ class TestSaveAndExport(TestCase):
         (output,) = signature(tf.constant(x)).values()
         np.testing.assert_array_equal(output.numpy(), expected)
 
-    def test_weights_file_round_trip_into_a_plain_model(self, tmp_path):
+    def test_weights_file_round_trip_into_a_plain_model(self, tmp_path, options):
         model = self._trained()
         path = str(tmp_path / "model.weights.h5")
         model.save_weights(path)

@@ -208,3 +208,15 @@ class TestLossLayerModelEager(TestCase):
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         history = model.fit(x, None, batch_size=4, epochs=3, verbose=0).history
         assert history["loss"][-1] < history["loss"][0]
+
+    def test_per_example_on_the_tied_mlm_model_trains(self):
+        # Only the lookups are perturbed; the tied MLM projection reads E.
+        x = seq2seq_batch(size=8)
+        model = tiny_unilm()
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        keras_adv.adversarial_training(
+            model, "Embedding-Token", 0.1, method="pgd", alpha=0.04, per_example=True, relative_epsilon=True
+        )
+        history = model.fit(x, None, batch_size=4, epochs=3, verbose=0).history
+        assert history["adversarial_loss"][0] > history["loss"][0]
+        assert history["loss"][-1] < history["loss"][0]
