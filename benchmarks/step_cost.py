@@ -6,7 +6,8 @@
 Per stack (Keras 3 on TensorFlow; tf-keras eager with a bert4keras model), in
 one process per stack and interleaved step by step, it times the median of
 `--steps` steps of: the plain step, a pass computing only the embedding
-gradient, FGM and PGD-3 with both objectives, and the published Keras recipe
+gradient, FGM and PGD-3 with both objectives, FGM per example (both
+objectives), FGSM, and the published Keras recipe
 twice: as published (dense gradient copied to the host, the matrix copied
 through numpy to add and subtract the perturbation; timed after the others,
 whose timings its host copies would disturb) and densely in the graph (no
@@ -85,7 +86,8 @@ CLEAN_GRADIENTS = "clean gradients"
 # The two measures of peak memory (see `_live_tensor_peaks`, `_allocator_peaks`).
 LIVE, ALLOCATOR = "live tensors", "allocator"
 # keras_adv's methods, each named "<method> <objective>".
-METHODS = ["fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial"]
+METHODS = ["fgm sum", "fgm adversarial", "pgd3 sum", "pgd3 adversarial",
+           "fgm sum per-example", "fgm adversarial per-example", "fgsm sum"]
 VARIANTS = ["plain", "embedding gradient", *METHODS, RECIPE_HOST, RECIPE_GRAPH]
 # What the large-vocabulary model runs: the cost that must not grow with V.
 LARGE_VOCABULARY_VARIANTS = ["plain", "embedding gradient", "fgm sum", RECIPE_HOST]
@@ -112,6 +114,9 @@ def floors(times):
         "fgm adversarial": (embgrad + plain) / plain,
         "pgd3 sum": (plain + 2 * embgrad + plain) / plain,
         "pgd3 adversarial": (3 * embgrad + plain) / plain,
+        "fgm sum per-example": 2.0,
+        "fgm adversarial per-example": (embgrad + plain) / plain,
+        "fgsm sum": 2.0,
     }
 
 
@@ -218,9 +223,11 @@ def _step_functions(stack, model, embedding_name, data, names, strategy=None):
         variable.assign(variable.numpy() - delta)
         return logs
 
-    def adversarial(method, objective):
+    def adversarial(method, objective, per_example=False):
         pgd = dict(steps=3, alpha=0.4) if method == "pgd" else {}
-        settings = Settings(keras_adv.methods.get_method(method, epsilon=EPSILON, **pgd), objective)
+        epsilon = 0.01 if method == "fgsm" else EPSILON  # Per entry, not per batch.
+        method = keras_adv.methods.get_method(method, epsilon=epsilon, **pgd)
+        settings = Settings(method, objective, per_example=per_example)
         step = AdversarialTrainStep(layer, settings, model.distribute_strategy)
         return lambda data: step(model, data)
 
@@ -231,6 +238,9 @@ def _step_functions(stack, model, embedding_name, data, names, strategy=None):
         "fgm adversarial": lambda: adversarial("fgm", "adversarial"),
         "pgd3 sum": lambda: adversarial("pgd", "sum"),
         "pgd3 adversarial": lambda: adversarial("pgd", "adversarial"),
+        "fgm sum per-example": lambda: adversarial("fgm", "sum", per_example=True),
+        "fgm adversarial per-example": lambda: adversarial("fgm", "adversarial", per_example=True),
+        "fgsm sum": lambda: adversarial("fgsm", "sum"),
         RECIPE_GRAPH: lambda: published_recipe_in_graph,
     }
     if strategy is None:

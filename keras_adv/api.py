@@ -21,6 +21,7 @@ def adversarial_training(
     objective="sum",
     relative_epsilon=False,
     per_example=False,
+    start_step=0,
 ):
     """Makes `model.fit` train adversarially in the space of one embedding matrix.
 
@@ -44,7 +45,9 @@ def adversarial_training(
         embedding_name: Name of the embedding layer (searched through nested
             models and layers) or path of the embedding variable.
         epsilon: Positive float, the L2 norm (FGM) or radius (PGD) of the
-            perturbation over the whole batch (default 1.0).
+            perturbation over the whole batch (default 1.0); or a schedule,
+            a callable of the optimizer's step count (a Keras
+            `LearningRateSchedule`, say) giving each step's epsilon.
         method: `"fgm"`, `"fgsm"` or `"pgd"`, or a `keras_adv.FGM`,
             `keras_adv.FGSM` or `keras_adv.PGD` object (then `epsilon`,
             `steps` and `alpha` are its own).
@@ -64,6 +67,9 @@ def adversarial_training(
             et al. 2017), instead of the touched rows of the matrix that all
             examples share. Padding comes from the layer's `mask_zero`, a
             KerasHub `padding_mask` input, or token 0 for bert4keras.
+        start_step: Train plainly until the optimizer has made this many
+            updates, then adversarially (a warm-up), in the same compiled
+            train function.
 
     Returns:
         `model`, for chaining.
@@ -86,7 +92,15 @@ def adversarial_training(
     ```
     """
     stack = _stacks.stack_for(model)
-    adversary = get_method(method, epsilon=epsilon, steps=steps, alpha=alpha)
+    schedule = epsilon if callable(epsilon) else None
+    adversary = get_method(
+        method, epsilon=_first_value(schedule) if schedule else epsilon, steps=steps, alpha=alpha
+    )
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(
+            f"`start_step` must be a non-negative int (the optimizer updates to "
+            f"train plainly first), got {start_step!r}."
+        )
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}. Expected one of {OBJECTIVES}.")
     if not stack.is_compiled(model):
@@ -98,7 +112,10 @@ def adversarial_training(
     for name, value in (("relative_epsilon", relative_epsilon), ("per_example", per_example)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    stack.install(model, layer, Settings(adversary, objective, relative_epsilon, per_example))
+    stack.install(
+        model, layer,
+        Settings(adversary, objective, relative_epsilon, per_example, start_step, schedule),
+    )
     return model
 
 
@@ -122,3 +139,26 @@ def remove_adversarial_training(model):
         )
     stack.uninstall(model)
     return model
+
+
+def _first_value(schedule):
+    """A schedule's epsilon at step 0, checked as a constant epsilon would be."""
+    import numpy as np
+
+    try:
+        value = schedule(0)
+        if getattr(value, "graph", None) is not None and not hasattr(value, "numpy"):
+            # A graph tensor (eager execution disabled): a step count of 0
+            # needs no variable, so a session of its own evaluates it.
+            import tensorflow as tf
+
+            with tf.compat.v1.Session(graph=value.graph) as session:
+                value = session.run(value)
+        value = float(np.asarray(value))
+    except Exception as error:
+        raise TypeError(
+            f"`epsilon` is callable, so it is taken as a schedule of the optimizer's "
+            f"step count, but calling it with 0 failed: {error!r}. Pass a float, or a "
+            f"callable such as a `keras.optimizers.schedules.LearningRateSchedule`."
+        ) from error
+    return value

@@ -104,14 +104,8 @@ def _check_positive_finite(name, value):
 
 
 @dataclasses.dataclass(frozen=True)
-class FGM:
-    """Fast Gradient Method: one step of length `epsilon` along the gradient.
-
-    `r = epsilon * g / ||g||_2` (Goodfellow et al. 2015; Miyato et al. 2017).
-
-    Args:
-        epsilon: Positive float, the L2 norm of the perturbation.
-    """
+class _OneStep:
+    """A method that builds its perturbation from one gradient, of size `epsilon`."""
 
     epsilon: float = 1.0
 
@@ -123,7 +117,18 @@ class FGM:
         """Number of gradient evaluations that build the perturbation."""
         return 1
 
-    def ascend(self, perturbation, gradient, per_example=False):
+
+@dataclasses.dataclass(frozen=True)
+class FGM(_OneStep):
+    """Fast Gradient Method: one step of length `epsilon` along the gradient.
+
+    `r = epsilon * g / ||g||_2` (Goodfellow et al. 2015; Miyato et al. 2017).
+
+    Args:
+        epsilon: Positive float, the L2 norm of the perturbation.
+    """
+
+    def ascend(self, perturbation, gradient, per_example=False, epsilon=None):
         """Returns the perturbation after one ascent step.
 
         Args:
@@ -131,13 +136,15 @@ class FGM:
                 first step (FGM ignores it: it takes a single step from 0).
             gradient: Gradient of the loss at the current perturbation.
             per_example: One norm per row (example) instead of one in all.
+            epsilon: This step's epsilon (a schedule's value), instead of
+                `self.epsilon`.
         """
         del perturbation
-        return self.epsilon * l2_normalize(gradient, per_example)
+        return (self.epsilon if epsilon is None else epsilon) * l2_normalize(gradient, per_example)
 
 
 @dataclasses.dataclass(frozen=True)
-class FGSM:
+class FGSM(_OneStep):
     """Fast Gradient Sign Method: `r = epsilon * sign(g)` (Goodfellow et al. 2015).
 
     Each entry moves by `epsilon` (an L-infinity step) along its gradient's
@@ -147,22 +154,12 @@ class FGSM:
         epsilon: Positive float, the size of the step of every entry.
     """
 
-    epsilon: float = 1.0
-
-    def __post_init__(self):
-        _check_positive_finite("epsilon", self.epsilon)
-
-    @property
-    def steps(self):
-        """Number of gradient evaluations that build the perturbation."""
-        return 1
-
-    def ascend(self, perturbation, gradient, per_example=False):
+    def ascend(self, perturbation, gradient, per_example=False, epsilon=None):
         """Returns `epsilon * sign(gradient)` (entries, so per example or not alike)."""
         del perturbation, per_example
         ops = _math_for(gradient)
-        usable = ops.isfinite(gradient)
-        return self.epsilon * ops.where(usable, ops.sign(gradient), ops.zeros_like(gradient))
+        signs = ops.where(ops.isfinite(gradient), ops.sign(gradient), ops.zeros_like(gradient))
+        return (self.epsilon if epsilon is None else epsilon) * signs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,18 +192,20 @@ class PGD:
         if self.steps < 1:
             raise ValueError(f"`steps` must be at least 1, got {self.steps}.")
 
-    def ascend(self, perturbation, gradient, per_example=False):
+    def ascend(self, perturbation, gradient, per_example=False, epsilon=None):
         """Returns the perturbation after one projected ascent step.
 
         Args:
             perturbation: The current perturbation, or `None` for `r_0 = 0`.
             gradient: Gradient of the loss at the current perturbation.
             per_example: Steps and balls per row (example), not in all.
+            epsilon: This step's radius (a schedule's value), instead of
+                `self.epsilon`; `alpha` stays as it is.
         """
         step = self.alpha * l2_normalize(gradient, per_example)
         if perturbation is not None:
             step = perturbation + step
-        return project_to_ball(step, self.epsilon, per_example)
+        return project_to_ball(step, self.epsilon if epsilon is None else epsilon, per_example)
 
 
 _METHODS = {"fgm": FGM, "fgsm": FGSM, "pgd": PGD}

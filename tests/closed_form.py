@@ -5,6 +5,7 @@ Stack-neutral: each stack's test folder runs these classes in its own process,
 where `keras` (through tests/models.py) is that stack's Keras.
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -245,3 +246,65 @@ class FgsmClosedFormTests(TestCase):
         r = reference.fgsm_perturbation(before, x, y, 0.05)
         untouched = np.setdiff1d(np.arange(len(r)), x)
         assert len(untouched) and not r[untouched].any()
+
+
+def _count_traces(model):
+    """A list that grows by one each time `fit` traces the model's step."""
+    traces, step = [], model.train_step
+    model.train_step = lambda data: traces.append(1) or step(data)
+    return traces
+
+
+class WarmUpAndScheduleTests(TestCase):
+    """`start_step` and an epsilon schedule, against tests/reference.py."""
+
+    # tf-keras with eager execution disabled has no traced train function.
+    counts_traces = True
+
+    def test_plain_until_start_step_then_adversarial_in_one_trace(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=24, seed=4)
+        params = params_of(model)
+        keras_adv.adversarial_training(model, "emb", 0.7, start_step=2)
+        traces = _count_traces(model)
+        history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+        for step in range(3):
+            xb, yb = x[8 * step : 8 * step + 8], y[8 * step : 8 * step + 8]
+            if step < 2:
+                params, _ = reference.plain_sgd_step(params, xb, yb, LR)
+            else:
+                params, _, adversarial_loss = reference.adversarial_sgd_step(params, xb, yb, LR, "fgm", 0.7, "sum")
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        if "adversarial_loss" in history:  # The mean of the adversarial steps only.
+            self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
+        if self.counts_traces:  # No retrace at the switch: as many as plain training.
+            plain = compile_sgd(linear_text_model(), lr=LR)
+            plain_traces = _count_traces(plain)
+            plain.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+            assert len(traces) == len(plain_traces) > 0
+
+    def test_epsilon_schedule_gives_each_step_its_epsilon(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=16, seed=5)
+        params = params_of(model)
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.7, 0.2])
+        keras_adv.adversarial_training(model, "emb", schedule, method="pgd", steps=2, alpha=0.3)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        for step, epsilon in enumerate((0.7, 0.2)):
+            xb, yb = x[8 * step : 8 * step + 8], y[8 * step : 8 * step + 8]
+            params, _, _ = reference.adversarial_sgd_step(
+                params, xb, yb, LR, "pgd", epsilon, "sum", alpha=0.3, steps=2
+            )
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_bad_start_step_and_schedule(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        for bad in (-1, 2.5, True):
+            with pytest.raises(ValueError, match="start_step"):
+                keras_adv.adversarial_training(model, "emb", 0.5, start_step=bad)
+        with pytest.raises(ValueError, match="epsilon"):
+            keras_adv.adversarial_training(model, "emb", lambda step: -1.0)
+        with pytest.raises(TypeError, match="schedule of the optimizer's step count"):
+            keras_adv.adversarial_training(model, "emb", lambda: 0.5)

@@ -36,10 +36,11 @@ def _loss_tracker(model):
     return model._loss_tracker
 
 
-def _track_loss(tracker, loss, x):
+def _track_loss(tracker, loss, x, weight=True):
     from keras.src.losses.loss import unscale_loss_for_distribution
 
     batch_size = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
+    batch_size = batch_size * tf.cast(weight, batch_size.dtype)
     tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch_size)
 
 
@@ -71,13 +72,12 @@ class AdversarialTrainStep(AdversarialStep):
         # makes its matrix in this step, fresh.
         if not model.jit_compile and self.layer.built:
             _switch_off_copy_on_read(self.layer.embeddings)
-        outputs = {}
 
         def clean_forward():
-            outputs["y_pred"] = y_pred = model(x, training=True)
+            y_pred = model(x, training=True)
             loss = _compute_loss(model, x, y, y_pred, sample_weight)
             _track_loss(_loss_tracker(model), loss, x)
-            return model.optimizer.scale_loss(loss), loss
+            return model.optimizer.scale_loss(loss), loss, y_pred
 
         def perturbed_forward():
             with keras.StatelessScope(collect_losses=True) as scope:
@@ -87,15 +87,14 @@ class AdversarialTrainStep(AdversarialStep):
                 # metrics are dropped.
                 loss = _compute_loss(model, x, y, y_pred, sample_weight)
             self._keep_state_updates(model, scope)
-            return model.optimizer.scale_loss(loss), loss
+            return model.optimizer.scale_loss(loss), loss, None
 
-        adversarial, grads, trainable = taped_adversarial_passes(
-            self, model, x, clean_forward, perturbed_forward
-        )
-        model.optimizer.apply_gradients(zip(grads, trainable))
+        taped = taped_adversarial_passes(self, model, x, clean_forward, perturbed_forward)
+        model.optimizer.apply_gradients(zip(taped.gradients, taped.variables))
 
-        _track_loss(self.adversarial_loss, adversarial.loss, x)
-        logs = dict(model.compute_metrics(x, y, outputs["y_pred"], sample_weight=sample_weight))
+        # Warm-up steps (`start_step`) add nothing to the mean.
+        _track_loss(self.adversarial_loss, taped.adversarial_loss, x, weight=taped.adversarial)
+        logs = dict(model.compute_metrics(x, y, taped.predictions, sample_weight=sample_weight))
         logs["adversarial_loss"] = self.adversarial_loss.result()
         return logs
 

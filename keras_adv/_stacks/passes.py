@@ -13,7 +13,7 @@ with `perturbation` (rows of the touched tokens) added at its lookups.
 import collections
 import dataclasses
 
-__all__ = ["AdversarialStep", "Settings", "Pass", "attack", "update_gradients"]
+__all__ = ["AdversarialStep", "Settings", "Pass", "attack", "update_gradients", "epsilon_now"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +28,22 @@ class Settings:
             embedding rows, or each example's embedded sequence).
         per_example: Whether each example's embedded sequence gets its own
             perturbation, instead of the touched rows of the matrix.
+        start_step: How many optimizer updates are plain before the
+            adversarial ones start (0: from the first).
+        epsilon_schedule: A callable of the optimizer's step giving each
+            step's epsilon, or None for the method's own.
     """
 
     method: object
     objective: str = "sum"
     relative_epsilon: bool = False
     per_example: bool = False
+    start_step: int = 0
+    epsilon_schedule: object = None
 
-Pass = collections.namedtuple("Pass", ["loss", "gradients", "lookups", "lookup_gradients"])
+Pass = collections.namedtuple(
+    "Pass", ["loss", "gradients", "lookups", "lookup_gradients", "predictions"], defaults=[None]
+)
 Pass.__doc__ = """What one pass computed.
 
 Attributes:
@@ -44,6 +52,8 @@ Attributes:
     lookups: Its `Lookups` (ids and outputs).
     lookup_gradients: The gradient w.r.t. each lookup's output, or None
         where the pass did not need them (the last one).
+    predictions: The model's outputs, where the step needs them (the clean
+        pass's, for the compiled metrics).
 """
 
 
@@ -70,7 +80,7 @@ class AdversarialStep:
         return self.layer.embeddings.shape[1]
 
 
-def attack(step, space, clean, perturbed_pass):
+def attack(step, space, clean, perturbed_pass, epsilon=None):
     """Runs the method's perturbed passes; returns the last one's `Pass`.
 
     With `relative_epsilon`, the method works in units of the norm `n` of
@@ -84,6 +94,8 @@ def attack(step, space, clean, perturbed_pass):
             `TouchedRows` of the batch, or its `ExampleRows`.
         clean: The clean `Pass`.
         perturbed_pass: `(perturbation, last) -> Pass`.
+        epsilon: This step's epsilon (`settings.epsilon_schedule`'s value),
+            or None for the method's own.
     """
     method, relative = step.settings.method, step.settings.relative_epsilon
     if relative:
@@ -91,7 +103,9 @@ def attack(step, space, clean, perturbed_pass):
     perturbation, latest = None, clean
     for i in range(method.steps):
         gradient = space.rows(latest.lookups.ids, latest.lookup_gradients)
-        perturbation = method.ascend(perturbation, gradient, per_example=space.per_example)
+        perturbation = method.ascend(
+            perturbation, gradient, per_example=space.per_example, epsilon=epsilon
+        )
         latest = perturbed_pass(unit * perturbation if relative else perturbation, i == method.steps - 1)
     return latest
 
@@ -101,3 +115,11 @@ def update_gradients(objective, clean_grads, adversarial_grads, add):
     if objective == "adversarial":
         return list(adversarial_grads)
     return [add(c, a) for c, a in zip(clean_grads, adversarial_grads)]
+
+
+def epsilon_now(settings, step_count):
+    """This step's epsilon under `settings.epsilon_schedule`, as a float32
+    tensor of the framework of `step_count`; None without a schedule."""
+    if settings.epsilon_schedule is None:
+        return None
+    return settings.epsilon_schedule(step_count)

@@ -64,26 +64,26 @@ class AdversarialTrainStep(AdversarialStep):
         if trackers:  # Built by the first compute_loss of a fit.
             self._reset_with(trackers[0])
         optimizer = model.optimizer
-        outputs = {}
 
         def clean_forward():
-            outputs["y_pred"] = y_pred = model(x, training=True)
+            y_pred = model(x, training=True)
             loss = model.compute_loss(x, y, y_pred, sample_weight)
-            return _scaled(optimizer, loss), loss
+            return _scaled(optimizer, loss), loss, y_pred
 
         def perturbed_forward():
             y_pred = model(x, training=True)
             loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
-            return _scaled(optimizer, loss), loss
+            return _scaled(optimizer, loss), loss, None
 
-        adversarial, grads, trainable = taped_adversarial_passes(
-            self, model, x, clean_forward, perturbed_forward
+        taped = taped_adversarial_passes(self, model, x, clean_forward, perturbed_forward)
+        optimizer.apply_gradients(zip(_unscaled(optimizer, taped.gradients), taped.variables))
+
+        # Warm-up steps (`start_step`) add nothing to the mean.
+        weight = tf.shape(tf.nest.flatten(x)[0])[0] * tf.cast(taped.adversarial, tf.int32)
+        self.adversarial_loss.update_state(
+            _unscaled_for_distribution(taped.adversarial_loss), sample_weight=weight
         )
-        optimizer.apply_gradients(zip(_unscaled(optimizer, grads), trainable))
-
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        self.adversarial_loss.update_state(_unscaled_for_distribution(adversarial.loss), sample_weight=batch_size)
-        logs = dict(model.compute_metrics(x, y, outputs["y_pred"], sample_weight))
+        logs = dict(model.compute_metrics(x, y, taped.predictions, sample_weight))
         logs["adversarial_loss"] = self.adversarial_loss.result()
         return logs
 

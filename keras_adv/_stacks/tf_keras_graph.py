@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
-from keras_adv._stacks.passes import AdversarialStep, Pass, attack
+from keras_adv._stacks.passes import AdversarialStep, Pass, attack, epsilon_now
 from keras_adv._stacks.tf_rows import padding_masks, perturbation_space
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
@@ -206,10 +206,19 @@ class AdversarialTrainFunction(AdversarialStep):
             gradients = None if last else tf.gradients(loss, perturbed.outputs)
             return Pass(loss, [], perturbed, gradients)
 
-        adversarial = attack(self, space, clean, perturbed_pass)
-        if self.settings.objective == "adversarial":
-            return adversarial.loss, perturbed_updates
-        return clean_loss + adversarial.loss, perturbed_updates
+        iterations = model.optimizer.iterations
+        adversarial = attack(self, space, clean, perturbed_pass, epsilon_now(settings, iterations))
+        if not settings.start_step:
+            if settings.objective == "adversarial":
+                return adversarial.loss, perturbed_updates
+            return clean_loss + adversarial.loss, perturbed_updates
+        # Warm-up steps weigh the perturbed passes 0 (a TF1 graph builds no
+        # model call inside a cond), so they update from the clean loss
+        # exactly, while the passes still run.
+        on = tf.cast(tf.greater_equal(iterations, settings.start_step), clean_loss.dtype)
+        if settings.objective == "adversarial":
+            return on * adversarial.loss + (1 - on) * clean_loss, perturbed_updates
+        return clean_loss + on * adversarial.loss, perturbed_updates
 
 
 def _refuse_distributed_fit(select_training_loop):

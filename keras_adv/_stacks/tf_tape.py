@@ -4,17 +4,39 @@ Keras 3 on TensorFlow and tf-keras in eager mode run their passes this way;
 only how each computes its loss (`forward`) and applies the update differ.
 """
 
+import collections
+
 import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.passes import Pass, attack, update_gradients
+from keras_adv._stacks.passes import Pass, attack, epsilon_now, update_gradients
 from keras_adv._stacks.tf_rows import add_gradients, padding_masks, perturbation_space
 
-__all__ = ["taped_adversarial_passes", "taped_pass", "no_lookup_gradient_error"]
+__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass", "no_lookup_gradient_error"]
+
+
+TapedStep = collections.namedtuple(
+    "TapedStep", ["adversarial_loss", "gradients", "variables", "predictions", "adversarial"]
+)
+TapedStep.__doc__ = """What the passes of one step computed.
+
+Attributes:
+    adversarial_loss: The loss of the last perturbed pass (0 in a plain
+        warm-up step).
+    gradients: The gradients to apply, one per variable.
+    variables: The model's trainable variables.
+    predictions: The clean pass's outputs, for the compiled metrics.
+    adversarial: Whether the step was adversarial (a bool tensor; always
+        true without `start_step`).
+"""
 
 
 def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward):
     """Runs the clean pass and the method's perturbed passes (`passes.py`).
+
+    With `start_step`, a `tf.cond` on the optimizer's update count runs a
+    plain step (the clean pass alone) until it reaches `start_step`, then
+    the adversarial one: one traced function for both.
 
     Args:
         step: The stack's `AdversarialStep` (layer, settings).
@@ -23,30 +45,53 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
             step does).
         inputs: The batch's inputs (where a per-example mask may come from).
         clean_forward, perturbed_forward: `() -> (loss to differentiate,
-            loss to report)` of the clean and of a perturbed pass.
+            loss to report, predictions)` of the clean and of a perturbed pass.
 
     Returns:
-        `(the last perturbed Pass, the gradients to apply, the variables
-        they apply to)`.
+        A `TapedStep`.
     """
     def trainable():
         return list(model.trainable_variables)
 
-    settings = step.settings
-    clean = taped_pass(step.layer, clean_forward, trainable if settings.objective == "sum" else None)
-    masks = padding_masks(step.layer, clean.lookups.ids, inputs) if settings.per_example else None
-    space = perturbation_space(settings.per_example, clean.lookups, step.layer, masks)
+    settings, layer = step.settings, step.layer
 
-    def perturbed_pass(perturbation, last):
-        return taped_pass(
-            step.layer, perturbed_forward, trainable if last else None,
-            perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
-            lookup_gradients=not last,
+    def adversarial_step():
+        clean = taped_pass(layer, clean_forward, trainable if settings.objective == "sum" else None)
+        masks = padding_masks(layer, clean.lookups.ids, inputs) if settings.per_example else None
+        space = perturbation_space(settings.per_example, clean.lookups, layer, masks)
+
+        def perturbed_pass(perturbation, last):
+            return taped_pass(
+                layer, perturbed_forward, trainable if last else None,
+                perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
+                lookup_gradients=not last,
+            )
+
+        epsilon = epsilon_now(settings, model.optimizer.iterations)
+        adversarial = attack(step, space, clean, perturbed_pass, epsilon)
+        grads = update_gradients(settings.objective, clean.gradients, adversarial.gradients, add_gradients)
+        return adversarial.loss, grads, clean.predictions
+
+    def plain_step():
+        clean = taped_pass(layer, clean_forward, trainable, lookup_gradients=False)
+        return tf.zeros_like(clean.loss), clean.gradients, clean.predictions
+
+    if not settings.start_step:
+        return _adversarial_only(adversarial_step, trainable)
+    if not model.built:
+        raise ValueError(
+            f"`start_step` needs model '{model.name}' built before its first step "
+            f"(the warm-up and the adversarial step are traced together). Build it "
+            f"first: `model.build(input_shape)` or call it on a batch."
         )
+    adversarial = tf.greater_equal(model.optimizer.iterations, settings.start_step)
+    loss, grads, predictions = tf.cond(adversarial, adversarial_step, plain_step)
+    return TapedStep(loss, grads, trainable(), predictions, adversarial)
 
-    adversarial = attack(step, space, clean, perturbed_pass)
-    grads = update_gradients(settings.objective, clean.gradients, adversarial.gradients, add_gradients)
-    return adversarial, grads, trainable()
+
+def _adversarial_only(adversarial_step, trainable):
+    loss, grads, predictions = adversarial_step()
+    return TapedStep(loss, grads, trainable(), predictions, tf.constant(True))
 
 
 def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradients=True):
@@ -54,8 +99,8 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
 
     Args:
         layer: The embedding layer.
-        forward: `() -> (loss to differentiate, loss to report)`, run inside
-            the tape.
+        forward: `() -> (loss to differentiate, loss to report, predictions
+            or None)`, run inside the tape.
         weights: `() -> variables` whose gradients the pass needs, read after
             `forward()`; None for none (the tape then records only what
             depends on the lookups).
@@ -75,7 +120,7 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
             return outputs
 
         with tapped_lookups(layer, transform) as lookups:
-            loss, reported = forward()
+            loss, reported, predictions = forward()
     if not lookups.outputs:
         raise ValueError(
             f"The model never looked up token ids through layer '{layer.name}'. "
@@ -92,7 +137,7 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
             tf.zeros_like(o) if g is None else tf.convert_to_tensor(g)
             for o, g in zip(lookups.outputs, lookup_grads)
         ]
-    return Pass(reported, grads[: len(sources)], lookups, lookup_grads)
+    return Pass(reported, grads[: len(sources)], lookups, lookup_grads, predictions)
 
 
 def no_lookup_gradient_error(layer):

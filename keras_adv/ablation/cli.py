@@ -40,6 +40,8 @@ def _parser():
                           help="epsilon (and PGD's alpha) as fractions of the norm of the touched embedding rows")
     ablation.add_argument("--per-example", action="store_true", default=None,
                           help="perturb each example's embedded sequence instead of the shared matrix rows")
+    ablation.add_argument("--start-step", type=int,
+                          help="train plainly for this many optimizer updates first (default 0)")
     ablation.add_argument("--objective", help="sum (default) or adversarial")
     ablation.add_argument("--steps", type=int, help="PGD steps (default 3)")
     ablation.add_argument("--alpha", type=float, help="PGD step length (default 0.3)")
@@ -61,7 +63,7 @@ def _config(args):
     method_options = {
         k: v for k, v in dict(epsilon=args.epsilon, objective=args.objective, steps=args.steps,
                               alpha=args.alpha, relative_epsilon=args.relative_epsilon,
-                              per_example=args.per_example).items()
+                              per_example=args.per_example, start_step=args.start_step).items()
         if v is not None
     }
     if args.methods or method_options:

@@ -29,6 +29,7 @@ class MethodSpec:
     alpha: float = 0.3
     relative_epsilon: bool = False
     per_example: bool = False
+    start_step: int = 0
 
     def __post_init__(self):
         if self.name not in ("plain", "fgm", "fgsm", "pgd"):
@@ -37,6 +38,8 @@ class MethodSpec:
             )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}. Expected one of {list(OBJECTIVES)}.")
+        if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
+            raise ValueError(f"`start_step` must be a non-negative integer, got {self.start_step!r}.")
         for flag in ("relative_epsilon", "per_example"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"`{flag}` must be true or false, got {getattr(self, flag)!r}.")
@@ -55,6 +58,8 @@ class MethodSpec:
             text += " (relative)"
         if self.per_example:
             text += " (per example)"
+        if self.start_step:
+            text += f" from step {self.start_step}"
         if self.objective != "sum":
             text += f" ({self.objective})"
         return text
@@ -62,7 +67,7 @@ class MethodSpec:
     def options(self):
         """Keyword arguments of `keras_adv.adversarial_training`."""
         return dict(method=self.name, objective=self.objective, relative_epsilon=self.relative_epsilon,
-                    per_example=self.per_example, **self._method_parameters())
+                    per_example=self.per_example, start_step=self.start_step, **self._method_parameters())
 
     def _method_parameters(self):
         if self.name == "pgd":

@@ -151,22 +151,25 @@ class TestConfig:
         ]
         assert config.methods[2].options() == dict(
             epsilon=1.0, method="pgd", steps=2, alpha=0.4, objective="adversarial",
-            relative_epsilon=False, per_example=False,
+            relative_epsilon=False, per_example=False, start_step=0,
         )
         # FGM gets no PGD parameters (keras_adv refuses them).
         assert config.methods[3].options() == dict(
-            epsilon=0.1, method="fgm", objective="sum", relative_epsilon=True, per_example=False
+            epsilon=0.1, method="fgm", objective="sum", relative_epsilon=True, per_example=False,
+            start_step=0,
         )
 
     def test_new_options_from_the_command_line(self):
         config = cli._config(cli._parser().parse_args(
             ["ablation", "--methods", "plain", "fgm", "fgsm", "pgd", "--epsilon", "0.1",
-             "--relative-epsilon", "--per-example"]
+             "--relative-epsilon", "--per-example", "--start-step", "100"]
         ))
         assert [m.label for m in config.methods] == [
-            "plain", "fgm eps=0.1 (relative) (per example)", "fgsm eps=0.1 (relative) (per example)",
-            "pgd eps=0.1 K=3 alpha=0.3 (relative) (per example)",
+            "plain", "fgm eps=0.1 (relative) (per example) from step 100",
+            "fgsm eps=0.1 (relative) (per example) from step 100",
+            "pgd eps=0.1 K=3 alpha=0.3 (relative) (per example) from step 100",
         ]
+        assert config.methods[1].options()["start_step"] == 100
 
     def test_quick_is_small_but_stated_settings_win(self):
         quick = cli._config(cli._parser().parse_args(["ablation", "--quick", "--seeds", "3"]))

@@ -2,6 +2,7 @@
 
 from tests.closed_form import (
     EquivalenceTests, FgsmClosedFormTests, OneStepClosedFormTests, PerExampleClosedFormTests,
+    WarmUpAndScheduleTests,
 )
 
 
@@ -18,4 +19,8 @@ class TestPerExampleClosedForm(PerExampleClosedFormTests):
 
 
 class TestFgsmClosedForm(FgsmClosedFormTests):
+    pass
+
+
+class TestWarmUpAndSchedule(WarmUpAndScheduleTests):
     pass

@@ -2,6 +2,7 @@
 
 from tests.closed_form import (
     EquivalenceTests, FgsmClosedFormTests, OneStepClosedFormTests, PerExampleClosedFormTests,
+    WarmUpAndScheduleTests,
 )
 
 
@@ -19,3 +20,8 @@ class TestPerExampleClosedForm(PerExampleClosedFormTests):
 
 class TestFgsmClosedForm(FgsmClosedFormTests):
     pass
+
+
+class TestWarmUpAndSchedule(WarmUpAndScheduleTests):
+    counts_traces = False
+
