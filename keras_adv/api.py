@@ -3,7 +3,7 @@
 from keras_adv import _stacks
 from keras_adv.embedding import find_embedding_layer
 from keras_adv._stacks.passes import Settings
-from keras_adv.methods import get_method
+from keras_adv.methods import FGSM, get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
 
@@ -23,29 +23,34 @@ def adversarial_training(
     per_example=False,
     start_step=0,
 ):
-    """Makes `model.fit` train adversarially in the space of one embedding matrix.
+    """Makes `model.fit` train adversarially in the space of one embedding.
 
-    Each training step computes the gradient `g` of the loss w.r.t. the
-    embedding matrix `E`, builds a perturbation `r` of the rows the batch
-    uses (FGM: `r = epsilon * g / ||g||`; PGD: `steps` projected steps of
-    `alpha * g / ||g||` inside the `epsilon` ball), and updates the weights
-    from the gradients at `E` and `E + r` (`objective="sum"`) or at `E + r`
-    only (`objective="adversarial"`, the original Keras recipe). `E` itself
-    is never left perturbed: after a step it holds exactly what the optimizer
-    update gives, and after a step that raised, what it held before.
+    Each training step computes the gradient `g` of the loss w.r.t. what is
+    perturbed (the rows of the embedding matrix `E` that the batch uses, or,
+    with `per_example`, each example's embedded sequence), builds a
+    perturbation `r` (FGM: `r = epsilon * g / ||g||`; FGSM:
+    `epsilon * sign(g)`; PGD: `steps` projected steps of `alpha * g / ||g||`
+    inside the `epsilon` ball), adds it at the embedding layer's lookups, and
+    updates the weights from the gradients of the clean and the perturbed
+    pass (`objective="sum"`) or of the perturbed pass only
+    (`objective="adversarial"`, the original Keras recipe). `E` itself is
+    never written: after a step it holds exactly what the optimizer update
+    gives, and a step that raises leaves it as it was.
 
     The model keeps its class and gains no variables; saving and export work
     as for plain training. The History gains an `adversarial_loss` entry next
     to the clean `loss` (not with eager execution disabled: tf-keras's
-    graph-mode loop names its entries after the compiled metrics). Calling this again replaces the earlier setting; it
-    works before or after an earlier `fit` and survives a later `compile()`.
+    graph-mode loop names its entries after the compiled metrics). Calling
+    this again replaces the earlier setting; it works before or after an
+    earlier `fit` and survives a later `compile()`.
 
     Args:
         model: A compiled Keras model.
         embedding_name: Name of the embedding layer (searched through nested
             models and layers) or path of the embedding variable.
         epsilon: Positive float, the L2 norm (FGM) or radius (PGD) of the
-            perturbation over the whole batch (default 1.0); or a schedule,
+            perturbation over the whole batch or, with `per_example`, of each
+            example's, or FGSM's step of every entry (default 1.0); or a schedule,
             a callable of the optimizer's step count (a Keras
             `LearningRateSchedule`, say) giving each step's epsilon.
         method: `"fgm"`, `"fgsm"` or `"pgd"`, or a `keras_adv.FGM`,
@@ -57,7 +62,8 @@ def adversarial_training(
             `"adversarial"` (adversarial gradient only).
         relative_epsilon: If True, `epsilon` (and PGD's `alpha`) are
             fractions of the L2 norm `n` of the batch's touched embedding
-            rows (each distinct token's row once): FGM adds
+            rows (each distinct token's row once; with `per_example`, of each
+            example's embedded sequence); not for FGSM. FGM adds
             `r = epsilon * n * g / ||g||`, so `epsilon=0.1` moves the rows by
             a tenth of their own size whatever the scale of the model's
             embeddings.
@@ -93,9 +99,11 @@ def adversarial_training(
     """
     stack = _stacks.stack_for(model)
     schedule = epsilon if callable(epsilon) else None
-    adversary = get_method(
-        method, epsilon=_first_value(schedule) if schedule else epsilon, steps=steps, alpha=alpha
-    )
+    if schedule is not None:
+        # The method is built with the schedule's first value (1.0 where a
+        # ramp starts at 0); each step then passes the schedule's own value.
+        epsilon = _first_value(schedule) or 1.0
+    adversary = get_method(method, epsilon=epsilon, steps=steps, alpha=alpha)
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ValueError(
             f"`start_step` must be a non-negative int (the optimizer updates to "
@@ -112,6 +120,12 @@ def adversarial_training(
     for name, value in (("relative_epsilon", relative_epsilon), ("per_example", per_example)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    if relative_epsilon and isinstance(adversary, FGSM):
+        raise ValueError(
+            "`relative_epsilon` measures epsilon against the L2 norm of what is "
+            "perturbed, which suits FGM and PGD; FGSM's epsilon is the step of "
+            "every single entry. Pass an absolute epsilon to FGSM, or use FGM."
+        )
     stack.install(
         model, layer,
         Settings(adversary, objective, relative_epsilon, per_example, start_step, schedule),
@@ -155,10 +169,15 @@ def _first_value(schedule):
             with tf.compat.v1.Session(graph=value.graph) as session:
                 value = session.run(value)
         value = float(np.asarray(value))
-    except Exception as error:
+    except Exception as error:  # Whatever the callable raised, said at the call.
         raise TypeError(
             f"`epsilon` is callable, so it is taken as a schedule of the optimizer's "
             f"step count, but calling it with 0 failed: {error!r}. Pass a float, or a "
             f"callable such as a `keras.optimizers.schedules.LearningRateSchedule`."
         ) from error
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(
+            f"The `epsilon` schedule gives {value!r} at step 0; epsilon must be a "
+            f"finite number >= 0 at every step."
+        )
     return value

@@ -308,3 +308,6 @@ class WarmUpAndScheduleTests(TestCase):
             keras_adv.adversarial_training(model, "emb", lambda step: -1.0)
         with pytest.raises(TypeError, match="schedule of the optimizer's step count"):
             keras_adv.adversarial_training(model, "emb", lambda: 0.5)
+        # A ramp may start at 0.
+        ramp = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.5])
+        keras_adv.adversarial_training(model, "emb", ramp)

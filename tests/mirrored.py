@@ -83,6 +83,27 @@ class MirroredParityTests(TestCase):
         plain.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
         assert np.abs(plain.get_weights()[0] - expected[0]).max() > 1e-3
 
+    def test_start_step_per_example_gives_the_single_device_result(self):
+        results = []
+        for strategy in (mirrored_strategy(), tf.distribute.get_strategy()):
+            model, history = self._train(
+                strategy, "fgm", dict(epsilon=0.7, per_example=True, start_step=1), "sum", True
+            )
+            results.append((model.get_weights(), history))
+        (mirrored, history), (single, single_history) = results
+        for a, b in zip(mirrored, single):
+            self.assertAllClose(a, b, rtol=1e-5, atol=2e-6)
+        self.assertAllClose(history["adversarial_loss"], single_history["adversarial_loss"], rtol=1e-5)
+
+    def test_start_step_with_the_matrix_rows_is_refused_across_replicas(self):
+        with mirrored_strategy().scope():
+            model = compile_sgd(linear_text_model(), lr=LR)
+        before = model.get_weights()
+        keras_adv.adversarial_training(model, "emb", 0.7, start_step=1)
+        with pytest.raises(NotImplementedError, match="per_example=True"):
+            model.fit(*batch(size=GLOBAL_BATCH), batch_size=GLOBAL_BATCH, verbose=0)
+        self.assertWeightsBitEqual(model.get_weights(), before)
+
     def test_a_replica_that_raises_leaves_every_copy_as_it_was(self):
         mirrored = mirrored_strategy()
         x, y = batch(size=GLOBAL_BATCH)

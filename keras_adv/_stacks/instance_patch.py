@@ -17,20 +17,19 @@ def installed_step(model, attribute, step_class):
     return None
 
 
-def install_step(model, attribute, step, stock_method=None):
+def install_step(model, attribute, step, stock_method):
     """Binds `step` as `model.<attribute>`, replacing an earlier keras_adv step.
 
     Args:
         stock_method: The method `step` replaces; the model's class must not
-            override it. None for a step that wraps the class's method.
+            override it.
 
     Raises:
         TypeError: If the model's class overrides `attribute` itself: its own
             logic would be silently replaced.
     """
     if (
-        stock_method is not None
-        and installed_step(model, attribute, type(step)) is None
+        installed_step(model, attribute, type(step)) is None
         and getattr(type(model), attribute) is not stock_method
     ):
         raise TypeError(

@@ -1,7 +1,8 @@
 """Where the perturbation enters: the outputs of the embedding layer's lookups.
 
 Adding `r[ids]` to what a lookup returns equals looking up `E + r`, bit for
-bit (both compute `E[id] + r[id]` in the variable's dtype), and the gradient of
+bit in float32 (both compute `E[id] + r[id]`; under mixed precision the
+lookup casts `E[id]` to float16 first, and `r` is added there), and the gradient of
 the loss w.r.t. the matrix is the gradient w.r.t. those outputs, summed per
 token id. So the passes of an adversarial step never write the matrix: it is
 exact by construction, a step that raises leaves nothing to undo, every
@@ -25,7 +26,7 @@ __all__ = ["Lookups", "tapped_lookups", "is_lookup"]
 # belongs to one thread: MirroredStrategy runs each replica's step in a
 # thread of its own, and they may overlap.
 _lock = threading.Lock()
-_wrappers = {}  # id(layer) -> [wrapped call, users]
+_wrappers = {}  # id(layer) -> [the layer's own instance `call` or None, users]
 _local = threading.local()
 
 
@@ -93,8 +94,10 @@ def _wrap(layer):
                 lookups.outputs.append(outputs)
                 return outputs
 
+            # A layer revived from a SavedModel has a `call` of its own.
+            own = layer.__dict__.get("call")
             layer.call = call
-            entry = _wrappers[id(layer)] = [call, 0]
+            entry = _wrappers[id(layer)] = [own, 0]
         entry[1] += 1
 
 
@@ -104,7 +107,10 @@ def _unwrap(layer):
         entry[1] -= 1
         if entry[1] == 0:
             del _wrappers[id(layer)]
-            del layer.call
+            if entry[0] is None:
+                del layer.call
+            else:
+                layer.call = entry[0]
 
 
 def is_lookup(layer, ids, outputs):

@@ -7,7 +7,8 @@
 3. One optimizer update from clean + adversarial, or adversarial only.
 
 A stack supplies `perturbed_pass(perturbation, last) -> Pass`: the model run
-with `perturbation` (rows of the touched tokens) added at its lookups.
+with the method's perturbation (of the touched rows, or of each example's
+sequence) added at its lookups.
 """
 
 import collections
@@ -21,7 +22,7 @@ class Settings:
     """What `adversarial_training` was asked for, checked.
 
     Attributes:
-        method: A `keras_adv.FGM` or `keras_adv.PGD`.
+        method: A `keras_adv.FGM`, `keras_adv.FGSM` or `keras_adv.PGD`.
         objective: `"sum"` or `"adversarial"`.
         relative_epsilon: Whether the method's lengths (epsilon, alpha) are
             fractions of the L2 norm of what is perturbed (the touched
@@ -75,10 +76,6 @@ class AdversarialStep:
         self.layer = layer
         self.settings = settings
 
-    @property
-    def dim(self):
-        return self.layer.embeddings.shape[1]
-
 
 def attack(step, space, clean, perturbed_pass, epsilon=None):
     """Runs the method's perturbed passes; returns the last one's `Pass`.
@@ -118,8 +115,8 @@ def update_gradients(objective, clean_grads, adversarial_grads, add):
 
 
 def epsilon_now(settings, step_count):
-    """This step's epsilon under `settings.epsilon_schedule`, as a float32
-    tensor of the framework of `step_count`; None without a schedule."""
+    """This step's epsilon under `settings.epsilon_schedule` (a tensor of the
+    framework of `step_count`), or None without a schedule."""
     if settings.epsilon_schedule is None:
         return None
     return settings.epsilon_schedule(step_count)

@@ -60,9 +60,9 @@ class AdversarialTrainStep(AdversarialStep):
     def __call__(self, model, data):
         tf_keras = _tf_keras()
         x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
-        trackers = _loss_trackers(model)
-        if trackers:  # Built by the first compute_loss of a fit.
-            self._reset_with(trackers[0])
+        # The "loss" mean, made by compile (`compiled_loss.metrics` lists it
+        # only once a loss has been computed).
+        self._reset_with(model.compiled_loss._total_loss_mean)
         optimizer = model.optimizer
 
         def clean_forward():

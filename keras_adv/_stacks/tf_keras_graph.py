@@ -32,6 +32,7 @@ from keras_adv._stacks.instance_patch import install_step, installed_step, unins
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import AdversarialStep, Pass, attack, epsilon_now
 from keras_adv._stacks.tf_rows import padding_masks, perturbation_space
+from keras_adv._stacks.tf_tape import no_lookup_gradient_error
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
 
@@ -89,15 +90,20 @@ class _CallAdditions:
     def __init__(self, model):
         self.layers = list(model._flatten_layers(include_self=True))
         self.before = [(list(layer._losses), list(layer._updates)) for layer in self.layers]
+        # The call also adds a node to each layer; taken off, so that
+        # `layer.output` still names the model's own (one) node.
+        self.nodes = [(list(layer._inbound_nodes), list(layer._outbound_nodes)) for layer in self.layers]
         self.added_losses = []
         self.updates = []
 
     def take(self):
-        for layer, (losses, updates) in zip(self.layers, self.before):
+        for layer, (losses, updates), (inbound, outbound) in zip(self.layers, self.before, self.nodes):
             self.added_losses.append(layer._losses[len(losses):])
             self.updates += layer._updates[len(updates):]
             layer._losses[:] = losses
             layer._updates[:] = updates
+            layer._inbound_nodes[:] = inbound
+            layer._outbound_nodes[:] = outbound
 
     @contextlib.contextmanager
     def losses_of_the_call(self):
@@ -178,11 +184,7 @@ class AdversarialTrainFunction(AdversarialStep):
         clean_loss = model.total_loss
         lookups, lookup_gradients = _graph_lookups(self.layer, clean_loss)
         if not lookups.outputs:
-            raise ValueError(
-                f"The loss does not depend on the lookups of embedding layer "
-                f"'{self.layer.name}', so they cannot be perturbed. Name the "
-                f"embedding layer that the model's inputs go through."
-            )
+            raise no_lookup_gradient_error(self.layer)
         clean = Pass(clean_loss, [], lookups, lookup_gradients)
         settings = self.settings
         masks = padding_masks(self.layer, lookups.ids) if settings.per_example else None
@@ -207,14 +209,26 @@ class AdversarialTrainFunction(AdversarialStep):
             return Pass(loss, [], perturbed, gradients)
 
         iterations = model.optimizer.iterations
-        adversarial = attack(self, space, clean, perturbed_pass, epsilon_now(settings, iterations))
+        epsilon = epsilon_now(settings, iterations)
+        if epsilon is not None:
+            epsilon = tf.cast(epsilon, tf.float32)
+        adversarial = attack(self, space, clean, perturbed_pass, epsilon)
         if not settings.start_step:
             if settings.objective == "adversarial":
                 return adversarial.loss, perturbed_updates
             return clean_loss + adversarial.loss, perturbed_updates
         # Warm-up steps weigh the perturbed passes 0 (a TF1 graph builds no
         # model call inside a cond), so they update from the clean loss
-        # exactly, while the passes still run.
+        # exactly, while the passes still run; their updates of layer state
+        # would apply, so such models are refused.
+        if perturbed_updates:
+            raise NotImplementedError(
+                "`start_step` with eager execution disabled runs the perturbed passes "
+                "during the warm-up too (weighted 0), and this model's layers update "
+                "their state on every pass (batch normalization), so the warm-up "
+                "would not be plain. Train eagerly (the tf-keras default), or "
+                "start_step=0."
+            )
         on = tf.cast(tf.greater_equal(iterations, settings.start_step), clean_loss.dtype)
         if settings.objective == "adversarial":
             return on * adversarial.loss + (1 - on) * clean_loss, perturbed_updates

@@ -46,7 +46,7 @@ def perturbation_space(per_example, lookups, layer, masks=None):
     return TouchedRows(lookups, layer)
 
 
-def _float_rows(matrix, ids):
+def _matrix_rows(matrix, ids):
     if not isinstance(matrix, tf.Variable):
         matrix = matrix.value  # A Keras 3 variable wraps the tf.Variable.
     # A read of the whole matrix, then a gather, as a Keras 3 lookup does:
@@ -77,6 +77,8 @@ class TouchedRows:
         ids = _flat_ids(lookups.ids)
         if self.replica is not None:
             ids = self.replica.all_gather(ids, axis=0)
+        # One row per token occurrence of the (global) batch: each distinct
+        # token's in the first, empty ones after (static shapes).
         self.num_rows = tf.shape(ids)[0]
         self._sorted_ids = tf.sort(ids)
         self._first_of_token = tf.concat(
@@ -89,7 +91,7 @@ class TouchedRows:
     def unit(self):
         """The L2 norm of the touched rows of the matrix (each token once), a
         constant of the step: the unit of a relative epsilon."""
-        rows = _float_rows(self.layer.embeddings, self._sorted_ids)
+        rows = _matrix_rows(self.layer.embeddings, self._sorted_ids)
         squares = tf.where(self._first_of_token, tf.reduce_sum(tf.square(rows), axis=1), 0.0)
         return tf.stop_gradient(tf.sqrt(tf.reduce_sum(squares)))
 
@@ -112,8 +114,11 @@ class TouchedRows:
             A float32 `[N, d]` tensor (`N` the token occurrences of the
             global batch), the same on every replica.
         """
-        rows, _ = self._row_of(_flat_ids(ids_list))
-        summed = tf.math.unsorted_segment_sum(_flat_rows(gradients, self.dim), rows, self.num_rows)
+        rows, touched = self._row_of(_flat_ids(ids_list))
+        # A token that the clean pass did not look up (a model that replaces
+        # tokens at random) has no row: its gradient adds to none.
+        values = tf.where(touched[:, None], _flat_rows(gradients, self.dim), 0.0)
+        summed = tf.math.unsorted_segment_sum(values, rows, self.num_rows)
         if self.replica is not None:
             summed = self.replica.all_reduce(tf.distribute.ReduceOp.SUM, summed)
         return summed

@@ -12,6 +12,13 @@ from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import Pass, attack, epsilon_now, update_gradients
 from keras_adv._stacks.tf_rows import add_gradients, padding_masks, perturbation_space
 
+START_STEP_ACROSS_REPLICAS = (
+    "`start_step` under a distribution strategy with several replicas works with "
+    "`per_example=True` only: the touched rows of the global batch are gathered "
+    "across replicas, which TensorFlow cannot do inside the `tf.cond` that "
+    "switches from the warm-up. Use per_example=True, or start_step=0."
+)
+
 __all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass", "no_lookup_gradient_error"]
 
 
@@ -68,6 +75,8 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
             )
 
         epsilon = epsilon_now(settings, model.optimizer.iterations)
+        if epsilon is not None:
+            epsilon = tf.cast(epsilon, tf.float32)
         adversarial = attack(step, space, clean, perturbed_pass, epsilon)
         grads = update_gradients(settings.objective, clean.gradients, adversarial.gradients, add_gradients)
         return adversarial.loss, grads, clean.predictions
@@ -78,6 +87,9 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
 
     if not settings.start_step:
         return _adversarial_only(adversarial_step, trainable)
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1 and not settings.per_example:
+        raise NotImplementedError(START_STEP_ACROSS_REPLICAS)
     if not model.built:
         raise ValueError(
             f"`start_step` needs model '{model.name}' built before its first step "

@@ -47,6 +47,7 @@ class TestBadInput(TestCase):
             (dict(method="fgx"), ValueError, "'fgm', 'fgsm', 'pgd'"),
             (dict(method="fgsm", steps=2), ValueError, "`steps` is PGD's: FGSM takes one step"),
             (dict(per_example="yes"), TypeError, "per_example"),
+            (dict(method="fgsm", relative_epsilon=True), ValueError, "FGSM's epsilon is the step of every single entry"),
             (dict(objective="clean"), ValueError, "'sum', 'adversarial'"),
         ],
     )

@@ -51,6 +51,14 @@ class TestTouchedRows(TestCase):
         self.assertAllClose(at_a, dense[ids[0]], rtol=1e-6, atol=1e-6)
         self.assertAllClose(at_probe, [[[0, 0], dense[5], dense[3]]], rtol=1e-6, atol=1e-6)
 
+    def test_a_token_the_clean_pass_did_not_touch_adds_to_no_row(self):
+        layer = _embedding(vocab=9, dim=1)
+        clean_ids = tf.constant([[2, 5]])
+        touched = TouchedRows(_lookups(clean_ids), layer)
+        later_ids = tf.constant([[2, 3]])  # 3 replaced 5 (random token replacement).
+        rows = touched.rows([later_ids], [tf.constant([[[1.0], [7.0]]])])
+        self.assertAllClose(tf.sort(tf.reshape(rows, [-1])), [0.0, 1.0])
+
     def test_float_ids_as_bert4keras_feeds_them(self):
         ids = tf.constant([[3.0, 1.0, 3.0]])
         touched = TouchedRows(_lookups(ids), _embedding(vocab=5, dim=1))
@@ -121,6 +129,15 @@ class TestTappedLookups(TestCase):
             logits = layer(vectors, reverse=True)
         self.assertBitEqual(logits, layer(vectors, reverse=True))
         assert lookups.ids == []
+
+    def test_a_call_of_the_instance_own_is_put_back(self):
+        # tf-keras gives layers revived from a SavedModel a `call` of their own.
+        layer = self._layer()
+        own = layer.call
+        layer.call = own
+        with tapped_lookups(layer, lambda k, i, out: out + 1.0):
+            assert layer.call is not own
+        assert vars(layer)["call"] is own
 
     def test_the_layer_is_restored_when_the_block_raises(self):
         layer = self._layer()

@@ -123,10 +123,14 @@ class TestLayersThatAddLossesAndUpdates(TestCase):
         model = tiny_unilm()
         model.compile(optimizer=keras.optimizers.legacy.Adam(1e-3))
         keras_adv.adversarial_training(model, "Embedding-Token", 0.5, method="pgd")
+        nodes = [len(layer._inbound_nodes) for layer in model.layers]
         x = seq2seq_batch(size=8)
         history = model.fit(x, None, batch_size=4, epochs=3, verbose=0).history
         assert history["loss"][-1] < history["loss"][0]
         assert len(model.losses) == 1
+        # The perturbed passes' nodes are gone too: `layer.output` still works.
+        assert [len(layer._inbound_nodes) for layer in model.layers] == nodes
+        keras.Model(model.inputs, model.get_layer("Embedding-Segment").output)
 
     def test_activity_regularizer_matches_the_recipe(self):
         # The recipe perturbs E itself, so its loss holds the regularizer's
