@@ -80,6 +80,9 @@ class AdversarialTrainStep(AdversarialStep):
             return model.optimizer.scale_loss(loss), loss, y_pred
 
         def perturbed_forward():
+            # Stateless, so that the perturbed pass's metric updates are
+            # dropped (the loss trackers see the clean pass only), while its
+            # state updates (batch-norm statistics) are kept below.
             with keras.StatelessScope(collect_losses=True) as scope:
                 y_pred = model(x, training=True)
                 # Inside the scope: regularizers see the perturbed pass, and

@@ -63,6 +63,8 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
     settings, layer = step.settings, step.layer
 
     def adversarial_step():
+        # Under "adversarial" the update does not use the clean weight
+        # gradients, so that pass asks only for the lookups' (its cost floor).
         clean = taped_pass(layer, clean_forward, trainable if settings.objective == "sum" else None)
         masks = padding_masks(layer, clean.lookups.ids, inputs) if settings.per_example else None
         space = perturbation_space(settings.per_example, clean.lookups, layer, masks)
