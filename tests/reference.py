@@ -68,13 +68,17 @@ def perturbation(params, x, y, method, epsilon, alpha=None, steps=1, sample_weig
     r = np.zeros_like(E)
     for _ in range(steps if method == "pgd" else 1):
         _, (g, _, _) = gradients([E + r, W, b], x, y, sample_weight)
-        if method == "fgm":
-            r = epsilon * l2_normalize(g)
-        elif method == "fgsm":
-            r = epsilon * np.sign(g)
-        else:
-            r = project(r + alpha * l2_normalize(g), epsilon)
+        r = _ascend(method, r, g, epsilon, alpha, l2_normalize, project)
     return r
+
+
+def _ascend(method, r, g, epsilon, alpha, normalize, project_onto_ball):
+    """One step of `method` from `r` along `g`, with the given norm and ball."""
+    if method == "fgm":
+        return epsilon * normalize(g)
+    if method == "fgsm":
+        return epsilon * np.sign(g)
+    return project_onto_ball(r + alpha * normalize(g), epsilon)
 
 
 def adversarial_sgd_step(
@@ -142,12 +146,7 @@ def per_example_perturbation(params, x, y, method, epsilon, alpha=None, steps=1)
     R = np.zeros(x.shape + (params[0].shape[1],))
     for _ in range(steps if method == "pgd" else 1):
         _, _, g = lookup_gradients(params, x, y, R)
-        if method == "fgm":
-            R = epsilon * _per_example_normalize(g)
-        elif method == "fgsm":
-            R = epsilon * np.sign(g)
-        else:
-            R = _per_example_project(R + alpha * _per_example_normalize(g), epsilon)
+        R = _ascend(method, R, g, epsilon, alpha, _per_example_normalize, _per_example_project)
     return R
 
 

@@ -187,6 +187,15 @@ class AdversarialTrainFunction(AdversarialStep):
             raise no_lookup_gradient_error(self.layer)
         clean = Pass(clean_loss, [], lookups, lookup_gradients)
         settings = self.settings
+        if settings.per_example and len(lookups.ids) > 1:
+            # Each perturbed lookup takes its part of an example's row by call
+            # order, and the model's own nodes need not come in that order.
+            raise NotImplementedError(
+                f"With eager execution disabled, `per_example=True` supports one "
+                f"lookup of embedding layer '{self.layer.name}' per pass; this model "
+                f"looks up {len(lookups.ids)} times. Train it eagerly (the tf-keras "
+                f"default), or with per_example=False."
+            )
         masks = padding_masks(self.layer, lookups.ids) if settings.per_example else None
         space = perturbation_space(settings.per_example, lookups, self.layer, masks)
 
