@@ -5,7 +5,7 @@ The stack is read from the model object, never from environment variables.
 
 __all__ = ["stack_for", "family", "SUPPORTED"]
 
-SUPPORTED = "Keras 3 with the TensorFlow backend; tf-keras 2 (eager and graph mode)"
+SUPPORTED = "Keras 3 with the TensorFlow, JAX or PyTorch backend; tf-keras 2 (eager and graph mode)"
 
 
 def family(model):
@@ -40,10 +40,18 @@ def stack_for(model):
             from keras_adv._stacks import keras_tensorflow
 
             return keras_tensorflow
+        if backend == "jax":
+            from keras_adv._stacks import keras_jax
+
+            return keras_jax
+        if backend == "torch":
+            from keras_adv._stacks import keras_torch
+
+            return keras_torch
         raise NotImplementedError(
-            f"keras_adv does not support the Keras 3 '{backend}' backend yet. "
-            f"Supported: {SUPPORTED}. Set KERAS_BACKEND=tensorflow before "
-            f"importing keras."
+            f"keras_adv does not support the Keras 3 '{backend}' backend: it "
+            f"trains nothing there. Supported: {SUPPORTED}. Set KERAS_BACKEND "
+            f"to one of them before importing keras."
         )
     if family_name == "tf_keras":
         import tensorflow as tf

@@ -16,20 +16,12 @@ PyTorch recipes; loss-tracking metrics see only the clean pass.
 import keras
 import tensorflow as tf
 
-from keras_adv._stacks import distribution
-from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
+from keras_adv._stacks import distribution, keras3
+from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.passes import AdversarialStep
 from keras_adv._stacks.tf_tape import taped_adversarial_passes
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
-
-
-# Keras's own train_step uses these private hooks; they are kept in one place.
-def _compute_loss(model, x, y, y_pred, sample_weight):
-    # Handles `compute_loss` overrides written before the `training` argument.
-    return model._compute_loss(
-        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-    )
 
 
 def _loss_tracker(model):
@@ -57,17 +49,8 @@ def _switch_off_copy_on_read(variable):
 class AdversarialTrainStep(AdversarialStep):
     """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training."""
 
-    def __init__(self, layer, settings, strategy):
-        super().__init__(layer, settings)
-        # Held here, not on the model, so the model gains no tracked metric;
-        # made in the model's strategy scope, so that replicas sum into it.
-        # Reset together with Keras's loss tracker (see `_reset_with`).
-        with strategy.scope():
-            self.adversarial_loss = keras.metrics.Mean(name="adversarial_loss")
-
     def __call__(self, model, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        self._reset_with(_loss_tracker(model))
         # XLA has no copy-on-read mode, nor this op; a layer not built yet
         # makes its matrix in this step, fresh.
         if not model.jit_compile and self.layer.built:
@@ -75,48 +58,25 @@ class AdversarialTrainStep(AdversarialStep):
 
         def clean_forward():
             y_pred = model(x, training=True)
-            loss = _compute_loss(model, x, y, y_pred, sample_weight)
+            loss = keras3.compute_loss(model, x, y, y_pred, sample_weight)
             _track_loss(_loss_tracker(model), loss, x)
             return model.optimizer.scale_loss(loss), loss, y_pred
 
         def perturbed_forward():
-            # Stateless, so that the perturbed pass's metric updates are
-            # dropped (the loss trackers see the clean pass only), while its
-            # state updates (batch-norm statistics) are kept below.
-            with keras.StatelessScope(collect_losses=True) as scope:
-                y_pred = model(x, training=True)
-                # Inside the scope: regularizers see the perturbed pass, and
-                # the updates that `compute_loss` makes to loss-tracking
-                # metrics are dropped.
-                loss = _compute_loss(model, x, y, y_pred, sample_weight)
-            self._keep_state_updates(model, scope)
+            _, loss = keras3.perturbed_loss(model, x, y, sample_weight)
             return model.optimizer.scale_loss(loss), loss, None
 
         taped = taped_adversarial_passes(self, model, x, clean_forward, perturbed_forward)
         model.optimizer.apply_gradients(zip(taped.gradients, taped.variables))
 
         # Warm-up steps (`start_step`) add nothing to the mean.
-        _track_loss(self.adversarial_loss, taped.adversarial_loss, x, weight=taped.adversarial)
-        logs = dict(model.compute_metrics(x, y, taped.predictions, sample_weight=sample_weight))
-        logs["adversarial_loss"] = self.adversarial_loss.result()
-        return logs
-
-    def _reset_with(self, loss_tracker):
-        # Keras resets its metrics at the start of every epoch; a count of 0
-        # says this is the first step since, so the running mean starts over.
-        fresh = tf.equal(loss_tracker.count, 0)
-        for variable in self.adversarial_loss.variables:
-            variable.assign(tf.where(fresh, tf.zeros_like(variable), variable))
-
-    def _keep_state_updates(self, model, scope):
-        for variable in model.non_trainable_variables:
-            value = scope.get_current_value(variable)
-            if value is not None:
-                variable.assign(value)
+        metric = keras3.adversarial_loss_metric(model)
+        _track_loss(metric, taped.adversarial_loss, x, weight=taped.adversarial)
+        with metric.reporting():
+            return model.compute_metrics(x, y, taped.predictions, sample_weight=sample_weight)
 
 
-def is_compiled(model):
-    return bool(getattr(model, "compiled", False)) and model.optimizer is not None
+is_compiled = keras3.is_compiled
 
 
 def is_installed(model):
@@ -127,9 +87,8 @@ def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
     strategy = model.distribute_strategy
     distribution.check_strategy(strategy, multi_worker=False)
-    step = AdversarialTrainStep(layer, settings, strategy)
-    install_step(model, "train_step", step, keras.Model.train_step)
+    keras3.install_train_step(model, AdversarialTrainStep(layer, settings))
 
 
 def uninstall(model):
-    uninstall_step(model, "train_step")
+    keras3.uninstall_train_step(model)

@@ -20,7 +20,7 @@ matrix's vectors (`is_lookup`): the reverse call of a tied embedding
 import contextlib
 import threading
 
-__all__ = ["Lookups", "tapped_lookups", "is_lookup"]
+__all__ = ["Lookups", "tapped_lookups", "is_lookup", "pads_with_token_zero", "padding_mask_input"]
 
 # The wrapper of each tapped layer, and how many passes use it. Each pass
 # belongs to one thread: MirroredStrategy runs each replica's step in a
@@ -125,3 +125,21 @@ def is_lookup(layer, ids, outputs):
         )
     except (AttributeError, TypeError, ValueError):  # No shape, or an unknown rank.
         return False
+
+
+def pads_with_token_zero(layer):
+    """Whether token 0 is padding for `layer`'s lookups (per-example masks):
+    a layer that masks it (`mask_zero=True`), and bert4keras's embeddings
+    (its models pad with token 0)."""
+    return bool(getattr(layer, "mask_zero", False)) or any(
+        cls.__module__.startswith("bert4keras.") for cls in type(layer).__mro__
+    )
+
+
+def padding_mask_input(inputs):
+    """A KerasHub model's `padding_mask` input of the batch, or None.
+
+    Used for a lookup whose ids have its shape, where token 0 is not padding
+    (`pads_with_token_zero`); elsewhere every position counts.
+    """
+    return inputs.get("padding_mask") if isinstance(inputs, dict) else None

@@ -14,7 +14,10 @@ sequence) added at its lookups.
 import collections
 import dataclasses
 
-__all__ = ["AdversarialStep", "Settings", "Pass", "attack", "update_gradients", "epsilon_now"]
+__all__ = [
+    "AdversarialStep", "Settings", "Pass", "attack", "update_gradients", "epsilon_now",
+    "no_lookup_error", "no_lookup_gradient_error",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,3 +123,18 @@ def epsilon_now(settings, step_count):
     if settings.epsilon_schedule is None:
         return None
     return settings.epsilon_schedule(step_count)
+
+
+def no_lookup_error(layer):
+    return ValueError(
+        f"The model never looked up token ids through layer '{layer.name}'. "
+        f"Name the embedding layer that the model's inputs go through."
+    )
+
+
+def no_lookup_gradient_error(layer):
+    return ValueError(
+        f"The loss does not depend on the lookups of embedding layer "
+        f"'{layer.name}', so they cannot be perturbed. Name the embedding layer "
+        f"that the model's inputs go through."
+    )

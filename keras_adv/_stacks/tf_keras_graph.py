@@ -32,7 +32,7 @@ from keras_adv._stacks.instance_patch import install_step, installed_step, unins
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import AdversarialStep, Pass, attack, epsilon_now
 from keras_adv._stacks.tf_rows import padding_masks, perturbation_space
-from keras_adv._stacks.tf_tape import no_lookup_gradient_error
+from keras_adv._stacks.passes import no_lookup_gradient_error
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
 

@@ -25,6 +25,8 @@ the step gives the single-device result for the same global batch.
 
 import tensorflow as tf
 
+from keras_adv._stacks.lookup import padding_mask_input, pads_with_token_zero
+
 __all__ = ["TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", "add_gradients"]
 
 
@@ -199,25 +201,20 @@ class ExampleRows:
 
 
 def padding_masks(layer, ids_list, inputs=None):
-    """The non-padding positions of each lookup, or None where every position counts.
-
-    - A layer that masks token 0 (`mask_zero=True`), and bert4keras's
-      embeddings (its models pad with token 0): `ids != 0`.
-    - A KerasHub model's `padding_mask` input, where it has the ids' shape.
-    - Otherwise every position counts.
+    """The non-padding positions of each lookup, or None where every position
+    counts, by the rule of `lookup.pads_with_token_zero` and
+    `lookup.padding_mask_input`.
 
     Args:
         layer: The embedding layer.
         ids_list: The ids of each lookup.
         inputs: The model's inputs of the batch (a dict for KerasHub models).
     """
-    pads_with_zero = getattr(layer, "mask_zero", False) or any(
-        cls.__module__.startswith("bert4keras.") for cls in type(layer).__mro__
-    )
-    padding_mask = inputs.get("padding_mask") if isinstance(inputs, dict) else None
+    zero_pads = pads_with_token_zero(layer)
+    padding_mask = padding_mask_input(inputs)
     masks = []
     for ids in ids_list:
-        if pads_with_zero:
+        if zero_pads:
             masks.append(tf.not_equal(tf.cast(ids, tf.int32), 0))
         elif padding_mask is not None and padding_mask.shape.rank == ids.shape.rank:
             masks.append(tf.cast(padding_mask, tf.bool))

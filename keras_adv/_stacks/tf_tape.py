@@ -9,7 +9,9 @@ import collections
 import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.passes import Pass, attack, epsilon_now, update_gradients
+from keras_adv._stacks.passes import (
+    Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error, update_gradients,
+)
 from keras_adv._stacks.tf_rows import add_gradients, padding_masks, perturbation_space
 
 START_STEP_ACROSS_REPLICAS = (
@@ -19,7 +21,7 @@ START_STEP_ACROSS_REPLICAS = (
     "switches from the warm-up. Use per_example=True, or start_step=0."
 )
 
-__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass", "no_lookup_gradient_error"]
+__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass"]
 
 
 TapedStep = collections.namedtuple(
@@ -136,10 +138,7 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
         with tapped_lookups(layer, transform) as lookups:
             loss, reported, predictions = forward()
     if not lookups.outputs:
-        raise ValueError(
-            f"The model never looked up token ids through layer '{layer.name}'. "
-            f"Name the embedding layer that the model's inputs go through."
-        )
+        raise no_lookup_error(layer)
     sources = [] if weights is None else weights()
     targets = sources + (lookups.outputs if lookup_gradients else [])
     grads = tape.gradient(loss, targets)
@@ -152,11 +151,3 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
             for o, g in zip(lookups.outputs, lookup_grads)
         ]
     return Pass(reported, grads[: len(sources)], lookups, lookup_grads, predictions)
-
-
-def no_lookup_gradient_error(layer):
-    return ValueError(
-        f"The loss does not depend on the lookups of embedding layer "
-        f"'{layer.name}', so they cannot be perturbed. Name the embedding layer "
-        f"that the model's inputs go through."
-    )

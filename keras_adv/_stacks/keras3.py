@@ -1,0 +1,111 @@
+"""What the Keras 3 stacks share, whatever the backend.
+
+Keras's own train steps (`keras/src/backend/*/trainer.py`) use a few private
+hooks of the model; they are kept here, in one place. So is the metric that
+reports the adversarial loss.
+"""
+
+import keras
+
+from keras_adv._stacks.instance_patch import install_step, uninstall_step
+
+__all__ = [
+    "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss",
+    "perturbed_loss", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
+]
+
+
+def is_compiled(model):
+    return bool(getattr(model, "compiled", False)) and model.optimizer is not None
+
+
+def install_train_step(model, step):
+    """Binds `step` as the model's `train_step` and tracks its loss metric
+    (made in the model's strategy scope on TensorFlow, where replicas sum into it)."""
+    install_step(model, "train_step", step, keras.Model.train_step)
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only.
+    if strategy is None:
+        _attach_metric(model)
+    else:
+        with strategy.scope():
+            _attach_metric(model)
+
+
+def uninstall_train_step(model):
+    uninstall_step(model, "train_step")
+    metric = adversarial_loss_metric(model)
+    if metric is not None:
+        model._metrics.remove(metric)
+
+
+def compute_loss(model, x, y, y_pred, sample_weight):
+    # `_compute_loss` handles `compute_loss` overrides written before the
+    # `training` argument.
+    return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+
+
+def batch_size(x):
+    """The batch size of `x`, a static int (what Keras weights its loss tracker by)."""
+    return next(i for i in keras.tree.flatten(x) if i is not None).shape[0]
+
+
+def perturbed_loss(model, x, y, sample_weight):
+    """A perturbed pass of a stateful backend (TensorFlow, PyTorch): `(y_pred, loss)`.
+
+    The pass runs stateless, so that its metric updates are dropped (the loss
+    trackers see the clean pass only; regularizers run inside and see the
+    perturbed pass), while its updates of the model's non-trainable state
+    (batch-norm statistics, dropout seeds) are kept, as every pass of the
+    PyTorch recipes keeps them.
+    """
+    with keras.StatelessScope(collect_losses=True) as scope:
+        y_pred = model(x, training=True)
+        loss = compute_loss(model, x, y, y_pred, sample_weight)
+    for variable in model.non_trainable_variables:
+        value = scope.get_current_value(variable)
+        if value is not None:
+            variable.assign(value)
+    return y_pred, loss
+
+
+class AdversarialLossMean(keras.metrics.Mean):
+    """The running mean of the adversarial loss, reported by the train step only.
+
+    The model tracks it, on every backend: a JAX train step is a pure
+    function of the model's state, which holds a metric's variables only if
+    the model tracks the metric; and so it resets with Keras's own metrics
+    at every epoch. Tracking puts it in `model.metrics`, where `evaluate`
+    would report it too: its `result()` is therefore empty, except inside
+    `reporting()`, where the adversarial train step computes its logs. The
+    model gains no variable (`model.variables` holds no metric) and saves as
+    before.
+    """
+
+    def __init__(self):
+        super().__init__(name="adversarial_loss")
+        self._reporting = False
+
+    def result(self):
+        return {self.name: super().result()} if self._reporting else {}
+
+    def reporting(self):
+        metric = self
+
+        class _Reporting:
+            def __enter__(self):
+                metric._reporting = True
+
+            def __exit__(self, *exc_info):
+                metric._reporting = False
+
+        return _Reporting()
+
+
+def adversarial_loss_metric(model):
+    """The model's `AdversarialLossMean`, or None."""
+    return next((m for m in model._metrics if isinstance(m, AdversarialLossMean)), None)
+
+
+def _attach_metric(model):
+    if adversarial_loss_metric(model) is None:
+        model._metrics.append(AdversarialLossMean())

