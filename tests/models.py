@@ -6,7 +6,6 @@ tf-keras processes (where bert4keras has put `tf.keras` under that name).
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 VOCAB, DIM, CLASSES, LENGTH = 20, 4, 3, 5
 
@@ -26,8 +25,11 @@ def linear_text_model(vocab=VOCAB, dim=DIM, classes=CLASSES, length=LENGTH):
 
 def sgd(lr):
     """Plain SGD; tf-keras with eager execution disabled needs its legacy one."""
-    if not tf.executing_eagerly() and hasattr(keras.optimizers, "legacy"):
-        return keras.optimizers.legacy.SGD(learning_rate=lr)
+    if not hasattr(keras, "ops"):  # tf-keras (Keras 3 has `keras.ops`).
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return keras.optimizers.legacy.SGD(learning_rate=lr)
     return keras.optimizers.SGD(learning_rate=lr)
 
 
@@ -62,3 +64,23 @@ def batch(size=8, vocab=VOCAB, length=LENGTH, classes=CLASSES, seed=1):
 def params_of(model):
     """[E, W, b] as float64 numpy arrays, the order of tests/reference.py."""
     return [np.asarray(v, dtype="float64") for v in model.get_weights()]
+
+
+# A large vocabulary, whose size no other axis of a step has (the V x d checks).
+LARGE_VOCAB, LARGE_VOCAB_DIM, LARGE_VOCAB_LENGTH = 1000, 8, 6
+LARGE_VOCAB_METHODS = {
+    "fgm": dict(method="fgm"),
+    "pgd": dict(method="pgd", steps=3, alpha=0.2),
+    "fgm per example": dict(method="fgm", per_example=True),
+}
+
+
+def large_vocabulary_model():
+    """`linear_text_model` with `LARGE_VOCAB` tokens, compiled with Adam."""
+    return compile_adam(
+        linear_text_model(vocab=LARGE_VOCAB, dim=LARGE_VOCAB_DIM, length=LARGE_VOCAB_LENGTH)
+    )
+
+
+def large_vocabulary_batch(size=4):
+    return batch(size=size, vocab=LARGE_VOCAB, length=LARGE_VOCAB_LENGTH)

@@ -35,17 +35,27 @@ def train_on_two_workers(out_dir, method, objective, global_batch, steps):
         AssertionError: If a worker fails or runs past `TIMEOUT_S`.
     """
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    envs = [
+        {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        for index in range(2)
+    ]
+    args = [out_dir, method, objective, str(global_batch), str(steps)]
+    return run_two_processes("tests.multi_worker", [args, args], envs, out_dir)
+
+
+def run_two_processes(module, argv, envs, out_dir):
+    """Runs `python -m module *argv[i]` for i = 0, 1, with `envs[i]` added to
+    the environment, each stopped within `TIMEOUT_S`; returns the weights each
+    saved as `out_dir/worker<i>.npz`.
+
+    Raises:
+        AssertionError: If a process fails or runs past `TIMEOUT_S`.
+    """
     workers = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            "PYTHONPATH": ROOT,
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-        }
-        args = [sys.executable, "-m", "tests.multi_worker", out_dir, method, objective,
-                str(global_batch), str(steps)]
+    for args, env in zip(argv, envs):
         workers.append(subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-m", module, *args], env={**os.environ, "PYTHONPATH": ROOT, **env},
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
     logs = []
     try:
@@ -57,8 +67,13 @@ def train_on_two_workers(out_dir, method, objective, global_batch, steps):
                 worker.kill()
                 worker.wait()
     for index, (worker, log) in enumerate(zip(workers, logs)):
-        assert worker.returncode == 0, f"worker {index} failed:\n{log[-4000:]}"
+        assert worker.returncode == 0, f"process {index} failed:\n{log[-4000:]}"
     return [_load(out_dir, index) for index in range(2)]
+
+
+def save_weights(out_dir, index, model):
+    weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+    np.savez(os.path.join(out_dir, f"worker{index}.npz"), **weights)
 
 
 def _load(out_dir, index):
@@ -83,9 +98,7 @@ def _work(out_dir, method, objective, global_batch, steps):
     keras_adv.adversarial_training(model, "emb", 0.7, method=method, objective=objective)
     x, y = batch(size=global_batch * steps, seed=3)
     model.fit(x, y, batch_size=global_batch, epochs=1, shuffle=False, verbose=0)
-    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
-    np.savez(os.path.join(out_dir, f"worker{index}.npz"), **weights)
+    save_weights(out_dir, json.loads(os.environ["TF_CONFIG"])["task"]["index"], model)
 
 
 if __name__ == "__main__":

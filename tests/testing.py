@@ -42,6 +42,17 @@ def vocabulary_sized_ops_in(graph, vocab):
     )
 
 
+def execution_modes():
+    """The compile arguments of each way Keras 3 runs steps on this backend,
+    besides the default. PyTorch: Keras runs one step per call, and keras_adv
+    refuses `torch.compile` (`jit_compile=True`) with an error (test_api)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        return [dict(run_eagerly=True)]
+    return [dict(run_eagerly=True), dict(jit_compile=True), dict(steps_per_execution=3)]
+
+
 class TestCase:
     """Base class for keras_adv tests: each test starts from a clean Keras session."""
 

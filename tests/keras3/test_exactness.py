@@ -4,12 +4,11 @@ after an exception inside a step, and no autodiff work that is not needed."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_adv
 from tests.failing_step import FailingStepTests
 from tests.models import batch, compile_sgd, linear_text_model
-from tests.testing import TestCase
+from tests.testing import TestCase, execution_modes
 
 METHODS = [
     dict(method="fgm", objective="sum"),
@@ -41,7 +40,7 @@ class TestExactRestore(TestCase):
         return before, model.get_weights()
 
     @pytest.mark.parametrize("options", METHODS)
-    @pytest.mark.parametrize("mode", [{}, {"jit_compile": True}, {"run_eagerly": True}])
+    @pytest.mark.parametrize("mode", [{}] + execution_modes()[:2])
     def test_learning_rate_zero_keeps_every_weight_bit_identical(self, options, mode):
         _, plain = self._train_at_learning_rate_zero(mode)
         before, adversarial = self._train_at_learning_rate_zero(mode, options)
@@ -59,53 +58,16 @@ class TestExactRestore(TestCase):
         assert [v.path for v in model.weights] == paths
         assert [v.path for v in model.variables] == paths
         assert type(model) is cls
-        assert "adversarial_loss" not in [m.name for m in model.metrics]
+        # The adversarial loss is the train step's: evaluate does not report it.
+        assert set(model.evaluate(*batch(), return_dict=True, verbose=0)) == {"loss"}
 
 
 class TestFailingStep(FailingStepTests):
-    pass
-
-
-def _count_matmuls(model, x, y):
-    """MatMul ops in the traced train step: one per weight/input gradient product."""
-    step = tf.function(model.train_step)
-    graph = step.get_concrete_function((tf.constant(x), tf.constant(y))).graph
-    return sum(op.type == "MatMul" for op in graph.get_operations())
-
-
-class TestNoWastedPass(TestCase):
-    # The Dense layer costs one MatMul forward, one for dW and one for the
-    # input gradient (needed on the way back to the embedding). A pass that
-    # only needs the embedding gradient must skip dW.
-    @pytest.mark.parametrize(
-        "options,expected",
-        [
-            (dict(method="fgm", objective="sum"), 3 + 3),
-            (dict(method="fgm", objective="adversarial"), 2 + 3),
-            (dict(method="pgd", steps=3, objective="sum"), 3 + 2 * 2 + 3),
-            (dict(method="pgd", steps=3, objective="adversarial"), 2 + 2 * 2 + 3),
-        ],
-    )
-    def test_only_the_gradients_each_pass_needs(self, options, expected):
-        model = compile_sgd(linear_text_model())
-        x, y = batch()
-        assert _count_matmuls(model, x, y) == 3  # The plain step.
-        keras_adv.adversarial_training(model, "emb", 0.5, **options)
-        assert _count_matmuls(model, x, y) == expected
-
-    def test_embedding_gradient_reaches_the_optimizer_sparse(self):
-        seen = []
-
-        class RecordingSGD(keras.optimizers.SGD):
-            def apply(self, grads, trainable_variables=None):
-                seen.extend(type(g).__name__ for g in grads)
-                return super().apply(grads, trainable_variables)
-
-        model = linear_text_model()
-        model.compile(
-            optimizer=RecordingSGD(0.1),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        keras_adv.adversarial_training(model, "emb", 0.5)
-        model.fit(*batch(), epochs=1, verbose=0)
-        assert seen[0] == "IndexedSlices"
+    if keras.backend.backend() == "jax":
+        # When a step raises, Keras on JAX loses the model's weights in plain
+        # training too: `fit` has moved them out of the variables, and a
+        # compiled step has been given (donated) their buffers
+        # (tests/keras3_jax/test_jax.py shows both). Run eagerly and through
+        # `train_on_batch`, the weights stay, and show what the step left.
+        modes = [{"run_eagerly": True}]
+        run_failing_step = "train_on_batch"

@@ -9,7 +9,7 @@ import pytest
 import keras_adv
 from tests import reference
 from tests.models import batch, compile_sgd, linear_text_model, params_of
-from tests.testing import TestCase
+from tests.testing import TestCase, execution_modes
 
 LR = 0.2
 
@@ -28,9 +28,7 @@ class TestFitOptions(TestCase):
         history = model.fit(x, y, batch_size=4, epochs=epochs, shuffle=False, verbose=0)
         return params_of(model), history.history
 
-    @pytest.mark.parametrize(
-        "mode", [dict(run_eagerly=True), dict(jit_compile=True), dict(steps_per_execution=3)]
-    )
+    @pytest.mark.parametrize("mode", execution_modes())
     def test_execution_modes_give_the_graph_result(self, mode):
         graph_params, graph_history = self._train()
         params, history = self._train(**mode)

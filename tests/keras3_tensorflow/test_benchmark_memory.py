@@ -1,5 +1,6 @@
-"""The benchmark's live-tensor measure (`benchmarks/step_cost.py`) counts
-exactly the bytes that a step's tensors hold at once.
+"""The benchmark's live-tensor measure (`traced_peak_bytes` in
+`benchmarks/step_cost/backends/tensorflow.py`) counts exactly the bytes that
+a step's tensors hold at once.
 
 The benchmark measures with TensorFlow's BFC allocator, which is chosen
 before TensorFlow loads, so the measure runs in a process of its own. (Only
@@ -21,10 +22,9 @@ MIB = 2**20
 # Two 4 MiB tensors and their 8 MiB concatenation are alive at once: 16 MiB.
 # The 1 MiB input, made before the trace, is not the step's.
 MEASURE = """
-import json, sys
-sys.path.insert(0, "benchmarks")
+import json
 import tensorflow as tf
-import step_cost
+from benchmarks.step_cost.backends import tensorflow as backend
 
 x = tf.ones([512, 512])
 
@@ -49,14 +49,14 @@ step(x), one_tensor(x), one_after_another(x)  # Traced before the measure.
 
 def error(device):
     try:
-        step_cost._traced_peak_bytes(lambda: step(x), device)
+        backend.traced_peak_bytes(lambda: step(x), device)
     except RuntimeError as e:
         return str(e)
 
 print(json.dumps({
-    "step": [step_cost._traced_peak_bytes(lambda: step(x), "CPU:0") for _ in range(2)],
-    "one tensor": step_cost._traced_peak_bytes(lambda: one_tensor(x), "CPU:0"),
-    "one after another": step_cost._traced_peak_bytes(lambda: one_after_another(x), "CPU:0"),
+    "step": [backend.traced_peak_bytes(lambda: step(x), "CPU:0") for _ in range(2)],
+    "one tensor": backend.traced_peak_bytes(lambda: one_tensor(x), "CPU:0"),
+    "one after another": backend.traced_peak_bytes(lambda: one_after_another(x), "CPU:0"),
     # No GPU here: the trace has none of its allocator's events.
     "wrong device": error("GPU:0"),
 }))

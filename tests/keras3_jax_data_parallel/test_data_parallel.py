@@ -1,0 +1,48 @@
+"""`keras.distribution.DataParallel` over two devices gives the single-device
+result for the same global batch: every array of the adversarial step is
+global, so the touched rows and the norms are the whole batch's."""
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+import keras_adv
+from tests.models import batch, compile_sgd, linear_text_model, params_of
+from tests.testing import TestCase
+
+OPTIONS = [
+    dict(method="fgm", objective="sum"),
+    dict(method="pgd", steps=3, alpha=0.3, objective="adversarial"),
+    dict(method="fgsm", epsilon=0.1),
+    dict(method="fgm", per_example=True),
+    dict(method="fgm", relative_epsilon=True, epsilon=0.1),
+]
+
+
+class TestDataParallel(TestCase):
+    def _train(self, distributed, options):
+        self.setup_method(None)
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=jax.devices()) if distributed else None
+        )
+        try:
+            model = compile_sgd(linear_text_model(), lr=0.5)
+            options = dict(epsilon=0.7, **options) if "epsilon" not in options else options
+            keras_adv.adversarial_training(model, "emb", **options)
+            x, y = batch(size=16)
+            history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+            devices = model.get_layer("emb").embeddings.value.sharding.device_set
+            return params_of(model), history.history, len(devices)
+        finally:
+            keras.distribution.set_distribution(None)
+
+    @pytest.mark.parametrize("options", OPTIONS)
+    def test_two_devices_give_the_single_device_weights(self, options):
+        single, single_history, _ = self._train(False, options)
+        data_parallel, history, devices = self._train(True, options)
+        assert devices == 2  # The step ran on both devices, the weights replicated.
+        for a, b in zip(data_parallel, single):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+        self.assertAllClose(history["adversarial_loss"], single_history["adversarial_loss"], rtol=1e-5)
+        self.assertAllClose(history["loss"], single_history["loss"], rtol=1e-5)
