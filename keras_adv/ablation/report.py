@@ -1,45 +1,100 @@
-"""The ablation's outputs: the table (Markdown, CSV, JSON), the per-epoch
-history and a figure, written to the output folder."""
+"""The ablation's outputs: the tables (Markdown, CSV, JSON), the per-epoch
+history and the figures, written to the output folder.
+
+The Markdown report has three tables: plain and the configurations chosen on
+validation, scored on the test split (mean ± std over seeds); their paired
+difference to plain on the same seeds, with a 95% t interval; and the whole
+sweep on the validation split, which is what the choice was made on.
+"""
 
 import csv
 import dataclasses
 import json
+import math
 import os
 
-import numpy as np
+from keras_adv.ablation import figures, stats
 
-__all__ = ["summarize", "markdown_table", "write_report"]
+__all__ = ["summarize", "differences", "markdown_report", "write_report", "SCORES"]
 
-SCORES = ("peak_memory_mib", "train_seconds", "precision", "recall", "macro_f1", "accuracy", "attacked_accuracy")
+SCORES = ("precision", "recall", "macro_f1", "accuracy", "attacked_accuracy")
+COSTS = ("peak_memory_mib", "train_seconds")
+CONFIDENCE = 0.95
 
 
-def summarize(results):
-    """Mean and standard deviation of every score, per method, in run order."""
-    methods = list(dict.fromkeys(r.method for r in results))
+def summarize(runs, specs, split):
+    """Mean and standard deviation over seeds of the costs and of the scores on `split`.
+
+    Args:
+        runs: `runner.RunResult`s.
+        specs: The configurations to summarise, in order.
+        split: `"validation"` or `"test"`.
+
+    Returns:
+        One dict per configuration with `method`, `family`, `epsilon`,
+        `seeds`, `memory_kind`, and `<name>` and `<name>_std` for each cost
+        and score (std NaN with one seed).
+    """
     summary = []
-    for method in methods:
-        runs = [r for r in results if r.method == method]
-        row = {"method": method, "seeds": len(runs), "memory_kind": runs[0].memory_kind}
-        for score in SCORES:
-            values = np.array([getattr(r, score) for r in runs], dtype="float64")
-            row[score] = float(values.mean())
-            row[score + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    for spec in specs:
+        selected = [r for r in runs if r.spec == spec]
+        row = {
+            "method": spec.label, "family": spec.family,
+            "epsilon": None if spec.name == "plain" else spec.epsilon,
+            "seeds": len(selected), "memory_kind": selected[0].memory_kind,
+        }
+        for name in COSTS:
+            row[name], row[name + "_std"] = stats.mean_std([getattr(r, name) for r in selected])
+        for name in SCORES:
+            row[name], row[name + "_std"] = stats.mean_std([getattr(getattr(r, split), name) for r in selected])
         summary.append(row)
     return summary
 
 
-def _mean_std(row, score, scale=1.0, digits=1):
-    return f"{row[score] * scale:.{digits}f} ± {row[score + '_std'] * scale:.{digits}f}"
+def differences(ablation, confidence=CONFIDENCE):
+    """Test-split difference of each chosen configuration to plain, paired by seed.
+
+    Returns:
+        `{label: {score: stats.PairedDifference}}` for macro-F1, accuracy and
+        accuracy under attack; empty without a tested plain run.
+    """
+    plain = {r.seed: r.test for r in ablation.runs if r.spec.name == "plain" and r.test is not None}
+    result = {}
+    for spec in (ablation.chosen or {}).values():
+        runs = sorted((r for r in ablation.runs if r.spec == spec and r.seed in plain), key=lambda r: r.seed)
+        if not runs:
+            continue
+        result[spec.label] = {
+            name: stats.paired_difference(
+                [getattr(r.test, name) for r in runs], [getattr(plain[r.seed], name) for r in runs],
+                confidence=confidence,
+            )
+            for name in ("macro_f1", "accuracy", "attacked_accuracy")
+        }
+    return result
 
 
-def markdown_table(summary, config, dataset_name):
-    """The ablation table, scores in percent, as mean ± std over the seeds."""
-    memory = f"peak {summary[0]['memory_kind']} mem (MiB)" if summary else "peak mem (MiB)"
-    header = (
+def _mean_std(row, name, scale=1.0, digits=1):
+    text = f"{row[name] * scale:.{digits}f}"
+    std = row[name + "_std"]
+    return text if math.isnan(std) else f"{text} ± {std * scale:.{digits}f}"
+
+
+def _difference(difference):
+    # Percentage points, signed, as the scores are in percent.
+    text = f"{100 * difference.mean:+.1f}"
+    if not difference.defined:
+        return f"{text} (no interval: 1 seed)"
+    return f"{text} [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]"
+
+
+def _test_table(summary, config, dataset_name):
+    memory = f"peak {summary[0]['memory_kind']} mem (MiB)"
+    lines = [
         f"| task | dataset | method | {memory} | train time (s) | precision (%) | recall (%) "
-        f"| macro-F1 (%) | acc. under attack eps={config.attack_epsilon:g} (%) |"
-    )
-    lines = [header, "|" + " --- |" * 9]
+        f"| macro-F1 (%) | acc. under attack eps={config.attack_epsilon:g} (%) |",
+        "|" + " --- |" * 9,
+    ]
     for row in summary:
         lines.append(
             f"| text classification ({config.model}) | {dataset_name} | {row['method']} "
@@ -50,57 +105,138 @@ def markdown_table(summary, config, dataset_name):
     return "\n".join(lines)
 
 
-def _figure(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    figure, (curves, robustness) = plt.subplots(1, 2, figsize=(11, 4))
-    for method in dict.fromkeys(r.method for r in results):
-        runs = [r for r in results if r.method == method]
-        accuracy = np.mean([r.history["val_accuracy"] for r in runs], axis=0)
-        curves.plot(np.arange(1, len(accuracy) + 1), accuracy, marker="o", label=method)
-        epsilons = sorted(runs[0].attack_curve)
-        attacked = np.mean([[r.attack_curve[e] for e in epsilons] for r in runs], axis=0)
-        robustness.plot(epsilons, attacked, marker="o", label=method)
-    curves.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
-    curves.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    robustness.set(title="Test accuracy under an embedding FGM attack", xlabel="attack epsilon", ylabel="accuracy")
-    for axes in (curves, robustness):
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def _difference_table(found, config):
+    lines = [
+        f"| method | Δ macro-F1 (pp) | Δ accuracy (pp) | Δ acc. under attack eps={config.attack_epsilon:g} (pp) |",
+        "|" + " --- |" * 4,
+    ]
+    for label, scores in found.items():
+        lines.append(
+            f"| {label} | {_difference(scores['macro_f1'])} | {_difference(scores['accuracy'])} "
+            f"| {_difference(scores['attacked_accuracy'])} |"
+        )
+    return "\n".join(lines)
 
 
-def write_report(results, config, dataset_name, command=""):
-    """Writes results.md / .csv / .json, history.json and ablation.png to `config.out`.
+def _sweep_table(summary, chosen, config):
+    chosen = set(spec.label for spec in (chosen or {}).values())
+    lines = [
+        f"| method | training epsilon | seeds | macro-F1 (%) | acc. under attack eps={config.attack_epsilon:g} (%) | |",
+        "|" + " --- |" * 6,
+    ]
+    for row in summary:
+        epsilon = "–" if row["epsilon"] is None else f"{row['epsilon']:g}"
+        mark = "baseline" if row["epsilon"] is None else ("**chosen**" if row["method"] in chosen else "")
+        lines.append(
+            f"| {row['family']} | {epsilon} | {row['seeds']} | {_mean_std(row, 'macro_f1', 100)} "
+            f"| {_mean_std(row, 'attacked_accuracy', 100)} | {mark} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_report(ablation, config, dataset_name):
+    """The report's tables as Markdown (also what the command line prints).
+
+    Before the sweep has finished (or when it was interrupted) only the
+    sweep's validation table is there: nothing has been chosen, and the test
+    split has not been read.
+    """
+    runs = ablation.runs
+    specs = list(dict.fromkeys(r.spec for r in runs))
+    seeds = len({r.seed for r in runs})
+    sweep = _sweep_table(summarize(runs, specs, "validation"), ablation.chosen, config)
+    tested = [s for s in ablation.tested if any(r.spec == s and r.test is not None for r in runs)]
+    if not tested:
+        total = config.seeds * len(config.configurations)
+        return (
+            f"The sweep so far ({len(runs)} of {total} runs), on the validation split. Nothing "
+            f"is chosen and the test split is not read until every run has finished.\n\n{sweep}"
+        )
+    tested_runs = [r for r in runs if r.test is not None]
+    parts = [
+        f"Plain and the configurations chosen on validation, on the test split "
+        f"(mean ± std over {seeds} seed{'s' if seeds > 1 else ''}):",
+        _test_table(summarize(tested_runs, tested, "test"), config, dataset_name),
+    ]
+    found = differences(ablation)
+    if found:
+        level = f"{CONFIDENCE:.0%}"
+        if seeds > 1:
+            note = f"mean over {seeds} seeds [{level} t interval]"
+        else:
+            note = f"one seed, so no {level} interval is defined"
+        parts += [f"Paired difference to plain on the test split, same seeds ({note}):",
+                  _difference_table(found, config)]
+    parts += [
+        "The sweep on the validation split: for each method (and mode) the training epsilon "
+        "with the best mean macro-F1 is chosen (ties: the smaller epsilon).",
+        sweep,
+    ]
+    return "\n\n".join(parts)
+
+
+def _csv_rows(runs):
+    for r in runs:
+        row = {"method": r.method, "family": r.spec.family,
+               "epsilon": "" if r.spec.name == "plain" else r.spec.epsilon, "seed": r.seed,
+               "memory_kind": r.memory_kind, "peak_memory_mib": r.peak_memory_mib,
+               "train_seconds": r.train_seconds}
+        for split in ("validation", "test"):
+            scores = getattr(r, split)
+            for name in SCORES:
+                row[f"{split}_{name}"] = "" if scores is None else getattr(scores, name)
+        yield row
+
+
+def _without_nan(value):
+    # JSON has no NaN: an undefined std or interval is written as null.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(v) for v in value]
+    return value
+
+
+def write_report(ablation, config, dataset_name, command=""):
+    """Writes results.md / .csv / .json, history.json and the figures to `config.out`.
+
+    `sweep.png` is written from the validation scores; `ablation.png` once
+    the chosen configurations have their test scores.
 
     Returns:
-        The Markdown table.
+        The Markdown report.
     """
     os.makedirs(config.out, exist_ok=True)
-    summary = summarize(results)
-    table = markdown_table(summary, config, dataset_name)
+    text = markdown_report(ablation, config, dataset_name)
     with open(os.path.join(config.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(f"# Ablation\n\n{table}\n\n")
-        f.write(f"{len(results)} runs; scores on the test split, mean ± std over seeds.\n")
+        f.write(f"# Ablation\n\n{dataset_name}, {config.model}, {config.epochs} epochs per run.\n\n{text}\n")
         if command:
             f.write(f"\nCommand: `{command}`\n")
+    fields = ["method", "family", "epsilon", "seed", "memory_kind", *COSTS,
+              *(f"{split}_{name}" for split in ("validation", "test") for name in SCORES)]
     with open(os.path.join(config.out, "results.csv"), "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "seed", "memory_kind", *SCORES])
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        for r in results:
-            writer.writerow({k: getattr(r, k) for k in writer.fieldnames})
-    config_json = dataclasses.asdict(config)
+        writer.writerows(_csv_rows(ablation.runs))
+    specs = list(dict.fromkeys(r.spec for r in ablation.runs))
+    tested_runs = [r for r in ablation.runs if r.test is not None]
+    tested = [s for s in ablation.tested if any(r.spec == s for r in tested_runs)]
     with open(os.path.join(config.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"config": config_json, "dataset": dataset_name, "summary": summary,
-                   "runs": [{k: v for k, v in dataclasses.asdict(r).items() if k != "history"} for r in results]},
-                  f, indent=2, ensure_ascii=False, default=str)
+        json.dump(_without_nan({
+            "config": dataclasses.asdict(config),
+            "dataset": dataset_name,
+            "chosen": None if ablation.chosen is None else {k: v.label for k, v in ablation.chosen.items()},
+            "test": summarize(tested_runs, tested, "test"),
+            "differences_to_plain": {label: {k: dataclasses.asdict(v) for k, v in scores.items()}
+                                     for label, scores in differences(ablation).items()},
+            "validation": summarize(ablation.runs, specs, "validation"),
+            "runs": [{k: v for k, v in dataclasses.asdict(r).items() if k != "history"} for r in ablation.runs],
+        }), f, indent=2, ensure_ascii=False, default=str)
     with open(os.path.join(config.out, "history.json"), "w", encoding="utf-8") as f:
-        json.dump([{"method": r.method, "seed": r.seed, "history": r.history} for r in results], f, indent=2)
-    _figure(results, os.path.join(config.out, "ablation.png"))
-    return table
+        json.dump([{"method": r.method, "seed": r.seed, "history": r.history} for r in ablation.runs], f, indent=2)
+    figures.sweep_figure(ablation, config.attack_epsilon, os.path.join(config.out, "sweep.png"))
+    if tested:
+        figures.training_figure(ablation, os.path.join(config.out, "ablation.png"))
+    return text

@@ -1,7 +1,17 @@
-"""Trains the same model once per method and seed, and measures each run.
+"""Trains every configuration once per seed, chooses on validation, then tests.
 
 The runner is a user of the library: every adversarial method is switched on
 by the same `keras_adv.adversarial_training` line a user would write.
+
+An ablation runs in three phases, so that the test split cannot leak into the
+choice of a configuration:
+
+1. the sweep: every configuration and seed is trained and scored on the
+   validation split, and its weights are kept;
+2. the choice: `selection.choose` picks each method's epsilon from the
+   validation scores alone;
+3. the test: plain and the chosen configurations are scored on the test
+   split, from their kept weights. The test split is not read before this.
 """
 
 import dataclasses
@@ -11,31 +21,64 @@ import time
 import numpy as np
 
 import keras_adv
-from keras_adv.ablation import datasets, metrics, models
+from keras_adv.ablation import datasets, metrics, models, selection
+from keras_adv.ablation.config import MethodSpec
 
-__all__ = ["RunResult", "prepare_data", "run_ablation"]
+__all__ = ["Scores", "RunResult", "Ablation", "PreparedData", "prepare_data", "run_ablation"]
 
 
-@dataclasses.dataclass
-class RunResult:
-    """The measurements of one training run."""
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """The scores of one trained model on one split."""
 
-    method: str
-    seed: int
-    peak_memory_mib: float
-    memory_kind: str  # "GPU" or "RSS"
-    train_seconds: float
     precision: float
     recall: float
     macro_f1: float
     accuracy: float
-    attacked_accuracy: float
-    attack_curve: dict  # attack epsilon -> test accuracy
+    attacked_accuracy: float  # Under the attack of `config.attack_epsilon`.
+    attack_curve: dict  # Attack epsilon -> accuracy.
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One configuration trained on one seed, and its measurements."""
+
+    spec: MethodSpec
+    seed: int
+    peak_memory_mib: float
+    memory_kind: str  # "GPU" or "RSS"
+    train_seconds: float
+    validation: Scores
     history: dict  # Keras History, per epoch
+    test: Scores | None = None  # Set after the choice, for plain and the chosen configurations only.
+
+    @property
+    def method(self):
+        """The configuration's label."""
+        return self.spec.label
+
+
+@dataclasses.dataclass
+class Ablation:
+    """The runs of an ablation so far, and the configurations chosen on
+    validation (`None` until the sweep has finished)."""
+
+    runs: list
+    chosen: dict | None = None  # {family: MethodSpec}, from `selection.choose`.
+
+    @property
+    def tested(self):
+        """The configurations scored on the test split: plain, then the chosen ones."""
+        if self.chosen is None:
+            return ()
+        baseline = tuple(dict.fromkeys(r.spec for r in self.runs if r.spec.name == "plain"))
+        return baseline + tuple(self.chosen.values())
 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
+    """The dataset and its encoded splits, as the model takes them."""
+
     dataset: datasets.TextDataset
     vocabulary: models.CharVocabulary
     x_train: object
@@ -140,14 +183,29 @@ def _progress_callback(keras, bar, label, stop):
     return EpochProgress()
 
 
-def _train_one(config, data, spec, seed, bar, stop):
+def _scores(model, embedding_name, x, y, num_classes, attack_epsilons, attack_epsilon):
+    predictions = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1)
+    matrix = metrics.confusion_matrix(y, predictions, num_classes)
+    precision, recall, f1 = metrics.macro_scores(matrix)
+    curve = metrics.attacked_accuracy(model, embedding_name, x, y, sorted(set(attack_epsilons) | {attack_epsilon}))
+    return Scores(
+        precision=precision, recall=recall, macro_f1=f1, accuracy=float(np.trace(matrix) / matrix.sum()),
+        attacked_accuracy=curve[float(attack_epsilon)], attack_curve=curve,
+    )
+
+
+def _new_model(config, data, seed):
     import keras  # Keras 3, or tf.keras where bert4keras has put it under this name.
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    model = models.build_model(
-        config.model, len(data.vocabulary), data.dataset.num_classes, config.max_length
-    )
+    return keras, models.build_model(config.model, len(data.vocabulary), data.dataset.num_classes, config.max_length)
+
+
+def _train_one(config, data, spec, seed, bar, stop):
+    """Trains `spec` on `seed` and scores it on validation; returns the
+    `RunResult` and the trained weights."""
+    keras, model = _new_model(config, data, seed)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -165,42 +223,80 @@ def _train_one(config, data, spec, seed, bar, stop):
             callbacks=[_progress_callback(keras, bar, f"{spec.label} seed {seed}", stop)],
         )
         seconds = time.perf_counter() - start
-    predictions = np.argmax(model.predict(data.x_test, batch_size=256, verbose=0), axis=-1)
-    matrix = metrics.confusion_matrix(data.y_test, predictions, data.dataset.num_classes)
-    precision, recall, f1 = metrics.macro_scores(matrix)
-    epsilons = sorted(set(config.attack_epsilons) | {config.attack_epsilon})
-    curve = metrics.attacked_accuracy(model, embedding_name, data.x_test, data.y_test, epsilons)
-    return RunResult(
-        method=spec.label, seed=seed, peak_memory_mib=memory.peak_mib, memory_kind=memory.kind,
-        train_seconds=seconds, precision=precision, recall=recall, macro_f1=f1,
-        accuracy=float(np.trace(matrix) / matrix.sum()),
-        attacked_accuracy=curve[float(config.attack_epsilon)], attack_curve=curve,
+    # The sweep's figure needs only the table's attack on validation.
+    validation = _scores(
+        model, embedding_name, data.x_validation, data.y_validation, data.dataset.num_classes,
+        (), config.attack_epsilon,
+    )
+    result = RunResult(
+        spec=spec, seed=seed, peak_memory_mib=memory.peak_mib, memory_kind=memory.kind,
+        train_seconds=seconds, validation=validation,
         history={k: [float(v) for v in values] for k, values in history.history.items()},
+    )
+    return result, model.get_weights()
+
+
+def _test_one(config, data, run, weights):
+    """Scores the kept `weights` of `run` on the test split."""
+    _, model = _new_model(config, data, run.seed)
+    # The adversarial setting changes training only: the trained weights of
+    # any configuration load into the plain architecture.
+    model.set_weights(weights)
+    return _scores(
+        model, models.EMBEDDING_NAMES[config.model], data.x_test, data.y_test, data.dataset.num_classes,
+        config.attack_epsilons, config.attack_epsilon,
     )
 
 
-def run_ablation(config, *, on_result=None, progress=True, data=None, stop=None):
-    """Trains every (seed, method) of `config`; returns the `RunResult`s.
+def run_ablation(config, *, on_result=None, on_selected=None, progress=True, data=None, stop=None):
+    """Trains every (seed, configuration), chooses on validation, then tests.
 
-    Seeds are the outer loop, so an interrupted ablation has every method for
-    the seeds it finished. `on_result(results)` is called after each run.
-    `data` is `prepare_data(config)`, if already loaded.
+    Seeds are the outer loop of the sweep, so an interrupted sweep has every
+    configuration for the seeds it finished. The trained weights are kept in
+    memory until the test phase.
+
+    Args:
+        config: An `AblationConfig`.
+        on_result: Called with the `Ablation` after each run of the sweep,
+            and once more when the test scores are in.
+        on_selected: Called with the `{family: MethodSpec}` choice once it is
+            made, before the test split is read.
+        progress: Show a progress bar.
+        data: `prepare_data(config)`, if already loaded.
+        stop: A `threading.Event`; once set, the ablation stops at the next batch.
+
+    Returns:
+        The `Ablation`.
 
     Raises:
-        KeyboardInterrupt: At the next batch after `stop` (a
-            `threading.Event`) is set.
+        KeyboardInterrupt: At the next batch after `stop` is set.
     """
     from tqdm.auto import tqdm
 
+    def check_stop():
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+
     data = data if data is not None else prepare_data(config)
-    results = []
-    total = config.seeds * len(config.methods) * config.epochs
+    ablation = Ablation(runs=[])
+    weights = {}
+    total = config.seeds * len(config.configurations) * config.epochs
     with tqdm(total=total, unit="epoch", desc="ablation", disable=not progress) as bar:
         for seed in range(config.seeds):
-            for spec in config.methods:
-                if stop is not None and stop.is_set():
-                    raise KeyboardInterrupt
-                results.append(_train_one(config, data, spec, seed, bar, stop))
+            for spec in config.configurations:
+                check_stop()
+                run, weights[spec, seed] = _train_one(config, data, spec, seed, bar, stop)
+                ablation.runs.append(run)
                 if on_result is not None:
-                    on_result(results)
-    return results
+                    on_result(ablation)
+    ablation.chosen = selection.choose(ablation.runs)
+    if on_selected is not None:
+        on_selected(ablation.chosen)
+    tested = set(ablation.tested)
+    for run in ablation.runs:
+        if run.spec in tested:
+            check_stop()
+            run.test = _test_one(config, data, run, weights.pop((run.spec, run.seed)))
+    if on_result is not None:
+        on_result(ablation)
+    return ablation
