@@ -4,7 +4,9 @@ Each method turns the gradient of the loss with respect to what it perturbs
 (the touched rows of the embedding matrix, or each example's embedded
 sequence, one row per example) into a perturbation of it. A training stack calls `ascend` once per
 gradient evaluation, `method.steps` times in all; the stack decides where the
-gradients come from and where the perturbation is applied.
+gradients come from and where the perturbation is applied. `GradientPenalty`
+perturbs nothing (`steps == 0`): it turns the same gradient into a term of
+the loss, which the stack differentiates a second time.
 
 The math runs in the framework of the tensors it gets (TensorFlow, numpy, or
 `keras.ops` for the other Keras 3 backends), so the same objects serve every
@@ -18,7 +20,7 @@ import types
 
 import numpy as np
 
-__all__ = ["FGM", "FGSM", "PGD", "l2_normalize", "project_to_ball", "get_method"]
+__all__ = ["FGM", "FGSM", "PGD", "GradientPenalty", "l2_normalize", "project_to_ball", "get_method"]
 
 
 def _math_for(x):
@@ -208,7 +210,40 @@ class PGD:
         return project_to_ball(step, self.epsilon if epsilon is None else epsilon, per_example)
 
 
-_METHODS = {"fgm": FGM, "fgsm": FGSM, "pgd": PGD}
+@dataclasses.dataclass(frozen=True)
+class GradientPenalty:
+    """The gradient penalty on the embedding: no perturbation, a smoother loss.
+
+    The loss becomes `L + weight / 2 * ||dL/dE||^2`, `E` the embedding matrix
+    (only the rows the batch touches have a gradient), or with
+    `per_example=True` `L + weight / 2 * sum_i ||dL/de_i||^2` over each
+    example's embedded sequence (padding excluded). Penalising the gradient
+    is, to first order, training on FGM's perturbation without taking it
+    (the bert4keras author's alternative to FGM); the update differentiates
+    the penalty too, a second-order gradient.
+
+    Args:
+        weight: Positive float, the penalty's weight.
+    """
+
+    weight: float = 1.0
+
+    def __post_init__(self):
+        _check_positive_finite("weight", self.weight)
+
+    @property
+    def steps(self):
+        """Number of perturbed passes: none."""
+        return 0
+
+    def penalty(self, gradient):
+        """`weight / 2 * ||gradient||^2`, over the whole tensor (the touched
+        rows, or every example's row: the sum of the examples' squares)."""
+        ops = _math_for(gradient)
+        return (0.5 * self.weight) * ops.sum(ops.square(gradient))
+
+
+_METHODS = {"fgm": FGM, "fgsm": FGSM, "pgd": PGD, "gradient_penalty": GradientPenalty}
 DEFAULT_EPSILON = 1.0
 
 
@@ -216,14 +251,15 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
     """Builds the method object named by `method`.
 
     Args:
-        method: `"fgm"`, `"fgsm"` or `"pgd"` (case-insensitive), or a
-            method object, returned as is (its parameters live on it).
+        method: `"fgm"`, `"fgsm"`, `"pgd"` or `"gradient_penalty"`
+            (case-insensitive), or a method object, returned as is (its
+            parameters live on it).
         epsilon: The perturbation's norm (FGM) or radius (PGD); None for 1.0.
         steps, alpha: PGD's number of steps and step length; None for 3 and
             0.3. FGM takes neither.
 
     Returns:
-        An `FGM`, `FGSM` or `PGD` instance.
+        An `FGM`, `FGSM`, `PGD` or `GradientPenalty` instance.
 
     Raises:
         ValueError: For an unknown method name, a bad parameter, or one that
@@ -231,7 +267,7 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
         TypeError: For a parameter of the wrong type.
     """
     given = {k: v for k, v in dict(epsilon=epsilon, steps=steps, alpha=alpha).items() if v is not None}
-    if isinstance(method, (FGM, FGSM, PGD)):
+    if isinstance(method, (FGM, FGSM, PGD, GradientPenalty)):
         if given:
             raise ValueError(
                 f"Got {', '.join(f'`{k}`' for k in given)} beside the method object "
@@ -242,6 +278,14 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
         raise ValueError(
             f"Unknown method {method!r}. Expected one of {sorted(_METHODS)}."
         )
+    if method.lower() == "gradient_penalty":
+        if given:
+            raise ValueError(
+                f"The gradient penalty perturbs nothing, so it takes no "
+                f"{', '.join(f'`{k}`' for k in given)}. Its one parameter is its weight: "
+                f"pass method=keras_adv.GradientPenalty(weight=...) (default 1.0)."
+            )
+        return GradientPenalty()
     epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
     if method.lower() in ("fgm", "fgsm"):
         name = method.upper()

@@ -313,3 +313,64 @@ class WarmUpAndScheduleTests(TestCase):
         # A ramp may start at 0.
         ramp = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.5])
         keras_adv.adversarial_training(model, "emb", ramp)
+
+
+class GradientPenaltyTests(TestCase):
+    """`GradientPenalty`: one SGD step on the penalised loss, against a numpy
+    reference differentiated by central differences."""
+
+    history_name = "gradient_penalty"
+
+    @pytest.mark.parametrize("per_example", [False, True], ids=["matrix", "per example"])
+    def test_weights_after_one_step(self, per_example):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=keras_adv.GradientPenalty(weight=30.0), per_example=per_example
+        )
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, clean_loss, penalty = reference.gradient_penalty_sgd_step(
+            before, x, y, LR, 30.0, per_example=per_example
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # The penalty moved the weights well beyond the tolerance.
+        plain, _ = reference.plain_sgd_step(before, x, y, LR)
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+        self.assertAllClose(history["loss"][0], clean_loss, rtol=1e-5)
+        if self.history_name:
+            self.assertAllClose(history[self.history_name][0], penalty, rtol=1e-5)
+
+    def test_plain_until_start_step_then_penalised(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=16, seed=4)
+        params = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=keras_adv.GradientPenalty(weight=30.0), start_step=1
+        )
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
+        params, _, _ = reference.gradient_penalty_sgd_step(params, x[8:], y[8:], LR, 30.0)
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_by_name_with_its_default_weight(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method="gradient_penalty")
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _ = reference.gradient_penalty_sgd_step(before, x, y, LR, 1.0)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_bad_options_say_what_the_penalty_takes(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        with pytest.raises(ValueError, match="GradientPenalty\\(weight=...\\)"):
+            keras_adv.adversarial_training(model, "emb", 0.5, method="gradient_penalty")
+        for options in (dict(relative_epsilon=True), dict(objective="adversarial")):
+            with pytest.raises(ValueError, match="perturbs nothing"):
+                keras_adv.adversarial_training(model, "emb", method="gradient_penalty", **options)
+        with pytest.raises(ValueError, match="weight"):
+            keras_adv.GradientPenalty(weight=0.0)

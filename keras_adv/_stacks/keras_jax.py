@@ -121,6 +121,32 @@ class AdversarialTrainStep(AdversarialStep):
             grads = update_gradients(settings.objective, clean.gradients, last.gradients, ops.add)
             return grads, last.loss, clean.loss, clean.predictions, non_trainable, metrics
 
+        def penalized_step(non_trainable):
+            # One pass; the penalty on its lookups' gradient joins the loss,
+            # whose gradient then differentiates that gradient again.
+            deltas = [ops.zeros(shape.shape, shape.dtype) for shape in shapes]
+
+            def unscaled_loss(deltas, trainable):
+                loss, aux = run_pass(trainable, deltas, non_trainable, None)
+                return aux[0], (loss, aux)
+
+            def penalized_loss(trainable):
+                (_, (loss, aux)), lookup_grads = jax.value_and_grad(unscaled_loss, has_aux=True)(
+                    deltas, trainable
+                )
+                unscaled, y_pred, updated, metrics, (ids, outputs) = aux
+                masks = padding_masks(layer, ids, x) if settings.per_example else None
+                space = perturbation_space(settings.per_example, ids, outputs, matrix, masks)
+                penalty = settings.method.penalty(space.rows(ids, lookup_grads))
+                mapping = list(zip(optimizer.variables, optimizer_variables))
+                with keras.StatelessScope(state_mapping=mapping):
+                    total = loss + optimizer.scale_loss(ops.cast(penalty, loss.dtype))
+                return total, (penalty, unscaled, y_pred, updated, metrics)
+
+            (_, aux), grads = jax.value_and_grad(penalized_loss, has_aux=True)(trainable)
+            penalty, unscaled, y_pred, non_trainable, metrics = aux
+            return grads, penalty, unscaled, y_pred, non_trainable, metrics
+
         def plain_step(non_trainable):
             clean, metrics, non_trainable = differentiated_pass(
                 non_trainable, None, weights=True, lookup_gradients=False
@@ -128,6 +154,8 @@ class AdversarialTrainStep(AdversarialStep):
             no_loss = ops.zeros_like(clean.loss)
             return clean.gradients, no_loss, clean.loss, clean.predictions, non_trainable, metrics
 
+        if settings.method.steps == 0:  # The gradient penalty: no perturbed pass.
+            adversarial_step = penalized_step
         if settings.start_step:
             adversarial = ops.greater_equal(iterations, settings.start_step)
             outcome = jax.lax.cond(adversarial, adversarial_step, plain_step, non_trainable)

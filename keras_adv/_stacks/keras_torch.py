@@ -63,7 +63,10 @@ class AdversarialTrainStep(AdversarialStep):
             _, loss = keras3.perturbed_loss(model, x, y, sample_weight)
             return optimizer.scale_loss(loss), loss, None
 
-        if not adversarial:  # A warm-up step (`start_step`): the clean pass alone.
+        if adversarial and settings.method.steps == 0:  # The gradient penalty.
+            clean, adversarial_loss = self._penalized_pass(clean_forward, trainable, optimizer, x)
+            gradients = clean.gradients
+        elif not adversarial:  # A warm-up step (`start_step`): the clean pass alone.
             clean = self._pass(clean_forward, trainable, lookup_gradients=False)
             gradients, adversarial_loss = clean.gradients, None
         else:
@@ -95,6 +98,32 @@ class AdversarialTrainStep(AdversarialStep):
         with metric.reporting():
             return model.compute_metrics(x, y, clean.predictions, sample_weight=sample_weight)
 
+    def _penalized_pass(self, forward, weights, optimizer, x):
+        """The clean pass, its loss plus the penalty on its lookups' gradient,
+        differentiated (twice) w.r.t. `weights`: `(Pass, penalty)`."""
+        settings = self.settings
+        with tapped_lookups(self.layer, _differentiable) as lookups:
+            loss, reported, predictions = forward()
+        if not lookups.outputs:
+            raise no_lookup_error(self.layer)
+        lookup_grads = torch.autograd.grad(
+            reported, lookups.outputs, create_graph=True, allow_unused=True
+        )
+        if all(g is None for g in lookup_grads):
+            raise no_lookup_gradient_error(self.layer)
+        lookup_grads = [
+            torch.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, lookup_grads)
+        ]
+        ids, outputs = lookups.ids, lookups.outputs
+        masks = padding_masks(self.layer, ids, x) if settings.per_example else None
+        space = perturbation_space(
+            settings.per_example, ids, outputs, self.layer.embeddings.value, masks
+        )
+        penalty = settings.method.penalty(space.rows(ids, lookup_grads))
+        total = loss + optimizer.scale_loss(penalty.to(loss.dtype))
+        grads = torch.autograd.grad(total, [w.value for w in weights], allow_unused=True)
+        return Pass(reported.detach(), list(grads), lookups, None, predictions), penalty.detach()
+
     def _pass(self, forward, weights, perturbation_at=None, lookup_gradients=True):
         """Runs `forward()` with the lookups perturbed; differentiates the
         loss w.r.t. `weights` and (unless asked not to) the lookups' outputs."""
@@ -102,9 +131,7 @@ class AdversarialTrainStep(AdversarialStep):
         def transform(index, ids, outputs):
             if perturbation_at is not None:
                 outputs = outputs + ops.cast(perturbation_at(index, ids), outputs.dtype)
-            if not outputs.requires_grad:  # A frozen embedding.
-                outputs = outputs.detach().requires_grad_()
-            return outputs
+            return _differentiable(index, ids, outputs)
 
         with tapped_lookups(self.layer, transform) as lookups:
             loss, reported, predictions = forward()
@@ -121,6 +148,13 @@ class AdversarialTrainStep(AdversarialStep):
                 torch.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, lookup_grads)
             ]
         return Pass(reported.detach(), grads[: len(weights)], lookups, lookup_grads, predictions)
+
+
+def _differentiable(index, ids, outputs):
+    """A lookup's outputs, made a leaf that autograd differentiates where the
+    embedding is frozen (nothing upstream requires a gradient)."""
+    del index, ids
+    return outputs if outputs.requires_grad else outputs.detach().requires_grad_()
 
 
 def is_installed(model):

@@ -6,6 +6,11 @@
    before; the weight gradients are asked for on the last pass only.
 3. One optimizer update from clean + adversarial, or adversarial only.
 
+A method that perturbs nothing (`GradientPenalty`, `steps == 0`) runs the
+clean pass alone, adds `method.penalty(rows)` of the gradient w.r.t. its
+lookups to the loss, and updates from that loss's gradient (a second-order
+one: each stack differentiates the lookups' gradient again).
+
 A stack supplies `perturbed_pass(perturbation, last) -> Pass`: the model run
 with the method's perturbation (of the touched rows, or of each example's
 sequence) added at its lookups.
@@ -16,8 +21,15 @@ import dataclasses
 
 __all__ = [
     "AdversarialStep", "Settings", "Pass", "attack", "update_gradients", "epsilon_now",
-    "no_lookup_error", "no_lookup_gradient_error",
+    "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
 ]
+
+PENALTY_ACROSS_REPLICAS = (
+    "The gradient penalty on the matrix under a distribution strategy with several "
+    "replicas is not supported: its gradient would run back through the all-reduce "
+    "of the touched rows. Use per_example=True (each example's gradient is its "
+    "replica's own), or one device."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +37,7 @@ class Settings:
     """What `adversarial_training` was asked for, checked.
 
     Attributes:
-        method: A `keras_adv.FGM`, `keras_adv.FGSM` or `keras_adv.PGD`.
+        method: A `keras_adv.FGM`, `FGSM`, `PGD` or `GradientPenalty`.
         objective: `"sum"` or `"adversarial"`.
         relative_epsilon: Whether the method's lengths (epsilon, alpha) are
             fractions of the L2 norm of what is perturbed (the touched
@@ -115,6 +127,11 @@ def update_gradients(objective, clean_grads, adversarial_grads, add):
     if objective == "adversarial":
         return list(adversarial_grads)
     return [add(c, a) for c, a in zip(clean_grads, adversarial_grads)]
+
+
+def history_name(settings):
+    """The History entry of what the step adds: the adversarial loss, or the penalty."""
+    return "gradient_penalty" if settings.method.steps == 0 else "adversarial_loss"
 
 
 def epsilon_now(settings, step_count):

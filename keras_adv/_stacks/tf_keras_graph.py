@@ -198,6 +198,14 @@ class AdversarialTrainFunction(AdversarialStep):
             )
         masks = padding_masks(self.layer, lookups.ids) if settings.per_example else None
         space = perturbation_space(settings.per_example, lookups, self.layer, masks)
+        iterations = model.optimizer.iterations
+        if settings.method.steps == 0:
+            # The gradient penalty: the optimizer's `tf.gradients` of this loss
+            # runs back through the lookups' gradient (a second-order one).
+            penalty = settings.method.penalty(space.rows(lookups.ids, lookup_gradients))
+            if settings.start_step:
+                penalty *= tf.cast(tf.greater_equal(iterations, settings.start_step), penalty.dtype)
+            return clean_loss + tf.cast(penalty, clean_loss.dtype), []
 
         perturbed_updates = []
 
@@ -217,7 +225,6 @@ class AdversarialTrainFunction(AdversarialStep):
             gradients = None if last else tf.gradients(loss, perturbed.outputs)
             return Pass(loss, [], perturbed, gradients)
 
-        iterations = model.optimizer.iterations
         epsilon = epsilon_now(settings, iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)

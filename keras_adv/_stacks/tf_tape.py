@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import (
-    Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error, update_gradients,
+    PENALTY_ACROSS_REPLICAS, Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error,
+    update_gradients,
 )
 from keras_adv._stacks.tf_rows import add_gradients, padding_masks, perturbation_space
 
@@ -30,8 +31,8 @@ TapedStep = collections.namedtuple(
 TapedStep.__doc__ = """What the passes of one step computed.
 
 Attributes:
-    adversarial_loss: The loss of the last perturbed pass (0 in a plain
-        warm-up step).
+    adversarial_loss: The loss of the last perturbed pass, or the gradient
+        penalty (0 in a plain warm-up step).
     gradients: The gradients to apply, one per variable.
     variables: The model's trainable variables.
     predictions: The clean pass's outputs, for the compiled metrics.
@@ -40,7 +41,7 @@ Attributes:
 """
 
 
-def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward):
+def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward, scale_loss):
     """Runs the clean pass and the method's perturbed passes (`passes.py`).
 
     With `start_step`, a `tf.cond` on the optimizer's update count runs a
@@ -55,6 +56,8 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         inputs: The batch's inputs (where a per-example mask may come from).
         clean_forward, perturbed_forward: `() -> (loss to differentiate,
             loss to report, predictions)` of the clean and of a perturbed pass.
+        scale_loss: The optimizer's loss scaling (mixed precision), for a
+            term added to the loss (the gradient penalty).
 
     Returns:
         A `TapedStep`.
@@ -85,14 +88,46 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         grads = update_gradients(settings.objective, clean.gradients, adversarial.gradients, add_gradients)
         return adversarial.loss, grads, clean.predictions
 
+    def penalized_step():
+        # One pass; the penalty on its lookups' gradient joins the loss, and
+        # the outer tape differentiates that gradient a second time.
+        with tf.GradientTape() as outer:
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+
+                def watch(index, ids, outputs):
+                    inner.watch(outputs)
+                    return outputs
+
+                with tapped_lookups(layer, watch) as lookups:
+                    scaled, loss, predictions = clean_forward()
+            if not lookups.outputs:
+                raise no_lookup_error(layer)
+            lookup_grads = inner.gradient(loss, lookups.outputs)
+            if all(g is None for g in lookup_grads):
+                raise no_lookup_gradient_error(layer)
+            lookup_grads = [
+                tf.zeros_like(o) if g is None else tf.convert_to_tensor(g)
+                for o, g in zip(lookups.outputs, lookup_grads)
+            ]
+            masks = padding_masks(layer, lookups.ids, inputs) if settings.per_example else None
+            space = perturbation_space(settings.per_example, lookups, layer, masks)
+            penalty = settings.method.penalty(space.rows(lookups.ids, lookup_grads))
+            total = scaled + scale_loss(tf.cast(penalty, scaled.dtype))
+        return penalty, outer.gradient(total, trainable()), predictions
+
     def plain_step():
         clean = taped_pass(layer, clean_forward, trainable, lookup_gradients=False)
         return tf.zeros_like(clean.loss), clean.gradients, clean.predictions
 
+    replica = tf.distribute.get_replica_context()
+    across_replicas = replica is not None and replica.num_replicas_in_sync > 1
+    if settings.method.steps == 0:
+        if across_replicas and not settings.per_example:
+            raise NotImplementedError(PENALTY_ACROSS_REPLICAS)
+        adversarial_step = penalized_step
     if not settings.start_step:
         return _adversarial_only(adversarial_step, trainable)
-    replica = tf.distribute.get_replica_context()
-    if replica is not None and replica.num_replicas_in_sync > 1 and not settings.per_example:
+    if across_replicas and not settings.per_example:
         raise NotImplementedError(START_STEP_ACROSS_REPLICAS)
     if not model.built:
         raise ValueError(
