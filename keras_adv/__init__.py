@@ -1,4 +1,4 @@
-"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD, gradient penalty) for Keras."""
+"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD, FreeLB, gradient penalty) for Keras."""
 
 from keras_adv.api import adversarial_training
 from keras_adv.api import remove_adversarial_training
@@ -8,6 +8,7 @@ from keras_adv.embedding import embedding_candidates
 from keras_adv.embedding import find_embedding
 from keras_adv.methods import FGM
 from keras_adv.methods import FGSM
+from keras_adv.methods import FreeLB
 from keras_adv.methods import GradientPenalty
 from keras_adv.methods import PGD
 from keras_adv.methods import l2_normalize
@@ -24,6 +25,7 @@ __all__ = [
     "embedding_candidates",
     "FGM",
     "FGSM",
+    "FreeLB",
     "GradientPenalty",
     "PGD",
     "l2_normalize",

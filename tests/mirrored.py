@@ -37,6 +37,7 @@ CASES = [
     ("fgm", dict(epsilon=0.7, per_example=True), "sum"),
     ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4, per_example=True, relative_epsilon=True), "sum"),
     ("fgsm", dict(epsilon=0.05), "adversarial"),
+    ("freelb", dict(alpha=0.3, steps=3), "sum"),
 ]
 
 

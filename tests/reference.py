@@ -201,3 +201,25 @@ def _unflatten(flat, like):
         out.append(flat[start : start + p.size].reshape(p.shape))
         start += p.size
     return out
+
+
+def free_lb_sgd_step(params, x, y, lr, alpha, steps, epsilon=0.0):
+    """One SGD step of FreeLB from a zero start: the mean of the K passes'
+    gradients, pass t at the per-example perturbation of the ascent so far.
+
+    Returns:
+        (params after the step, the first pass's loss, the K passes' mean loss).
+    """
+    E = params[0]
+    R = np.zeros(x.shape + (E.shape[1],))
+    total = [np.zeros_like(p) for p in params]
+    losses = []
+    for t in range(steps):
+        loss, grads, de = lookup_gradients(params, x, y, R)
+        total = [a + g / steps for a, g in zip(total, grads)]
+        losses.append(loss)
+        if t < steps - 1:
+            R = R + alpha * _per_example_normalize(de)
+            if epsilon > 0:
+                R = _per_example_project(R, epsilon)
+    return [p - lr * g for p, g in zip(params, total)], losses[0], float(np.mean(losses))

@@ -18,6 +18,7 @@ OPTIONS = [
     dict(method="fgm", per_example=True),
     dict(method="fgm", relative_epsilon=True, epsilon=0.1),
     dict(method=keras_adv.GradientPenalty(weight=30.0)),
+    dict(method="freelb", alpha=0.3, epsilon=0.2),
 ]
 
 

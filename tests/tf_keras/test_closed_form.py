@@ -1,7 +1,7 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras, eager execution."""
 
 from tests.closed_form import (
-    EquivalenceTests, FgsmClosedFormTests, GradientPenaltyTests, OneStepClosedFormTests,
+    EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
     PerExampleClosedFormTests, WarmUpAndScheduleTests,
 )
 
@@ -27,4 +27,8 @@ class TestWarmUpAndSchedule(WarmUpAndScheduleTests):
 
 
 class TestGradientPenalty(GradientPenaltyTests):
+    pass
+
+
+class TestFreeLB(FreeLBTests):
     pass

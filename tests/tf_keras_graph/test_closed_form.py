@@ -1,7 +1,7 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras with eager execution disabled."""
 
 from tests.closed_form import (
-    EquivalenceTests, FgsmClosedFormTests, GradientPenaltyTests, OneStepClosedFormTests,
+    EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
     PerExampleClosedFormTests, WarmUpAndScheduleTests,
 )
 
@@ -28,3 +28,7 @@ class TestWarmUpAndSchedule(WarmUpAndScheduleTests):
 
 class TestGradientPenalty(GradientPenaltyTests):
     history_name = None  # Graph mode's History has the compiled metrics only.
+
+
+class TestFreeLB(FreeLBTests):
+    history_has_adversarial_loss = False
