@@ -1,4 +1,4 @@
-"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD) for Keras."""
+"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD, FreeLB, gradient penalty) for Keras."""
 
 from keras_adv.api import adversarial_training
 from keras_adv.api import remove_adversarial_training
@@ -8,6 +8,8 @@ from keras_adv.embedding import embedding_candidates
 from keras_adv.embedding import find_embedding
 from keras_adv.methods import FGM
 from keras_adv.methods import FGSM
+from keras_adv.methods import FreeLB
+from keras_adv.methods import GradientPenalty
 from keras_adv.methods import PGD
 from keras_adv.methods import l2_normalize
 from keras_adv.methods import project_to_ball
@@ -23,6 +25,8 @@ __all__ = [
     "embedding_candidates",
     "FGM",
     "FGSM",
+    "FreeLB",
+    "GradientPenalty",
     "PGD",
     "l2_normalize",
     "project_to_ball",

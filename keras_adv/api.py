@@ -3,7 +3,7 @@
 from keras_adv import _stacks
 from keras_adv.embedding import find_embedding_layer
 from keras_adv._stacks.passes import Settings
-from keras_adv.methods import FGSM, get_method
+from keras_adv.methods import FGSM, FreeLB, GradientPenalty, get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
 
@@ -53,9 +53,15 @@ def adversarial_training(
             example's, or FGSM's step of every entry (default 1.0); or a schedule,
             a callable of the optimizer's step count (a Keras
             `LearningRateSchedule`, say) giving each step's epsilon.
-        method: `"fgm"`, `"fgsm"` or `"pgd"`, or a `keras_adv.FGM`,
-            `keras_adv.FGSM` or `keras_adv.PGD` object (then `epsilon`,
-            `steps` and `alpha` are its own).
+        method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"` or
+            `"gradient_penalty"`, or a `keras_adv.FGM`, `keras_adv.FGSM`,
+            `keras_adv.PGD`, `keras_adv.FreeLB` or `keras_adv.GradientPenalty`
+            object (then `epsilon`, `steps` and `alpha` are its own). FreeLB
+            always works per example; its update is the mean of its K
+            passes' gradients (History's `adversarial_loss`: their mean
+            loss). The gradient penalty adds `weight / 2 * ||dL/dE||^2` to
+            the loss instead of perturbing (History: `gradient_penalty`, the
+            term's mean).
         steps: PGD's number of steps K (default 3); FGM takes none.
         alpha: PGD's step length (default 0.3); FGM takes none.
         objective: `"sum"` (clean + adversarial gradients, the default) or
@@ -125,6 +131,20 @@ def adversarial_training(
             "`relative_epsilon` measures epsilon against the L2 norm of what is "
             "perturbed, which suits FGM and PGD; FGSM's epsilon is the step of "
             "every single entry. Pass an absolute epsilon to FGSM, or use FGM."
+        )
+    if isinstance(adversary, FreeLB):
+        if relative_epsilon or objective != "sum":
+            raise ValueError(
+                "FreeLB updates from the sum of its K passes' gradients (each of "
+                "L / K), so `objective` has nothing to choose, and its lengths are "
+                "absolute. Drop `objective` and `relative_epsilon`."
+            )
+        per_example = True  # FreeLB perturbs each example's sequence.
+    if isinstance(adversary, GradientPenalty) and (relative_epsilon or objective != "sum"):
+        raise ValueError(
+            "The gradient penalty perturbs nothing: it has no epsilon to make "
+            "relative and no perturbed pass for `objective` to choose; its update "
+            "is that of the penalised loss. Drop `relative_epsilon` and `objective`."
         )
     stack.install(
         model, layer,

@@ -4,7 +4,9 @@ Each method turns the gradient of the loss with respect to what it perturbs
 (the touched rows of the embedding matrix, or each example's embedded
 sequence, one row per example) into a perturbation of it. A training stack calls `ascend` once per
 gradient evaluation, `method.steps` times in all; the stack decides where the
-gradients come from and where the perturbation is applied.
+gradients come from and where the perturbation is applied. `GradientPenalty`
+perturbs nothing (`steps == 0`): it turns the same gradient into a term of
+the loss, which the stack differentiates a second time.
 
 The math runs in the framework of the tensors it gets (TensorFlow, numpy, or
 `keras.ops` for the other Keras 3 backends), so the same objects serve every
@@ -18,7 +20,10 @@ import types
 
 import numpy as np
 
-__all__ = ["FGM", "FGSM", "PGD", "l2_normalize", "project_to_ball", "get_method"]
+__all__ = [
+    "FGM", "FGSM", "PGD", "FreeLB", "GradientPenalty", "l2_normalize", "project_to_ball",
+    "get_method",
+]
 
 
 def _math_for(x):
@@ -103,6 +108,20 @@ def _check_positive_finite(name, value):
         raise ValueError(f"`{name}` must be a positive finite float, got {value!r}.")
 
 
+def _check_non_negative_finite(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float >= 0, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
+
+
+def _check_steps(steps):
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"`steps` must be a positive int, got {steps!r} ({type(steps).__name__}).")
+    if steps < 1:
+        raise ValueError(f"`steps` must be at least 1, got {steps}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class _OneStep:
     """A method that builds its perturbation from one gradient, of size `epsilon`."""
@@ -184,13 +203,7 @@ class PGD:
     def __post_init__(self):
         _check_positive_finite("epsilon", self.epsilon)
         _check_positive_finite("alpha", self.alpha)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
-            raise TypeError(
-                f"`steps` must be a positive int, got {self.steps!r} "
-                f"({type(self.steps).__name__})."
-            )
-        if self.steps < 1:
-            raise ValueError(f"`steps` must be at least 1, got {self.steps}.")
+        _check_steps(self.steps)
 
     def ascend(self, perturbation, gradient, per_example=False, epsilon=None):
         """Returns the perturbation after one projected ascent step.
@@ -208,7 +221,95 @@ class PGD:
         return project_to_ball(step, self.epsilon if epsilon is None else epsilon, per_example)
 
 
-_METHODS = {"fgm": FGM, "fgsm": FGSM, "pgd": PGD}
+@dataclasses.dataclass(frozen=True)
+class FreeLB:
+    """FreeLB (Zhu et al. 2020): K ascent steps whose weight gradients all train.
+
+    Per example, on the embedding output: `delta_0` is uniform in [-1, 1] at
+    the non-padding positions, scaled by `init_magnitude / sqrt(n_i * d)`
+    (`n_i` the example's non-padding length); pass `t = 1..K` runs the model
+    at `e + delta_{t-1}`, its weight gradients (of `L / K`) are accumulated,
+    and `delta_t = delta_{t-1} + alpha * g / ||g||` per example, projected
+    onto the `epsilon` ball (`epsilon = 0`: no projection). The update uses
+    the accumulated gradients; there is no separate clean pass (with
+    `init_magnitude = 0` the first pass is the clean one).
+
+    Args:
+        epsilon: Non-negative float, the radius of each example's ball (0: none).
+        alpha: Positive float, the length of each ascent step.
+        steps: Positive int, the number of passes K.
+        init_magnitude: Non-negative float, the size of the random start.
+    """
+
+    epsilon: float = 0.0
+    alpha: float = 0.1
+    steps: int = 3
+    init_magnitude: float = 0.0
+
+    def __post_init__(self):
+        _check_non_negative_finite("epsilon", self.epsilon)
+        _check_positive_finite("alpha", self.alpha)
+        _check_steps(self.steps)
+        _check_non_negative_finite("init_magnitude", self.init_magnitude)
+
+    def initial(self, noise, mask):
+        """`delta_0` from uniform `noise` in [-1, 1] and the non-padding `mask`
+        (1.0 or 0.0), both `[examples, features]`: each example's entries
+        scaled by `init_magnitude / sqrt(its non-padding entries)`."""
+        ops = _math_for(noise)
+        entries = ops.sum(mask, axis=-1, keepdims=True)
+        safe = ops.where(ops.greater(entries, 0), entries, ops.ones_like(entries))
+        return noise * mask * (self.init_magnitude / ops.sqrt(safe))
+
+    def ascend(self, perturbation, gradient, per_example=True, epsilon=None):
+        """`delta + alpha * g / ||g||` per example, projected onto the ball of
+        radius `epsilon` (this step's, or `self.epsilon`) unless it is 0."""
+        step = self.alpha * l2_normalize(gradient, per_example)
+        if perturbation is not None:
+            step = perturbation + step
+        radius = self.epsilon if epsilon is None else epsilon
+        if isinstance(radius, numbers.Real):
+            return step if radius == 0 else project_to_ball(step, radius, per_example)
+        ops = _math_for(step)  # A schedule's value: 0 means no ball there too.
+        return ops.where(ops.greater(radius, 0), project_to_ball(step, radius, per_example), step)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientPenalty:
+    """The gradient penalty on the embedding: no perturbation, a smoother loss.
+
+    The loss becomes `L + weight / 2 * ||dL/dE||^2`, `E` the embedding matrix
+    (only the rows the batch touches have a gradient), or with
+    `per_example=True` `L + weight / 2 * sum_i ||dL/de_i||^2` over each
+    example's embedded sequence (padding excluded). Penalising the gradient
+    is, to first order, training on FGM's perturbation without taking it
+    (the bert4keras author's alternative to FGM); the update differentiates
+    the penalty too, a second-order gradient.
+
+    Args:
+        weight: Positive float, the penalty's weight.
+    """
+
+    weight: float = 1.0
+
+    def __post_init__(self):
+        _check_positive_finite("weight", self.weight)
+
+    @property
+    def steps(self):
+        """Number of perturbed passes: none."""
+        return 0
+
+    def penalty(self, gradient):
+        """`weight / 2 * ||gradient||^2`, over the whole tensor (the touched
+        rows, or every example's row: the sum of the examples' squares)."""
+        ops = _math_for(gradient)
+        return (0.5 * self.weight) * ops.sum(ops.square(gradient))
+
+
+_METHODS = {
+    "fgm": FGM, "fgsm": FGSM, "pgd": PGD, "freelb": FreeLB, "gradient_penalty": GradientPenalty,
+}
 DEFAULT_EPSILON = 1.0
 
 
@@ -216,14 +317,16 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
     """Builds the method object named by `method`.
 
     Args:
-        method: `"fgm"`, `"fgsm"` or `"pgd"` (case-insensitive), or a
-            method object, returned as is (its parameters live on it).
-        epsilon: The perturbation's norm (FGM) or radius (PGD); None for 1.0.
-        steps, alpha: PGD's number of steps and step length; None for 3 and
-            0.3. FGM takes neither.
+        method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"` or
+            `"gradient_penalty"` (case-insensitive), or a method object,
+            returned as is (its parameters live on it).
+        epsilon: The perturbation's norm (FGM) or radius (PGD); None for 1.0
+            (FreeLB: its radius, None for 0.0, no projection).
+        steps, alpha: PGD's (FreeLB's) number of steps and step length; None
+            for 3 and 0.3 (FreeLB: 3 and 0.1). FGM takes neither.
 
     Returns:
-        An `FGM`, `FGSM` or `PGD` instance.
+        An `FGM`, `FGSM`, `PGD`, `FreeLB` or `GradientPenalty` instance.
 
     Raises:
         ValueError: For an unknown method name, a bad parameter, or one that
@@ -231,7 +334,7 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
         TypeError: For a parameter of the wrong type.
     """
     given = {k: v for k, v in dict(epsilon=epsilon, steps=steps, alpha=alpha).items() if v is not None}
-    if isinstance(method, (FGM, FGSM, PGD)):
+    if isinstance(method, (FGM, FGSM, PGD, FreeLB, GradientPenalty)):
         if given:
             raise ValueError(
                 f"Got {', '.join(f'`{k}`' for k in given)} beside the method object "
@@ -241,6 +344,20 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
     if not isinstance(method, str) or method.lower() not in _METHODS:
         raise ValueError(
             f"Unknown method {method!r}. Expected one of {sorted(_METHODS)}."
+        )
+    if method.lower() == "gradient_penalty":
+        if given:
+            raise ValueError(
+                f"The gradient penalty perturbs nothing, so it takes no "
+                f"{', '.join(f'`{k}`' for k in given)}. Its one parameter is its weight: "
+                f"pass method=keras_adv.GradientPenalty(weight=...) (default 1.0)."
+            )
+        return GradientPenalty()
+    if method.lower() == "freelb":
+        return FreeLB(
+            epsilon=0.0 if epsilon is None else epsilon,
+            alpha=0.1 if alpha is None else alpha,
+            steps=3 if steps is None else steps,
         )
     epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
     if method.lower() in ("fgm", "fgsm"):

@@ -313,3 +313,137 @@ class WarmUpAndScheduleTests(TestCase):
         # A ramp may start at 0.
         ramp = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.5])
         keras_adv.adversarial_training(model, "emb", ramp)
+
+
+class GradientPenaltyTests(TestCase):
+    """`GradientPenalty`: one SGD step on the penalised loss, against a numpy
+    reference differentiated by central differences."""
+
+    history_name = "gradient_penalty"
+
+    @pytest.mark.parametrize("per_example", [False, True], ids=["matrix", "per example"])
+    def test_weights_after_one_step(self, per_example):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=keras_adv.GradientPenalty(weight=30.0), per_example=per_example
+        )
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, clean_loss, penalty = reference.gradient_penalty_sgd_step(
+            before, x, y, LR, 30.0, per_example=per_example
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # The penalty moved the weights well beyond the tolerance.
+        plain, _ = reference.plain_sgd_step(before, x, y, LR)
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+        self.assertAllClose(history["loss"][0], clean_loss, rtol=1e-5)
+        if self.history_name:
+            self.assertAllClose(history[self.history_name][0], penalty, rtol=1e-5)
+
+    def test_plain_until_start_step_then_penalised(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=16, seed=4)
+        params = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=keras_adv.GradientPenalty(weight=30.0), start_step=1
+        )
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
+        params, _, _ = reference.gradient_penalty_sgd_step(params, x[8:], y[8:], LR, 30.0)
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_by_name_with_its_default_weight(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method="gradient_penalty")
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _ = reference.gradient_penalty_sgd_step(before, x, y, LR, 1.0)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_bad_options_say_what_the_penalty_takes(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        with pytest.raises(ValueError, match="GradientPenalty\\(weight=...\\)"):
+            keras_adv.adversarial_training(model, "emb", 0.5, method="gradient_penalty")
+        for options in (dict(relative_epsilon=True), dict(objective="adversarial")):
+            with pytest.raises(ValueError, match="perturbs nothing"):
+                keras_adv.adversarial_training(model, "emb", method="gradient_penalty", **options)
+        with pytest.raises(ValueError, match="weight"):
+            keras_adv.GradientPenalty(weight=0.0)
+
+
+class FreeLBTests(TestCase):
+    """FreeLB from a zero start against tests/reference.py, and the routes
+    that tie it to plain training and to per-example FGM."""
+
+    history_has_adversarial_loss = True
+
+    @pytest.mark.parametrize("epsilon", [0.0, 0.4], ids=["no ball", "projected"])
+    def test_weights_after_one_step(self, epsilon):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=keras_adv.FreeLB(epsilon=epsilon, alpha=0.3, steps=3)
+        )
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, first_loss, mean_loss = reference.free_lb_sgd_step(
+            before, x, y, LR, alpha=0.3, steps=3, epsilon=epsilon
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        self.assertAllClose(history["loss"][0], first_loss, rtol=1e-5)
+        if self.history_has_adversarial_loss:
+            self.assertAllClose(history["adversarial_loss"][0], mean_loss, rtol=1e-5)
+        if epsilon:  # The ball was active: without it the step lands elsewhere.
+            unprojected, _, _ = reference.free_lb_sgd_step(before, x, y, LR, alpha=0.3, steps=3)
+            assert np.abs(unprojected[0] - expected[0]).max() > 1e-4
+
+    def test_one_pass_from_zero_is_a_plain_step(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method="freelb", steps=1)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _ = reference.plain_sgd_step(before, x, y, LR)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_two_passes_are_per_example_fgm_at_half_the_learning_rate(self):
+        x, y = batch()
+        trained = []
+        for lr, options in ((2 * LR, dict(method="freelb", steps=2, alpha=0.7)),
+                            (LR, dict(method="fgm", epsilon=0.7, per_example=True))):
+            self.setup_method(None)
+            model = compile_sgd(linear_text_model(), lr=lr)
+            keras_adv.adversarial_training(model, "emb", **options)
+            model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+            trained.append(params_of(model))
+        for a, b in zip(*trained):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+
+    def test_random_start_is_seeded_and_moves_the_step(self):
+        x, y = batch()
+        results = []
+        for init in (0.5, 0.5, 0.0):
+            self.setup_method(None)  # The same global seed each time.
+            model = compile_sgd(linear_text_model(), lr=LR)
+            method = keras_adv.FreeLB(alpha=0.3, steps=2, init_magnitude=init)
+            keras_adv.adversarial_training(model, "emb", method=method)
+            model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+            results.append(params_of(model))
+        for a, b in zip(results[0], results[1]):
+            self.assertBitEqual(a, b)
+        assert np.abs(results[0][0] - results[2][0]).max() > 1e-4
+
+    def test_bad_options(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        for options in (dict(objective="adversarial"), dict(relative_epsilon=True)):
+            with pytest.raises(ValueError, match="FreeLB"):
+                keras_adv.adversarial_training(model, "emb", method="freelb", **options)
+        with pytest.raises(ValueError, match="init_magnitude"):
+            keras_adv.FreeLB(init_magnitude=-1.0)

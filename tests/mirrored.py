@@ -37,6 +37,7 @@ CASES = [
     ("fgm", dict(epsilon=0.7, per_example=True), "sum"),
     ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4, per_example=True, relative_epsilon=True), "sum"),
     ("fgsm", dict(epsilon=0.05), "adversarial"),
+    ("freelb", dict(alpha=0.3, steps=3), "sum"),
 ]
 
 
@@ -94,6 +95,29 @@ class MirroredParityTests(TestCase):
         for a, b in zip(mirrored, single):
             self.assertAllClose(a, b, rtol=1e-5, atol=2e-6)
         self.assertAllClose(history["adversarial_loss"], single_history["adversarial_loss"], rtol=1e-5)
+
+    def test_gradient_penalty_per_example_gives_the_single_device_result(self):
+        results = []
+        for strategy in (mirrored_strategy(), tf.distribute.get_strategy()):
+            penalty = dict(per_example=True)
+            model, history = self._train(
+                strategy, keras_adv.GradientPenalty(weight=30.0), penalty, "sum", True
+            )
+            results.append((model.get_weights(), history))
+        (mirrored, history), (single, single_history) = results
+        for a, b in zip(mirrored, single):
+            self.assertAllClose(a, b, rtol=1e-5, atol=2e-6)
+        if "gradient_penalty" in single_history:  # Not in tf-keras graph mode.
+            self.assertAllClose(history["gradient_penalty"], single_history["gradient_penalty"], rtol=1e-5)
+
+    def test_gradient_penalty_on_the_matrix_is_refused_across_replicas(self):
+        with mirrored_strategy().scope():
+            model = compile_sgd(linear_text_model(), lr=LR)
+        before = model.get_weights()
+        keras_adv.adversarial_training(model, "emb", method="gradient_penalty")
+        with pytest.raises(NotImplementedError, match="per_example=True"):
+            model.fit(*batch(size=GLOBAL_BATCH), batch_size=GLOBAL_BATCH, verbose=0)
+        self.assertWeightsBitEqual(model.get_weights(), before)
 
     def test_start_step_with_the_matrix_rows_is_refused_across_replicas(self):
         with mirrored_strategy().scope():

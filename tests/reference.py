@@ -165,3 +165,61 @@ def fgsm_perturbation(params, x, y, epsilon):
     """FGSM on the touched rows of the matrix: epsilon * sign(dE)."""
     _, (dE, _, _) = gradients(params, x, y)
     return epsilon * np.sign(dE)
+
+
+def gradient_penalty_sgd_step(params, x, y, lr, weight, per_example=False):
+    """One SGD step on `L + weight / 2 * ||g||^2`, `g` the gradient of `L`
+    w.r.t. the matrix (or, per example, w.r.t. the lookups' outputs).
+
+    The penalised loss's gradient is taken by central differences of its
+    hand-written value: a route independent of any autodiff.
+
+    Returns:
+        (params after the step, clean loss, penalty).
+    """
+
+    def penalized(flat):
+        loss, grads, de = lookup_gradients(_unflatten(flat, params), x, y)
+        g = de if per_example else grads[0]
+        return loss + 0.5 * weight * np.sum(g**2), loss, 0.5 * weight * np.sum(g**2)
+
+    flat = np.concatenate([p.reshape(-1) for p in params])
+    step = 1e-6
+    total_grad = np.zeros_like(flat)
+    for i in range(flat.size):
+        up, down = flat.copy(), flat.copy()
+        up[i] += step
+        down[i] -= step
+        total_grad[i] = (penalized(up)[0] - penalized(down)[0]) / (2 * step)
+    _, loss, penalty = penalized(flat)
+    return _unflatten(flat - lr * total_grad, params), loss, penalty
+
+
+def _unflatten(flat, like):
+    out, start = [], 0
+    for p in like:
+        out.append(flat[start : start + p.size].reshape(p.shape))
+        start += p.size
+    return out
+
+
+def free_lb_sgd_step(params, x, y, lr, alpha, steps, epsilon=0.0):
+    """One SGD step of FreeLB from a zero start: the mean of the K passes'
+    gradients, pass t at the per-example perturbation of the ascent so far.
+
+    Returns:
+        (params after the step, the first pass's loss, the K passes' mean loss).
+    """
+    E = params[0]
+    R = np.zeros(x.shape + (E.shape[1],))
+    total = [np.zeros_like(p) for p in params]
+    losses = []
+    for t in range(steps):
+        loss, grads, de = lookup_gradients(params, x, y, R)
+        total = [a + g / steps for a, g in zip(total, grads)]
+        losses.append(loss)
+        if t < steps - 1:
+            R = R + alpha * _per_example_normalize(de)
+            if epsilon > 0:
+                R = _per_example_project(R, epsilon)
+    return [p - lr * g for p, g in zip(params, total)], losses[0], float(np.mean(losses))

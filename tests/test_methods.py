@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_adv import FGM, PGD, l2_normalize, project_to_ball
+from keras_adv import FGM, PGD, FreeLB, l2_normalize, project_to_ball
 from keras_adv.methods import get_method
 from tests import reference
 from tests.testing import TestCase
@@ -71,3 +71,27 @@ class TestMath(TestCase):
     def test_bad_parameters(self, make, error, words):
         with pytest.raises(error, match=words):
             make()
+
+
+class TestFreeLBMath(TestCase):
+    def test_random_start_of_unit_noise_has_each_examples_norm_init_magnitude(self):
+        # Noise of +-1 everywhere: n entries of init / sqrt(n) have norm init.
+        noise = np.where(np.random.RandomState(0).rand(3, 12) > 0.5, 1.0, -1.0)
+        mask = np.ones((3, 12))
+        mask[1, 8:] = 0.0  # Padding: zero there, and not counted in n.
+        mask[2, :] = 0.0  # All padding: zeros, not NaN.
+        start = FreeLB(init_magnitude=0.3).initial(noise, mask)
+        norms = np.sqrt((start**2).sum(axis=1))
+        self.assertAllClose(norms, [0.3, 0.3, 0.0])
+        self.assertAllClose(start[1, 8:], np.zeros(4))
+        self.assertAllClose(np.abs(start[1, :8]), np.full(8, 0.3 / math.sqrt(8)))
+
+    def test_ascend_projects_each_example_only_with_a_radius(self):
+        g = np.array([[3.0, 4.0], [0.0, 2.0]])
+        free = FreeLB(alpha=2.0).ascend(None, g)
+        self.assertAllClose(free, [[1.2, 1.6], [0.0, 2.0]])
+        bounded = FreeLB(epsilon=1.0, alpha=2.0).ascend(None, g)
+        self.assertAllClose(bounded, [[0.6, 0.8], [0.0, 1.0]])
+
+    def test_by_name(self):
+        assert get_method("freelb", steps=2, alpha=0.2) == FreeLB(epsilon=0.0, alpha=0.2, steps=2)

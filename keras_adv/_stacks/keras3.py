@@ -8,6 +8,7 @@ reports the adversarial loss.
 import keras
 
 from keras_adv._stacks.instance_patch import install_step, uninstall_step
+from keras_adv._stacks.passes import history_name
 
 __all__ = [
     "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss",
@@ -23,16 +24,22 @@ def install_train_step(model, step):
     """Binds `step` as the model's `train_step` and tracks its loss metric
     (made in the model's strategy scope on TensorFlow, where replicas sum into it)."""
     install_step(model, "train_step", step, keras.Model.train_step)
+    _detach_metric(model)  # An earlier call's, maybe of another name.
+    metric_name = history_name(step.settings)
     strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only.
     if strategy is None:
-        _attach_metric(model)
+        model._metrics.append(AdversarialLossMean(metric_name))
     else:
         with strategy.scope():
-            _attach_metric(model)
+            model._metrics.append(AdversarialLossMean(metric_name))
 
 
 def uninstall_train_step(model):
     uninstall_step(model, "train_step")
+    _detach_metric(model)
+
+
+def _detach_metric(model):
     metric = adversarial_loss_metric(model)
     if metric is not None:
         model._metrics.remove(metric)
@@ -69,7 +76,8 @@ def perturbed_loss(model, x, y, sample_weight):
 
 
 class AdversarialLossMean(keras.metrics.Mean):
-    """The running mean of the adversarial loss, reported by the train step only.
+    """The running mean of the adversarial loss (or of the gradient penalty,
+    named after it), reported by the train step only.
 
     The model tracks it, on every backend: a JAX train step is a pure
     function of the model's state, which holds a metric's variables only if
@@ -81,8 +89,8 @@ class AdversarialLossMean(keras.metrics.Mean):
     before.
     """
 
-    def __init__(self):
-        super().__init__(name="adversarial_loss")
+    def __init__(self, name="adversarial_loss"):
+        super().__init__(name=name)
         self._reporting = False
 
     def result(self):
@@ -104,8 +112,3 @@ class AdversarialLossMean(keras.metrics.Mean):
 def adversarial_loss_metric(model):
     """The model's `AdversarialLossMean`, or None."""
     return next((m for m in model._metrics if isinstance(m, AdversarialLossMean)), None)
-
-
-def _attach_metric(model):
-    if adversarial_loss_metric(model) is None:
-        model._metrics.append(AdversarialLossMean())

@@ -21,11 +21,12 @@ from keras import ops
 from keras_adv._stacks import keras3
 from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import Lookups, tapped_lookups
-from keras_adv._stacks.ops_rows import padding_masks, perturbation_space
+from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
-    AdversarialStep, Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error,
-    update_gradients,
+    AdversarialStep, Pass, ascent, attack, epsilon_now, free_lb_update, no_lookup_error,
+    no_lookup_gradient_error, update_gradients,
 )
+from keras_adv.methods import FreeLB
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -58,11 +59,14 @@ class AdversarialTrainStep(AdversarialStep):
         def run_pass(trainable, deltas, non_trainable, perturbation_at):
             """One pass, a function of the weights and of what is added at the
             lookups: `(scaled loss, (loss, y_pred, non_trainable, metrics,
-            (lookup ids, lookup outputs)))`."""
+            (lookup ids, lookup outputs, what was added at them)))`."""
+
+            added = []  # What each lookup got added (FreeLB's random start).
 
             def transform(index, ids, outputs):
                 if perturbation_at is not None:
-                    outputs = outputs + ops.cast(perturbation_at(index, ids), outputs.dtype)
+                    added.append(perturbation_at(index, ids))
+                    outputs = outputs + ops.cast(added[-1], outputs.dtype)
                 return outputs if deltas is None else outputs + deltas[index]
 
             with tapped_lookups(layer, transform) as lookups:
@@ -72,32 +76,39 @@ class AdversarialTrainStep(AdversarialStep):
                 )
             if not lookups.outputs:
                 raise no_lookup_error(layer)
-            return loss, (unscaled, y_pred, non_trainable, metrics, (lookups.ids, lookups.outputs))
+            lookups_aux = (lookups.ids, lookups.outputs, added)
+            return loss, (unscaled, y_pred, non_trainable, metrics, lookups_aux)
 
         shapes = _lookup_output_shapes(layer, run_pass, trainable, non_trainable)
 
-        def differentiated_pass(non_trainable, perturbation_at, weights, lookup_gradients):
+        def differentiated_pass(non_trainable, perturbation_at, weights, lookup_gradients, scale=1):
             """A pass and its gradients w.r.t. the weights (if `weights`) and
-            the lookups' outputs (if `lookup_gradients`): `(Pass, metrics,
-            non_trainable)`, the `Pass`'s loss unscaled."""
+            the lookups' outputs (if `lookup_gradients`), of its loss times
+            `scale`: `(Pass, metrics, non_trainable, what was added at the
+            lookups)`, the `Pass`'s loss unscaled."""
             deltas = [ops.zeros(shape.shape, shape.dtype) for shape in shapes]
             argnums = (0,) * weights + (1,) * lookup_gradients
-            (_, aux), grads = jax.value_and_grad(run_pass, argnums=argnums, has_aux=True)(
+
+            def scaled_pass(*args):
+                loss, aux = run_pass(*args)
+                return loss * scale, aux
+
+            (_, aux), grads = jax.value_and_grad(scaled_pass, argnums=argnums, has_aux=True)(
                 trainable, deltas, non_trainable, perturbation_at
             )
-            unscaled, y_pred, non_trainable, metrics, (ids, outputs) = aux
+            unscaled, y_pred, non_trainable, metrics, (ids, outputs, added) = aux
             lookups = Lookups()
             lookups.ids, lookups.outputs = list(ids), list(outputs)
             the_pass = Pass(
                 unscaled, grads[0] if weights else None, lookups,
                 grads[-1] if lookup_gradients else None, y_pred,
             )
-            return the_pass, metrics, non_trainable
+            return the_pass, metrics, non_trainable, added
 
         def adversarial_step(non_trainable):
             # Under "adversarial" the update does not use the clean weight
             # gradients; the compiler drops what only they would need.
-            clean, metrics, non_trainable = differentiated_pass(
+            clean, metrics, non_trainable, _ = differentiated_pass(
                 non_trainable, None, weights=settings.objective == "sum", lookup_gradients=True
             )
             ids = clean.lookups.ids
@@ -108,7 +119,7 @@ class AdversarialTrainStep(AdversarialStep):
                 # The perturbed passes keep their non-trainable updates (as
                 # on TensorFlow), but not their metric updates.
                 nonlocal non_trainable
-                result, _, non_trainable = differentiated_pass(
+                result, _, non_trainable, _ = differentiated_pass(
                     non_trainable, lambda index, ids: space.at(index, ids, perturbation),
                     weights=last, lookup_gradients=not last,
                 )
@@ -121,13 +132,81 @@ class AdversarialTrainStep(AdversarialStep):
             grads = update_gradients(settings.objective, clean.gradients, last.gradients, ops.add)
             return grads, last.loss, clean.loss, clean.predictions, non_trainable, metrics
 
+        def free_lb_step(non_trainable):
+            # FreeLB: K passes from a random start, every one's weight
+            # gradients (of L / K) summed; the first is the clean pass where
+            # the start is 0.
+            method = settings.method
+            steps = method.steps
+
+            def random_start_at(index, ids):
+                key = jax.random.fold_in(jax.random.key(self.seed + index), iterations)
+                shape = tuple(ids.shape) + (layer.embeddings.shape[1],)
+                noise = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
+                return random_start(method, noise, padding_masks(layer, [ids], x)[0])
+
+            first, metrics, non_trainable, starts = differentiated_pass(
+                non_trainable, random_start_at if method.init_magnitude else None,
+                weights=True, lookup_gradients=steps > 1, scale=1 / steps,
+            )
+            ids = first.lookups.ids
+            space = perturbation_space(
+                True, ids, first.lookups.outputs, matrix, padding_masks(layer, ids, x)
+            )
+            start = space.rows(ids, starts) if starts else None
+
+            def perturbed_pass(perturbation, last):
+                nonlocal non_trainable
+                result, _, non_trainable, _ = differentiated_pass(
+                    non_trainable, lambda index, ids: space.at(index, ids, perturbation),
+                    weights=True, lookup_gradients=not last, scale=1 / steps,
+                )
+                return result
+
+            epsilon = epsilon_now(settings, iterations)
+            if epsilon is not None:
+                epsilon = ops.cast(epsilon, "float32")
+            passes = ascent(self, space, first, perturbed_pass, epsilon, start=start)
+            grads, loss = free_lb_update(passes, ops.add)
+            return grads, loss, first.loss, first.predictions, non_trainable, metrics
+
+        def penalized_step(non_trainable):
+            # One pass; the penalty on its lookups' gradient joins the loss,
+            # whose gradient then differentiates that gradient again.
+            deltas = [ops.zeros(shape.shape, shape.dtype) for shape in shapes]
+
+            def unscaled_loss(deltas, trainable):
+                loss, aux = run_pass(trainable, deltas, non_trainable, None)
+                return aux[0], (loss, aux)
+
+            def penalized_loss(trainable):
+                (_, (loss, aux)), lookup_grads = jax.value_and_grad(unscaled_loss, has_aux=True)(
+                    deltas, trainable
+                )
+                unscaled, y_pred, updated, metrics, (ids, outputs, _) = aux
+                masks = padding_masks(layer, ids, x) if settings.per_example else None
+                space = perturbation_space(settings.per_example, ids, outputs, matrix, masks)
+                penalty = settings.method.penalty(space.rows(ids, lookup_grads))
+                mapping = list(zip(optimizer.variables, optimizer_variables))
+                with keras.StatelessScope(state_mapping=mapping):
+                    total = loss + optimizer.scale_loss(ops.cast(penalty, loss.dtype))
+                return total, (penalty, unscaled, y_pred, updated, metrics)
+
+            (_, aux), grads = jax.value_and_grad(penalized_loss, has_aux=True)(trainable)
+            penalty, unscaled, y_pred, non_trainable, metrics = aux
+            return grads, penalty, unscaled, y_pred, non_trainable, metrics
+
         def plain_step(non_trainable):
-            clean, metrics, non_trainable = differentiated_pass(
+            clean, metrics, non_trainable, _ = differentiated_pass(
                 non_trainable, None, weights=True, lookup_gradients=False
             )
             no_loss = ops.zeros_like(clean.loss)
             return clean.gradients, no_loss, clean.loss, clean.predictions, non_trainable, metrics
 
+        if settings.method.steps == 0:  # The gradient penalty: no perturbed pass.
+            adversarial_step = penalized_step
+        elif isinstance(settings.method, FreeLB):
+            adversarial_step = free_lb_step
         if settings.start_step:
             adversarial = ops.greater_equal(iterations, settings.start_step)
             outcome = jax.lax.cond(adversarial, adversarial_step, plain_step, non_trainable)
@@ -177,7 +256,7 @@ def _lookup_output_shapes(layer, run_pass, trainable, non_trainable):
     """
 
     def loss_and_lookups(trainable, non_trainable):
-        loss, (*_, (_, outputs)) = run_pass(trainable, None, non_trainable, None)
+        loss, (*_, (_, outputs, _)) = run_pass(trainable, None, non_trainable, None)
         return loss, outputs
 
     traced, (_, shapes) = jax.make_jaxpr(loss_and_lookups, return_shape=True)(trainable, non_trainable)

@@ -66,7 +66,9 @@ class AdversarialTrainStep(AdversarialStep):
             _, loss = keras3.perturbed_loss(model, x, y, sample_weight)
             return model.optimizer.scale_loss(loss), loss, None
 
-        taped = taped_adversarial_passes(self, model, x, clean_forward, perturbed_forward)
+        taped = taped_adversarial_passes(
+            self, model, x, clean_forward, perturbed_forward, model.optimizer.scale_loss
+        )
         model.optimizer.apply_gradients(zip(taped.gradients, taped.variables))
 
         # Warm-up steps (`start_step`) add nothing to the mean.

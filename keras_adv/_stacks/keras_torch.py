@@ -15,11 +15,12 @@ from keras import ops
 from keras_adv._stacks import keras3
 from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.ops_rows import padding_masks, perturbation_space
+from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
-    AdversarialStep, Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error,
-    update_gradients,
+    AdversarialStep, Pass, ascent, attack, epsilon_now, free_lb_update, no_lookup_error,
+    no_lookup_gradient_error, update_gradients,
 )
+from keras_adv.methods import FreeLB
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
 
@@ -63,7 +64,14 @@ class AdversarialTrainStep(AdversarialStep):
             _, loss = keras3.perturbed_loss(model, x, y, sample_weight)
             return optimizer.scale_loss(loss), loss, None
 
-        if not adversarial:  # A warm-up step (`start_step`): the clean pass alone.
+        if adversarial and settings.method.steps == 0:  # The gradient penalty.
+            clean, adversarial_loss = self._penalized_pass(clean_forward, trainable, optimizer, x)
+            gradients = clean.gradients
+        elif adversarial and isinstance(settings.method, FreeLB):
+            clean, gradients, adversarial_loss = self._free_lb(
+                clean_forward, perturbed_forward, trainable, optimizer, x
+            )
+        elif not adversarial:  # A warm-up step (`start_step`): the clean pass alone.
             clean = self._pass(clean_forward, trainable, lookup_gradients=False)
             gradients, adversarial_loss = clean.gradients, None
         else:
@@ -95,19 +103,87 @@ class AdversarialTrainStep(AdversarialStep):
         with metric.reporting():
             return model.compute_metrics(x, y, clean.predictions, sample_weight=sample_weight)
 
-    def _pass(self, forward, weights, perturbation_at=None, lookup_gradients=True):
+    def _free_lb(self, clean_forward, perturbed_forward, weights, optimizer, x):
+        """FreeLB's K passes from its random start, every one's weight
+        gradients (of L / K) summed: `(first Pass, gradients, mean loss)`."""
+        method, layer = self.settings.method, self.layer
+        steps, step_count = method.steps, int(optimizer.iterations.value)
+
+        def random_start_at(index, ids):
+            shape = tuple(ids.shape) + (layer.embeddings.shape[1],)
+            generator = torch.Generator(device=ids.device)
+            generator.manual_seed((self.seed + index) * 1_000_003 + step_count)
+            noise = torch.rand(shape, generator=generator, device=ids.device) * 2 - 1
+            return random_start(method, noise, padding_masks(layer, [ids], x)[0])
+
+        starts = []
+
+        def recorded_start_at(index, ids):
+            starts.append(random_start_at(index, ids))
+            return starts[-1]
+
+        first = self._pass(
+            clean_forward, weights, perturbation_at=recorded_start_at if method.init_magnitude else None,
+            lookup_gradients=steps > 1, scale=1 / steps,
+        )
+        ids = first.lookups.ids
+        space = perturbation_space(
+            True, ids, first.lookups.outputs, layer.embeddings.value, padding_masks(layer, ids, x)
+        )
+
+        def perturbed_pass(perturbation, last):
+            return self._pass(
+                perturbed_forward, weights,
+                perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
+                lookup_gradients=not last, scale=1 / steps,
+            )
+
+        epsilon = epsilon_now(self.settings, optimizer.iterations.value)
+        start = space.rows(ids, starts) if starts else None
+        passes = ascent(self, space, first, perturbed_pass, epsilon, start=start)
+        gradients, loss = free_lb_update(passes, _add)
+        return first, gradients, loss
+
+    def _penalized_pass(self, forward, weights, optimizer, x):
+        """The clean pass, its loss plus the penalty on its lookups' gradient,
+        differentiated (twice) w.r.t. `weights`: `(Pass, penalty)`."""
+        settings = self.settings
+        with tapped_lookups(self.layer, _differentiable) as lookups:
+            loss, reported, predictions = forward()
+        if not lookups.outputs:
+            raise no_lookup_error(self.layer)
+        lookup_grads = torch.autograd.grad(
+            reported, lookups.outputs, create_graph=True, allow_unused=True
+        )
+        if all(g is None for g in lookup_grads):
+            raise no_lookup_gradient_error(self.layer)
+        lookup_grads = [
+            torch.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, lookup_grads)
+        ]
+        ids, outputs = lookups.ids, lookups.outputs
+        masks = padding_masks(self.layer, ids, x) if settings.per_example else None
+        space = perturbation_space(
+            settings.per_example, ids, outputs, self.layer.embeddings.value, masks
+        )
+        penalty = settings.method.penalty(space.rows(ids, lookup_grads))
+        total = loss + optimizer.scale_loss(penalty.to(loss.dtype))
+        grads = torch.autograd.grad(total, [w.value for w in weights], allow_unused=True)
+        return Pass(reported.detach(), list(grads), lookups, None, predictions), penalty.detach()
+
+    def _pass(self, forward, weights, perturbation_at=None, lookup_gradients=True, scale=None):
         """Runs `forward()` with the lookups perturbed; differentiates the
-        loss w.r.t. `weights` and (unless asked not to) the lookups' outputs."""
+        loss (times `scale`, if given) w.r.t. `weights` and (unless asked not
+        to) the lookups' outputs."""
 
         def transform(index, ids, outputs):
             if perturbation_at is not None:
                 outputs = outputs + ops.cast(perturbation_at(index, ids), outputs.dtype)
-            if not outputs.requires_grad:  # A frozen embedding.
-                outputs = outputs.detach().requires_grad_()
-            return outputs
+            return _differentiable(index, ids, outputs)
 
         with tapped_lookups(self.layer, transform) as lookups:
             loss, reported, predictions = forward()
+        if scale is not None:
+            loss = loss * scale
         if not lookups.outputs:
             raise no_lookup_error(self.layer)
         sources = [w.value for w in weights] + (lookups.outputs if lookup_gradients else [])
@@ -121,6 +197,13 @@ class AdversarialTrainStep(AdversarialStep):
                 torch.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, lookup_grads)
             ]
         return Pass(reported.detach(), grads[: len(weights)], lookups, lookup_grads, predictions)
+
+
+def _differentiable(index, ids, outputs):
+    """A lookup's outputs, made a leaf that autograd differentiates where the
+    embedding is frozen (nothing upstream requires a gradient)."""
+    del index, ids
+    return outputs if outputs.requires_grad else outputs.detach().requires_grad_()
 
 
 def is_installed(model):

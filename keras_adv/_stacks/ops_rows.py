@@ -19,7 +19,7 @@ from keras import ops
 
 from keras_adv._stacks.lookup import padding_mask_input, pads_with_token_zero
 
-__all__ = ["TouchedRows", "ExampleRows", "perturbation_space", "padding_masks"]
+__all__ = ["TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", "random_start"]
 
 
 def _flat_ids(ids_list):
@@ -156,3 +156,14 @@ def padding_masks(layer, ids_list, inputs=None):
         else:
             masks.append(None)
     return masks
+
+
+def random_start(method, noise, mask):
+    """FreeLB's random start for one lookup (`tf_rows.random_start`), from
+    `noise` uniform in [-1, 1] of the lookup output's shape (each backend
+    draws it statelessly) and the lookup's non-padding `mask` (or None)."""
+    shape = tuple(noise.shape)
+    mask = ops.ones(shape[:-1]) if mask is None else ops.cast(mask, "float32")
+    mask = ops.broadcast_to(mask[..., None], shape)
+    rows = (shape[0], -1)
+    return ops.reshape(method.initial(ops.reshape(noise, rows), ops.reshape(mask, rows)), shape)

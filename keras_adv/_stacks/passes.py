@@ -6,6 +6,15 @@
    before; the weight gradients are asked for on the last pass only.
 3. One optimizer update from clean + adversarial, or adversarial only.
 
+FreeLB has no separate clean pass: its first pass runs at its random start
+(the clean one where that is 0) and is one of its K; every pass gives weight
+gradients (of `L / K`), and the update is their sum (`free_lb_update`).
+
+A method that perturbs nothing (`GradientPenalty`, `steps == 0`) runs the
+clean pass alone, adds `method.penalty(rows)` of the gradient w.r.t. its
+lookups to the loss, and updates from that loss's gradient (a second-order
+one: each stack differentiates the lookups' gradient again).
+
 A stack supplies `perturbed_pass(perturbation, last) -> Pass`: the model run
 with the method's perturbation (of the touched rows, or of each example's
 sequence) added at its lookups.
@@ -13,11 +22,22 @@ sequence) added at its lookups.
 
 import collections
 import dataclasses
+import random
+
+from keras_adv.methods import FreeLB
 
 __all__ = [
-    "AdversarialStep", "Settings", "Pass", "attack", "update_gradients", "epsilon_now",
-    "no_lookup_error", "no_lookup_gradient_error",
+    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "free_lb_update", "update_gradients",
+    "epsilon_now",
+    "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
 ]
+
+PENALTY_ACROSS_REPLICAS = (
+    "The gradient penalty on the matrix under a distribution strategy with several "
+    "replicas is not supported: its gradient would run back through the all-reduce "
+    "of the touched rows. Use per_example=True (each example's gradient is its "
+    "replica's own), or one device."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +45,7 @@ class Settings:
     """What `adversarial_training` was asked for, checked.
 
     Attributes:
-        method: A `keras_adv.FGM`, `keras_adv.FGSM` or `keras_adv.PGD`.
+        method: A `keras_adv.FGM`, `FGSM`, `PGD`, `FreeLB` or `GradientPenalty`.
         objective: `"sum"` or `"adversarial"`.
         relative_epsilon: Whether the method's lengths (epsilon, alpha) are
             fractions of the L2 norm of what is perturbed (the touched
@@ -78,6 +98,11 @@ class AdversarialStep:
     def __init__(self, layer, settings):
         self.layer = layer
         self.settings = settings
+        # The seed of FreeLB's random start, drawn from Python's generator
+        # (which `keras.utils.set_random_seed` seeds): each step's noise is a
+        # stateless function of it and the step count, so the model gains no
+        # random state.
+        self.seed = random.getrandbits(31)
 
 
 def attack(step, space, clean, perturbed_pass, epsilon=None):
@@ -97,17 +122,46 @@ def attack(step, space, clean, perturbed_pass, epsilon=None):
         epsilon: This step's epsilon (`settings.epsilon_schedule`'s value),
             or None for the method's own.
     """
+    return ascent(step, space, clean, perturbed_pass, epsilon)[-1]
+
+
+def ascent(step, space, first, perturbed_pass, epsilon=None, start=None):
+    """The passes of the method's ascent: `first`, then `method.steps`
+    perturbed passes (FreeLB: `steps - 1`, its first pass being one of its K),
+    each perturbation built from the gradient of the pass before.
+
+    Args:
+        start: The perturbation `first` ran at (FreeLB's random start, in the
+            space's rows), or None for the clean pass.
+
+    Returns:
+        The list of `Pass`es, `first` included.
+    """
     method, relative = step.settings.method, step.settings.relative_epsilon
     if relative:
         unit = space.unit()
-    perturbation, latest = None, clean
-    for i in range(method.steps):
+    count = method.steps - 1 if isinstance(method, FreeLB) else method.steps
+    passes, perturbation = [first], start
+    for i in range(count):
+        latest = passes[-1]
         gradient = space.rows(latest.lookups.ids, latest.lookup_gradients)
         perturbation = method.ascend(
             perturbation, gradient, per_example=space.per_example, epsilon=epsilon
         )
-        latest = perturbed_pass(unit * perturbation if relative else perturbation, i == method.steps - 1)
-    return latest
+        passes.append(perturbed_pass(unit * perturbation if relative else perturbation, i == count - 1))
+    return passes
+
+
+def free_lb_update(passes, add):
+    """FreeLB's update and reported loss from its K passes (each differentiated
+    with weight `1 / K`): the sum of their gradients, and their mean loss."""
+    gradients = passes[0].gradients
+    for later in passes[1:]:
+        gradients = [add(a, b) for a, b in zip(gradients, later.gradients)]
+    loss = passes[0].loss
+    for later in passes[1:]:
+        loss = loss + later.loss
+    return gradients, loss / len(passes)
 
 
 def update_gradients(objective, clean_grads, adversarial_grads, add):
@@ -115,6 +169,11 @@ def update_gradients(objective, clean_grads, adversarial_grads, add):
     if objective == "adversarial":
         return list(adversarial_grads)
     return [add(c, a) for c, a in zip(clean_grads, adversarial_grads)]
+
+
+def history_name(settings):
+    """The History entry of what the step adds: the adversarial loss, or the penalty."""
+    return "gradient_penalty" if settings.method.steps == 0 else "adversarial_loss"
 
 
 def epsilon_now(settings, step_count):

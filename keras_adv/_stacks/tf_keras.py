@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_adv._stacks import distribution
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep
+from keras_adv._stacks.passes import AdversarialStep, history_name
 from keras_adv._stacks.tf_tape import taped_adversarial_passes
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
@@ -55,7 +55,7 @@ class AdversarialTrainStep(AdversarialStep):
         super().__init__(layer, settings)
         # Made in the model's strategy scope, so that replicas sum into it.
         with strategy.scope():
-            self.adversarial_loss = _tf_keras().metrics.Mean(name="adversarial_loss")
+            self.adversarial_loss = _tf_keras().metrics.Mean(name=history_name(settings))
 
     def __call__(self, model, data):
         tf_keras = _tf_keras()
@@ -75,7 +75,9 @@ class AdversarialTrainStep(AdversarialStep):
             loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
             return _scaled(optimizer, loss), loss, None
 
-        taped = taped_adversarial_passes(self, model, x, clean_forward, perturbed_forward)
+        taped = taped_adversarial_passes(
+            self, model, x, clean_forward, perturbed_forward, lambda loss: _scaled(optimizer, loss)
+        )
         optimizer.apply_gradients(zip(_unscaled(optimizer, taped.gradients), taped.variables))
 
         # Warm-up steps (`start_step`) add nothing to the mean.
@@ -84,7 +86,7 @@ class AdversarialTrainStep(AdversarialStep):
             _unscaled_for_distribution(taped.adversarial_loss), sample_weight=weight
         )
         logs = dict(model.compute_metrics(x, y, taped.predictions, sample_weight))
-        logs["adversarial_loss"] = self.adversarial_loss.result()
+        logs[self.adversarial_loss.name] = self.adversarial_loss.result()
         return logs
 
     def _untracked_loss(self, model, x, y, y_pred, sample_weight):

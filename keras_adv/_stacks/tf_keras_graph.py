@@ -30,9 +30,11 @@ import tensorflow as tf
 
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
-from keras_adv._stacks.passes import AdversarialStep, Pass, attack, epsilon_now
-from keras_adv._stacks.tf_rows import padding_masks, perturbation_space
-from keras_adv._stacks.passes import no_lookup_gradient_error
+from keras_adv._stacks.passes import (
+    AdversarialStep, Pass, ascent, attack, epsilon_now, no_lookup_gradient_error,
+)
+from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start
+from keras_adv.methods import FreeLB
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
 
@@ -198,6 +200,14 @@ class AdversarialTrainFunction(AdversarialStep):
             )
         masks = padding_masks(self.layer, lookups.ids) if settings.per_example else None
         space = perturbation_space(settings.per_example, lookups, self.layer, masks)
+        iterations = model.optimizer.iterations
+        if settings.method.steps == 0:
+            # The gradient penalty: the optimizer's `tf.gradients` of this loss
+            # runs back through the lookups' gradient (a second-order one).
+            penalty = settings.method.penalty(space.rows(lookups.ids, lookup_gradients))
+            if settings.start_step:
+                penalty *= tf.cast(tf.greater_equal(iterations, settings.start_step), penalty.dtype)
+            return clean_loss + tf.cast(penalty, clean_loss.dtype), []
 
         perturbed_updates = []
 
@@ -217,11 +227,28 @@ class AdversarialTrainFunction(AdversarialStep):
             gradients = None if last else tf.gradients(loss, perturbed.outputs)
             return Pass(loss, [], perturbed, gradients)
 
-        iterations = model.optimizer.iterations
         epsilon = epsilon_now(settings, iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
-        adversarial = attack(self, space, clean, perturbed_pass, epsilon)
+        if isinstance(settings.method, FreeLB):
+            # FreeLB's K passes, the loss their mean: the first is the clean
+            # pass, or with a random start one more rebuilt call of the model.
+            method, start, first = settings.method, None, clean
+            if method.init_magnitude:
+                seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(iterations, tf.int64)])
+                starts = [
+                    random_start(method, ids, mask, self.layer.embeddings.shape[1], seed + [index, 0])
+                    for index, (ids, mask) in enumerate(zip(lookups.ids, masks))
+                ]
+                start = space.rows(lookups.ids, starts)
+                first = perturbed_pass(start, method.steps == 1)
+            passes = ascent(self, space, first, perturbed_pass, epsilon, start=start)
+            update_loss = tf.add_n([p.loss for p in passes]) / len(passes)
+            adversarial = Pass(update_loss, [], None, None)
+            if not settings.start_step:
+                return update_loss, perturbed_updates
+        else:
+            adversarial = attack(self, space, clean, perturbed_pass, epsilon)
         if not settings.start_step:
             if settings.objective == "adversarial":
                 return adversarial.loss, perturbed_updates
@@ -239,7 +266,7 @@ class AdversarialTrainFunction(AdversarialStep):
                 "start_step=0."
             )
         on = tf.cast(tf.greater_equal(iterations, settings.start_step), clean_loss.dtype)
-        if settings.objective == "adversarial":
+        if settings.objective == "adversarial" or isinstance(settings.method, FreeLB):
             return on * adversarial.loss + (1 - on) * clean_loss, perturbed_updates
         return clean_loss + on * adversarial.loss, perturbed_updates
 

@@ -27,7 +27,10 @@ import tensorflow as tf
 
 from keras_adv._stacks.lookup import padding_mask_input, pads_with_token_zero
 
-__all__ = ["TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", "add_gradients"]
+__all__ = [
+    "TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", "random_start",
+    "add_gradients",
+]
 
 
 def _flat_ids(ids_list):
@@ -221,6 +224,26 @@ def padding_masks(layer, ids_list, inputs=None):
         else:
             masks.append(None)
     return masks
+
+
+def random_start(method, ids, mask, dim, seed):
+    """FreeLB's random start for one lookup, shaped `ids.shape + [dim]`
+    (`method.initial` of uniform noise; zero at padding).
+
+    Args:
+        method: The `FreeLB`.
+        ids: The lookup's ids.
+        mask: Its non-padding positions, or None.
+        dim: The embedding's width.
+        seed: A `[2]` int64 tensor: the noise is a function of it alone
+            (stateless), so the model gains no random state.
+    """
+    shape = tf.concat([tf.shape(ids), [dim]], axis=0)
+    noise = tf.random.stateless_uniform(shape, seed, minval=-1.0, maxval=1.0)
+    mask = tf.ones(tf.shape(ids)) if mask is None else tf.cast(mask, tf.float32)
+    mask = tf.broadcast_to(mask[..., None], shape)
+    rows = [tf.shape(ids)[0], -1]
+    return tf.reshape(method.initial(tf.reshape(noise, rows), tf.reshape(mask, rows)), shape)
 
 
 def add_gradients(a, b):

@@ -10,9 +10,13 @@ import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import (
-    Pass, attack, epsilon_now, no_lookup_error, no_lookup_gradient_error, update_gradients,
+    PENALTY_ACROSS_REPLICAS, Pass, ascent, attack, epsilon_now, free_lb_update, no_lookup_error,
+    no_lookup_gradient_error, update_gradients,
 )
-from keras_adv._stacks.tf_rows import add_gradients, padding_masks, perturbation_space
+from keras_adv._stacks.tf_rows import (
+    ExampleRows, add_gradients, padding_masks, perturbation_space, random_start,
+)
+from keras_adv.methods import FreeLB
 
 START_STEP_ACROSS_REPLICAS = (
     "`start_step` under a distribution strategy with several replicas works with "
@@ -30,8 +34,8 @@ TapedStep = collections.namedtuple(
 TapedStep.__doc__ = """What the passes of one step computed.
 
 Attributes:
-    adversarial_loss: The loss of the last perturbed pass (0 in a plain
-        warm-up step).
+    adversarial_loss: The loss of the last perturbed pass, or the gradient
+        penalty (0 in a plain warm-up step).
     gradients: The gradients to apply, one per variable.
     variables: The model's trainable variables.
     predictions: The clean pass's outputs, for the compiled metrics.
@@ -40,7 +44,7 @@ Attributes:
 """
 
 
-def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward):
+def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward, scale_loss):
     """Runs the clean pass and the method's perturbed passes (`passes.py`).
 
     With `start_step`, a `tf.cond` on the optimizer's update count runs a
@@ -55,6 +59,8 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         inputs: The batch's inputs (where a per-example mask may come from).
         clean_forward, perturbed_forward: `() -> (loss to differentiate,
             loss to report, predictions)` of the clean and of a perturbed pass.
+        scale_loss: The optimizer's loss scaling (mixed precision), for a
+            term added to the loss (the gradient penalty).
 
     Returns:
         A `TapedStep`.
@@ -85,14 +91,84 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         grads = update_gradients(settings.objective, clean.gradients, adversarial.gradients, add_gradients)
         return adversarial.loss, grads, clean.predictions
 
+    def free_lb_step():
+        # FreeLB: K passes from a random start, every one's weight gradients
+        # (of L / K) summed; the first is the clean pass where the start is 0.
+        method = settings.method
+        steps = method.steps
+        starts = []
+
+        def random_start_at(index, ids):
+            seed = tf.stack([tf.constant(step.seed + index, tf.int64),
+                             tf.cast(model.optimizer.iterations, tf.int64)])
+            mask = padding_masks(layer, [ids], inputs)[0]
+            starts.append(random_start(method, ids, mask, layer.embeddings.shape[1], seed))
+            return starts[-1]
+
+        first = taped_pass(
+            layer, clean_forward, trainable,
+            perturbation_at=random_start_at if method.init_magnitude else None,
+            lookup_gradients=steps > 1, scale=1 / steps,
+        )
+        space = ExampleRows(first.lookups, layer, padding_masks(layer, first.lookups.ids, inputs))
+        start = space.rows(first.lookups.ids, starts) if starts else None
+
+        def perturbed_pass(perturbation, last):
+            return taped_pass(
+                layer, perturbed_forward, trainable,
+                perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
+                lookup_gradients=not last, scale=1 / steps,
+            )
+
+        epsilon = epsilon_now(settings, model.optimizer.iterations)
+        if epsilon is not None:
+            epsilon = tf.cast(epsilon, tf.float32)
+        passes = ascent(step, space, first, perturbed_pass, epsilon, start=start)
+        grads, loss = free_lb_update(passes, add_gradients)
+        return loss, grads, first.predictions
+
+    def penalized_step():
+        # One pass; the penalty on its lookups' gradient joins the loss, and
+        # the outer tape differentiates that gradient a second time.
+        with tf.GradientTape() as outer:
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+
+                def watch(index, ids, outputs):
+                    inner.watch(outputs)
+                    return outputs
+
+                with tapped_lookups(layer, watch) as lookups:
+                    scaled, loss, predictions = clean_forward()
+            if not lookups.outputs:
+                raise no_lookup_error(layer)
+            lookup_grads = inner.gradient(loss, lookups.outputs)
+            if all(g is None for g in lookup_grads):
+                raise no_lookup_gradient_error(layer)
+            lookup_grads = [
+                tf.zeros_like(o) if g is None else tf.convert_to_tensor(g)
+                for o, g in zip(lookups.outputs, lookup_grads)
+            ]
+            masks = padding_masks(layer, lookups.ids, inputs) if settings.per_example else None
+            space = perturbation_space(settings.per_example, lookups, layer, masks)
+            penalty = settings.method.penalty(space.rows(lookups.ids, lookup_grads))
+            total = scaled + scale_loss(tf.cast(penalty, scaled.dtype))
+        return penalty, outer.gradient(total, trainable()), predictions
+
     def plain_step():
         clean = taped_pass(layer, clean_forward, trainable, lookup_gradients=False)
         return tf.zeros_like(clean.loss), clean.gradients, clean.predictions
 
+    replica = tf.distribute.get_replica_context()
+    across_replicas = replica is not None and replica.num_replicas_in_sync > 1
+    if settings.method.steps == 0:
+        if across_replicas and not settings.per_example:
+            raise NotImplementedError(PENALTY_ACROSS_REPLICAS)
+        adversarial_step = penalized_step
+    elif isinstance(settings.method, FreeLB):
+        adversarial_step = free_lb_step
     if not settings.start_step:
         return _adversarial_only(adversarial_step, trainable)
-    replica = tf.distribute.get_replica_context()
-    if replica is not None and replica.num_replicas_in_sync > 1 and not settings.per_example:
+    if across_replicas and not settings.per_example:
         raise NotImplementedError(START_STEP_ACROSS_REPLICAS)
     if not model.built:
         raise ValueError(
@@ -110,7 +186,7 @@ def _adversarial_only(adversarial_step, trainable):
     return TapedStep(loss, grads, trainable(), predictions, tf.constant(True))
 
 
-def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradients=True):
+def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradients=True, scale=None):
     """Runs `forward()` with the lookups of `layer` perturbed and watched.
 
     Args:
@@ -123,6 +199,7 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
         perturbation_at: `(index, ids) -> perturbation` added to the output
             of the pass's `index`-th lookup, or None for the clean pass.
         lookup_gradients: Whether to differentiate the lookups' outputs.
+        scale: A factor of the loss to differentiate (FreeLB's `1 / K`), or None.
 
     Returns:
         A `Pass`, with the reported loss.
@@ -137,6 +214,8 @@ def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradie
 
         with tapped_lookups(layer, transform) as lookups:
             loss, reported, predictions = forward()
+            if scale is not None:
+                loss = loss * tf.cast(scale, loss.dtype)
     if not lookups.outputs:
         raise no_lookup_error(layer)
     sources = [] if weights is None else weights()

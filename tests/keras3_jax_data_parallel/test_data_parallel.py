@@ -17,6 +17,8 @@ OPTIONS = [
     dict(method="fgsm", epsilon=0.1),
     dict(method="fgm", per_example=True),
     dict(method="fgm", relative_epsilon=True, epsilon=0.1),
+    dict(method=keras_adv.GradientPenalty(weight=30.0)),
+    dict(method="freelb", alpha=0.3, epsilon=0.2),
 ]
 
 
@@ -28,7 +30,8 @@ class TestDataParallel(TestCase):
         )
         try:
             model = compile_sgd(linear_text_model(), lr=0.5)
-            options = dict(epsilon=0.7, **options) if "epsilon" not in options else options
+            if "epsilon" not in options and options.get("method") in ("fgm", "pgd"):
+                options = dict(epsilon=0.7, **options)
             keras_adv.adversarial_training(model, "emb", **options)
             x, y = batch(size=16)
             history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
@@ -44,5 +47,6 @@ class TestDataParallel(TestCase):
         assert devices == 2  # The step ran on both devices, the weights replicated.
         for a, b in zip(data_parallel, single):
             self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
-        self.assertAllClose(history["adversarial_loss"], single_history["adversarial_loss"], rtol=1e-5)
+        name = "gradient_penalty" if "gradient_penalty" in history else "adversarial_loss"
+        self.assertAllClose(history[name], single_history[name], rtol=1e-5)
         self.assertAllClose(history["loss"], single_history["loss"], rtol=1e-5)

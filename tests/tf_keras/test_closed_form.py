@@ -1,8 +1,8 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras, eager execution."""
 
 from tests.closed_form import (
-    EquivalenceTests, FgsmClosedFormTests, OneStepClosedFormTests, PerExampleClosedFormTests,
-    WarmUpAndScheduleTests,
+    EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    PerExampleClosedFormTests, WarmUpAndScheduleTests,
 )
 
 
@@ -23,4 +23,12 @@ class TestFgsmClosedForm(FgsmClosedFormTests):
 
 
 class TestWarmUpAndSchedule(WarmUpAndScheduleTests):
+    pass
+
+
+class TestGradientPenalty(GradientPenaltyTests):
+    pass
+
+
+class TestFreeLB(FreeLBTests):
     pass

@@ -1,8 +1,8 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras with eager execution disabled."""
 
 from tests.closed_form import (
-    EquivalenceTests, FgsmClosedFormTests, OneStepClosedFormTests, PerExampleClosedFormTests,
-    WarmUpAndScheduleTests,
+    EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    PerExampleClosedFormTests, WarmUpAndScheduleTests,
 )
 
 
@@ -25,3 +25,10 @@ class TestFgsmClosedForm(FgsmClosedFormTests):
 class TestWarmUpAndSchedule(WarmUpAndScheduleTests):
     counts_traces = False
 
+
+class TestGradientPenalty(GradientPenaltyTests):
+    history_name = None  # Graph mode's History has the compiled metrics only.
+
+
+class TestFreeLB(FreeLBTests):
+    history_has_adversarial_loss = False
