@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 
-from keras_adv.methods import get_method
+from keras_adv.methods import GradientPenalty, get_method
 
 __all__ = ["MethodSpec", "AblationConfig", "load_task_config", "make_config", "MODELS", "QUICK", "DEFAULT_EPSILONS"]
 
@@ -21,6 +21,9 @@ OBJECTIVES = ("sum", "adversarial")
 # within 10 minutes on 2 CPU cores (PGD costs about twice FGM per step).
 DEFAULT_EPSILONS = (0.1, 0.3, 1.0)
 
+# What `--methods` and a task config's method entries may name.
+NAMES = ("plain", "fgm", "fgsm", "pgd", "freelb", "gradient_penalty")
+
 # --quick: a smoke run of the same pipeline.
 QUICK = dict(seeds=2, epochs=1, train_limit=1500, eval_limit=400, attack_epsilons=(0.0, 1.0))
 
@@ -29,7 +32,9 @@ QUICK = dict(seeds=2, epochs=1, train_limit=1500, eval_limit=400, attack_epsilon
 class MethodSpec:
     """One row of the table: plain training, or one adversarial setting."""
 
-    name: str  # "plain", "fgm", "fgsm" or "pgd"
+    name: str  # "plain", or a method of `NAMES`
+    # The method's size: FGM's norm, PGD's and FreeLB's radius, FGSM's step,
+    # the gradient penalty's weight; what a sweep varies.
     epsilon: float = 1.0
     objective: str = "sum"
     steps: int = 3
@@ -39,10 +44,8 @@ class MethodSpec:
     start_step: int = 0
 
     def __post_init__(self):
-        if self.name not in ("plain", "fgm", "fgsm", "pgd"):
-            raise ValueError(
-                f"Unknown method {self.name!r}. Expected one of ['plain', 'fgm', 'fgsm', 'pgd']."
-            )
+        if self.name not in NAMES:
+            raise ValueError(f"Unknown method {self.name!r}. Expected one of {list(NAMES)}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}. Expected one of {list(OBJECTIVES)}.")
         if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
@@ -50,8 +53,10 @@ class MethodSpec:
         for flag in ("relative_epsilon", "per_example"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"`{flag}` must be true or false, got {getattr(self, flag)!r}.")
+        if self.name in ("freelb", "gradient_penalty") and (self.objective != "sum" or self.relative_epsilon):
+            raise ValueError(f"{self.name} takes neither `objective` nor `relative_epsilon`.")
         if self.name != "plain":
-            get_method(self.name, **self._method_parameters())
+            self.method()  # Checks the parameters.
 
     @property
     def label(self):
@@ -69,19 +74,22 @@ class MethodSpec:
         so that two entries that train alike compare (and label) alike."""
         if self.name == "plain":
             return MethodSpec("plain")
-        if self.name != "pgd":
-            return dataclasses.replace(self, steps=MethodSpec.steps, alpha=MethodSpec.alpha)
+        if self.name not in ("pgd", "freelb"):
+            self = dataclasses.replace(self, steps=MethodSpec.steps, alpha=MethodSpec.alpha)
+        if self.name == "freelb":  # FreeLB works per example whatever the flag says.
+            self = dataclasses.replace(self, per_example=True)
         return self
 
     def _describe(self, with_epsilon):
         if self.name == "plain":
             return "plain"
-        text = self.name + (f" eps={self.epsilon:g}" if with_epsilon else "")
-        if self.name == "pgd":
+        size = "weight" if self.name == "gradient_penalty" else "eps"
+        text = self.name + (f" {size}={self.epsilon:g}" if with_epsilon else "")
+        if self.name in ("pgd", "freelb"):
             text += f" K={self.steps} alpha={self.alpha:g}"
         if self.relative_epsilon:
             text += " (relative)"
-        if self.per_example:
+        if self.per_example and self.name != "freelb":
             text += " (per example)"
         if self.start_step:
             text += f" from step {self.start_step}"
@@ -89,15 +97,19 @@ class MethodSpec:
             text += f" ({self.objective})"
         return text
 
+    def method(self):
+        """The `keras_adv` method object of this configuration."""
+        if self.name == "gradient_penalty":
+            return GradientPenalty(weight=self.epsilon)
+        if self.name in ("pgd", "freelb"):
+            return get_method(self.name, epsilon=self.epsilon, steps=self.steps, alpha=self.alpha)
+        return get_method(self.name, epsilon=self.epsilon)
+
     def options(self):
         """Keyword arguments of `keras_adv.adversarial_training`."""
-        return dict(method=self.name, objective=self.objective, relative_epsilon=self.relative_epsilon,
-                    per_example=self.per_example, start_step=self.start_step, **self._method_parameters())
-
-    def _method_parameters(self):
-        if self.name == "pgd":
-            return dict(epsilon=self.epsilon, steps=self.steps, alpha=self.alpha)
-        return dict(epsilon=self.epsilon)
+        return dict(method=self.method(), objective=self.objective,
+                    relative_epsilon=self.relative_epsilon, per_example=self.per_example,
+                    start_step=self.start_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +137,7 @@ class AblationConfig:
 
     def __post_init__(self):
         if not self.methods:
-            raise ValueError("No methods to compare: give at least one of plain, fgm, pgd.")
+            raise ValueError(f"No methods to compare: give at least one of {', '.join(NAMES)}.")
         if self.model not in MODELS:
             raise ValueError(f"Unknown model {self.model!r}. Expected one of {list(MODELS)}.")
         for name in ("seeds", "epochs", "batch_size", "max_length"):

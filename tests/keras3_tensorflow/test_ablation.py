@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+import keras_adv
+
 from keras_adv.ablation import cli, datasets, metrics, report, runner, selection, stats
 from keras_adv.ablation.config import DEFAULT_EPSILONS, MethodSpec, load_task_config, make_config
 from tests.testing import TestCase
@@ -153,14 +155,32 @@ class TestConfig:
             "plain", "fgm eps=0.5", "pgd eps=1 K=2 alpha=0.4 (adversarial)", "fgm eps=0.1 (relative)"
         ]
         assert config.methods[2].options() == dict(
-            epsilon=1.0, method="pgd", steps=2, alpha=0.4, objective="adversarial",
+            method=keras_adv.PGD(epsilon=1.0, steps=2, alpha=0.4), objective="adversarial",
             relative_epsilon=False, per_example=False, start_step=0,
         )
         # FGM gets no PGD parameters (keras_adv refuses them).
         assert config.methods[3].options() == dict(
-            epsilon=0.1, method="fgm", objective="sum", relative_epsilon=True, per_example=False,
-            start_step=0,
+            method=keras_adv.FGM(epsilon=0.1), objective="sum", relative_epsilon=True,
+            per_example=False, start_step=0,
         )
+
+    def test_every_method_of_keras_adv(self):
+        config = cli._config(cli._parser().parse_args(
+            ["ablation", "--methods", "plain", "freelb", "gradient_penalty", "--epsilons", "0.5", "2",
+             "--steps", "2", "--alpha", "0.2"]
+        ))
+        assert [m.label for m in config.configurations] == [
+            "plain", "freelb eps=0.5 K=2 alpha=0.2", "freelb eps=2 K=2 alpha=0.2",
+            "gradient_penalty weight=0.5", "gradient_penalty weight=2",
+        ]
+        freelb, penalty = config.configurations[1], config.configurations[3]
+        assert freelb.options()["method"] == keras_adv.FreeLB(epsilon=0.5, alpha=0.2, steps=2)
+        assert freelb.options()["per_example"]  # FreeLB's own mode.
+        assert penalty.options()["method"] == keras_adv.GradientPenalty(weight=0.5)
+        with pytest.raises(ValueError, match="objective"):
+            cli._config(cli._parser().parse_args(
+                ["ablation", "--methods", "gradient_penalty", "--objective", "adversarial"]
+            ))
 
     def test_new_options_from_the_command_line(self):
         config = cli._config(cli._parser().parse_args(
