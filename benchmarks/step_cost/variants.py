@@ -24,6 +24,8 @@ METHODS = {
     "fgm sum per-example": ("fgm", "sum", True),
     "fgm adversarial per-example": ("fgm", "adversarial", True),
     "fgsm sum": ("fgsm", "sum", False),
+    "freelb3 sum": ("freelb", "sum", True),
+    "gradient-penalty sum": ("gradient_penalty", "sum", False),
 }
 VARIANTS = ["plain", "embedding gradient", *METHODS, RECIPE_HOST, RECIPE_GRAPH]
 # What the large-vocabulary model runs: the cost that must not grow with V.
@@ -47,9 +49,11 @@ def settings(name):
     from keras_adv._stacks.passes import Settings
 
     method, objective, per_example = METHODS[name]
-    pgd = dict(steps=3, alpha=0.4) if method == "pgd" else {}
+    if method == "gradient_penalty":
+        return Settings(keras_adv.GradientPenalty(), objective, per_example=per_example)
+    steps = dict(steps=3, alpha=0.4) if method in ("pgd", "freelb") else {}
     epsilon = 0.01 if method == "fgsm" else EPSILON  # Per entry, not per batch.
-    method = keras_adv.methods.get_method(method, epsilon=epsilon, **pgd)
+    method = keras_adv.methods.get_method(method, epsilon=epsilon, **steps)
     return Settings(method, objective, per_example=per_example)
 
 
@@ -94,4 +98,7 @@ def floors(times):
         "fgm sum per-example": 2.0,
         "fgm adversarial per-example": (embgrad + plain) / plain,
         "fgsm sum": 2.0,
+        # K passes, each a full forward and backward. The gradient penalty's
+        # double backward has no floor in these two passes' terms.
+        "freelb3 sum": 3.0,
     }

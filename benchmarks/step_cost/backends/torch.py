@@ -27,7 +27,12 @@ STACKS = {"keras3": "Keras 3 on PyTorch (KerasHub BERT)"}
 # numpy between compiled pieces (`K.eval`, `K.set_value`): TensorFlow's
 # session-era path. On PyTorch the in-place recipe (`RECIPE_GRAPH`) is the
 # published one (the widely copied PyTorch FGM class works so).
-UNSUPPORTED_VARIANTS = {RECIPE_HOST: "the Keras recipe's host copies are TensorFlow's"}
+UNSUPPORTED_VARIANTS = {
+    RECIPE_HOST: "the Keras recipe's host copies are TensorFlow's",
+    # PyTorch has no second derivative of its CPU flash attention, which
+    # KerasHub's BERT calls: the gradient penalty's double backward fails there.
+    "gradient-penalty sum": "no double backward through PyTorch's CPU flash attention",
+}
 MEMORY_ENV = {}
 MEMORY_MEASURES = (
     "On a GPU: *live tensors*: the weights and optimizer slots plus the most bytes that the step's own "
