@@ -23,7 +23,7 @@ from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import Lookups, tapped_lookups
 from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
-    AdversarialStep, Pass, ascent, attack, epsilon_now, free_lb_update, no_lookup_error,
+    AdversarialStep, Pass, attack, epsilon_now, free_lb, no_lookup_error,
     no_lookup_gradient_error, update_gradients,
 )
 from keras_adv.methods import FreeLB
@@ -145,17 +145,23 @@ class AdversarialTrainStep(AdversarialStep):
                 noise = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
                 return random_start(method, noise, padding_masks(layer, [ids], x)[0])
 
-            first, metrics, non_trainable, starts = differentiated_pass(
-                non_trainable, random_start_at if method.init_magnitude else None,
-                weights=True, lookup_gradients=steps > 1, scale=1 / steps,
-            )
-            ids = first.lookups.ids
-            space = perturbation_space(
-                True, ids, first.lookups.outputs, matrix, padding_masks(layer, ids, x)
-            )
-            start = space.rows(ids, starts) if starts else None
+            metrics = None
 
-            def perturbed_pass(perturbation, last):
+            def first_pass():
+                nonlocal metrics, non_trainable
+                first, metrics, non_trainable, starts = differentiated_pass(
+                    non_trainable, random_start_at if method.init_magnitude else None,
+                    weights=True, lookup_gradients=steps > 1, scale=1 / steps,
+                )
+                return first, starts
+
+            def space_of(first):
+                ids = first.lookups.ids
+                return perturbation_space(
+                    True, ids, first.lookups.outputs, matrix, padding_masks(layer, ids, x)
+                )
+
+            def perturbed_pass(space, perturbation, last):
                 nonlocal non_trainable
                 result, _, non_trainable, _ = differentiated_pass(
                     non_trainable, lambda index, ids: space.at(index, ids, perturbation),
@@ -166,8 +172,7 @@ class AdversarialTrainStep(AdversarialStep):
             epsilon = epsilon_now(settings, iterations)
             if epsilon is not None:
                 epsilon = ops.cast(epsilon, "float32")
-            passes = ascent(self, space, first, perturbed_pass, epsilon, start=start)
-            grads, loss = free_lb_update(passes, ops.add)
+            first, grads, loss = free_lb(self, first_pass, space_of, perturbed_pass, ops.add, epsilon)
             return grads, loss, first.loss, first.predictions, non_trainable, metrics
 
         def penalized_step(non_trainable):

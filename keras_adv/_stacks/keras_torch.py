@@ -17,7 +17,7 @@ from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
-    AdversarialStep, Pass, ascent, attack, epsilon_now, free_lb_update, no_lookup_error,
+    AdversarialStep, Pass, attack, epsilon_now, free_lb, no_lookup_error,
     no_lookup_gradient_error, update_gradients,
 )
 from keras_adv.methods import FreeLB
@@ -122,16 +122,21 @@ class AdversarialTrainStep(AdversarialStep):
             starts.append(random_start_at(index, ids))
             return starts[-1]
 
-        first = self._pass(
-            clean_forward, weights, perturbation_at=recorded_start_at if method.init_magnitude else None,
-            lookup_gradients=steps > 1, scale=1 / steps,
-        )
-        ids = first.lookups.ids
-        space = perturbation_space(
-            True, ids, first.lookups.outputs, layer.embeddings.value, padding_masks(layer, ids, x)
-        )
+        def first_pass():
+            first = self._pass(
+                clean_forward, weights,
+                perturbation_at=recorded_start_at if method.init_magnitude else None,
+                lookup_gradients=steps > 1, scale=1 / steps,
+            )
+            return first, starts
 
-        def perturbed_pass(perturbation, last):
+        def space_of(first):
+            ids = first.lookups.ids
+            return perturbation_space(
+                True, ids, first.lookups.outputs, layer.embeddings.value, padding_masks(layer, ids, x)
+            )
+
+        def perturbed_pass(space, perturbation, last):
             return self._pass(
                 perturbed_forward, weights,
                 perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
@@ -139,10 +144,7 @@ class AdversarialTrainStep(AdversarialStep):
             )
 
         epsilon = epsilon_now(self.settings, optimizer.iterations.value)
-        start = space.rows(ids, starts) if starts else None
-        passes = ascent(self, space, first, perturbed_pass, epsilon, start=start)
-        gradients, loss = free_lb_update(passes, _add)
-        return first, gradients, loss
+        return free_lb(self, first_pass, space_of, perturbed_pass, _add, epsilon)
 
     def _penalized_pass(self, forward, weights, optimizer, x):
         """The clean pass, its loss plus the penalty on its lookups' gradient,

@@ -8,7 +8,7 @@
 
 FreeLB has no separate clean pass: its first pass runs at its random start
 (the clean one where that is 0) and is one of its K; every pass gives weight
-gradients (of `L / K`), and the update is their sum (`free_lb_update`).
+gradients (of `L / K`), and the update is their sum (`free_lb`).
 
 A method that perturbs nothing (`GradientPenalty`, `steps == 0`) runs the
 clean pass alone, adds `method.penalty(rows)` of the gradient w.r.t. its
@@ -27,7 +27,7 @@ import random
 from keras_adv.methods import FreeLB
 
 __all__ = [
-    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "free_lb_update", "update_gradients",
+    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "free_lb", "update_gradients",
     "epsilon_now",
     "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
 ]
@@ -152,16 +152,36 @@ def ascent(step, space, first, perturbed_pass, epsilon=None, start=None):
     return passes
 
 
-def free_lb_update(passes, add):
-    """FreeLB's update and reported loss from its K passes (each differentiated
-    with weight `1 / K`): the sum of their gradients, and their mean loss."""
-    gradients = passes[0].gradients
+def free_lb(step, first_pass, space_of, perturbed_pass, add, epsilon=None):
+    """FreeLB's K passes and its update, every pass's weight gradients summed.
+
+    Args:
+        step: The stack's `AdversarialStep`.
+        first_pass: `() -> (Pass, starts)`: the first pass, at the random
+            start (where `init_magnitude` > 0), with weight gradients of
+            `L / K` and, for K > 1, lookup gradients; `starts` is what each
+            lookup got added (empty for none).
+        space_of: `Pass -> ExampleRows` of the first pass.
+        perturbed_pass: `(space, perturbation, last) -> Pass`, with weight
+            gradients of `L / K`, and lookup gradients unless `last`.
+        add: Adds two gradients.
+        epsilon: This step's radius (a schedule's value), or None.
+
+    Returns:
+        `(first Pass, the summed gradients, the passes' mean loss)`.
+    """
+    first, starts = first_pass()
+    space = space_of(first)
+    start = space.rows(first.lookups.ids, starts) if starts else None
+    passes = ascent(
+        step, space, first, lambda perturbation, last: perturbed_pass(space, perturbation, last),
+        epsilon, start=start,
+    )
+    gradients, loss = first.gradients, first.loss
     for later in passes[1:]:
         gradients = [add(a, b) for a, b in zip(gradients, later.gradients)]
-    loss = passes[0].loss
-    for later in passes[1:]:
         loss = loss + later.loss
-    return gradients, loss / len(passes)
+    return first, gradients, loss / len(passes)
 
 
 def update_gradients(objective, clean_grads, adversarial_grads, add):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import (
-    PENALTY_ACROSS_REPLICAS, Pass, ascent, attack, epsilon_now, free_lb_update, no_lookup_error,
+    PENALTY_ACROSS_REPLICAS, Pass, attack, epsilon_now, free_lb, no_lookup_error,
     no_lookup_gradient_error, update_gradients,
 )
 from keras_adv._stacks.tf_rows import (
@@ -105,15 +105,18 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
             starts.append(random_start(method, ids, mask, layer.embeddings.shape[1], seed))
             return starts[-1]
 
-        first = taped_pass(
-            layer, clean_forward, trainable,
-            perturbation_at=random_start_at if method.init_magnitude else None,
-            lookup_gradients=steps > 1, scale=1 / steps,
-        )
-        space = ExampleRows(first.lookups, layer, padding_masks(layer, first.lookups.ids, inputs))
-        start = space.rows(first.lookups.ids, starts) if starts else None
+        def first_pass():
+            first = taped_pass(
+                layer, clean_forward, trainable,
+                perturbation_at=random_start_at if method.init_magnitude else None,
+                lookup_gradients=steps > 1, scale=1 / steps,
+            )
+            return first, starts
 
-        def perturbed_pass(perturbation, last):
+        def space_of(first):
+            return ExampleRows(first.lookups, layer, padding_masks(layer, first.lookups.ids, inputs))
+
+        def perturbed_pass(space, perturbation, last):
             return taped_pass(
                 layer, perturbed_forward, trainable,
                 perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
@@ -123,8 +126,7 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         epsilon = epsilon_now(settings, model.optimizer.iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
-        passes = ascent(step, space, first, perturbed_pass, epsilon, start=start)
-        grads, loss = free_lb_update(passes, add_gradients)
+        first, grads, loss = free_lb(step, first_pass, space_of, perturbed_pass, add_gradients, epsilon)
         return loss, grads, first.predictions
 
     def penalized_step():
