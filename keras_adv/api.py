@@ -20,7 +20,7 @@ def adversarial_training(
     alpha=None,
     objective="sum",
     relative_epsilon=False,
-    per_example=False,
+    per_example=None,
     start_step=0,
 ):
     """Makes `model.fit` train adversarially in the space of one embedding.
@@ -78,7 +78,8 @@ def adversarial_training(
             (FGM) or projected (PGD) over its non-padding positions (Miyato
             et al. 2017), instead of the touched rows of the matrix that all
             examples share. Padding comes from the layer's `mask_zero`, a
-            KerasHub `padding_mask` input, or token 0 for bert4keras.
+            KerasHub `padding_mask` input, or token 0 for bert4keras. Unset
+            (None): the method's own mode, per example for FreeLB only.
         start_step: Train plainly until the optimizer has made this many
             updates, then adversarially (a warm-up), in the same compiled
             train function.
@@ -123,6 +124,8 @@ def adversarial_training(
             f"first, then `adversarial_training`."
         )
     layer = find_embedding_layer(model, embedding_name)
+    if per_example is None:  # Not stated: the method's own mode.
+        per_example = isinstance(adversary, FreeLB)
     for name, value in (("relative_epsilon", relative_epsilon), ("per_example", per_example)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False, got {value!r}.")
@@ -139,7 +142,11 @@ def adversarial_training(
                 "L / K), so `objective` has nothing to choose, and its lengths are "
                 "absolute. Drop `objective` and `relative_epsilon`."
             )
-        per_example = True  # FreeLB perturbs each example's sequence.
+        if not per_example:
+            raise ValueError(
+                "FreeLB perturbs each example's embedded sequence; it has no "
+                "matrix mode. Drop per_example=False (or use PGD for the matrix)."
+            )
     if isinstance(adversary, GradientPenalty) and (relative_epsilon or objective != "sum"):
         raise ValueError(
             "The gradient penalty perturbs nothing: it has no epsilon to make "

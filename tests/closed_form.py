@@ -445,5 +445,7 @@ class FreeLBTests(TestCase):
         for options in (dict(objective="adversarial"), dict(relative_epsilon=True)):
             with pytest.raises(ValueError, match="FreeLB"):
                 keras_adv.adversarial_training(model, "emb", method="freelb", **options)
+        with pytest.raises(ValueError, match="no matrix mode"):
+            keras_adv.adversarial_training(model, "emb", method="freelb", per_example=False)
         with pytest.raises(ValueError, match="init_magnitude"):
             keras_adv.FreeLB(init_magnitude=-1.0)
