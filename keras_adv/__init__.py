@@ -1,4 +1,4 @@
-"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD, FreeLB, gradient penalty) for Keras."""
+"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD, FreeLB, VAT, gradient penalty), and adversarial weight perturbation (AWP), for Keras."""
 
 from keras_adv.api import adversarial_training
 from keras_adv.api import remove_adversarial_training
@@ -6,11 +6,13 @@ from keras_adv.bert4keras_setup import prepare_bert4keras
 from keras_adv.custom_loop import perturbed_embedding
 from keras_adv.embedding import embedding_candidates
 from keras_adv.embedding import find_embedding
+from keras_adv.methods import AWP
 from keras_adv.methods import FGM
 from keras_adv.methods import FGSM
 from keras_adv.methods import FreeLB
 from keras_adv.methods import GradientPenalty
 from keras_adv.methods import PGD
+from keras_adv.methods import VAT
 from keras_adv.methods import l2_normalize
 from keras_adv.methods import project_to_ball
 
@@ -23,11 +25,13 @@ __all__ = [
     "perturbed_embedding",
     "find_embedding",
     "embedding_candidates",
+    "AWP",
     "FGM",
     "FGSM",
     "FreeLB",
     "GradientPenalty",
     "PGD",
+    "VAT",
     "l2_normalize",
     "project_to_ball",
     "__version__",

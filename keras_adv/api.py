@@ -2,8 +2,9 @@
 
 from keras_adv import _stacks
 from keras_adv.embedding import find_embedding_layer
-from keras_adv._stacks.passes import Settings
-from keras_adv.methods import FGSM, FreeLB, GradientPenalty, get_method
+from keras_adv._stacks.outputs import divergence_kind
+from keras_adv._stacks.passes import Settings, selected_weights
+from keras_adv.methods import AWP, FGSM, VAT, FreeLB, GradientPenalty, get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
 
@@ -12,7 +13,7 @@ OBJECTIVES = ("sum", "adversarial")
 
 def adversarial_training(
     model,
-    embedding_name,
+    embedding_name=None,
     epsilon=None,
     *,
     method="fgm",
@@ -23,7 +24,8 @@ def adversarial_training(
     per_example=None,
     start_step=0,
 ):
-    """Makes `model.fit` train adversarially in the space of one embedding.
+    """Makes `model.fit` train adversarially in the space of one embedding
+    (or, with AWP, of the model's weights).
 
     Each training step computes the gradient `g` of the loss w.r.t. what is
     perturbed (the rows of the embedding matrix `E` that the batch uses, or,
@@ -47,21 +49,28 @@ def adversarial_training(
     Args:
         model: A compiled Keras model.
         embedding_name: Name of the embedding layer (searched through nested
-            models and layers) or path of the embedding variable.
+            models and layers) or path of the embedding variable; required
+            by every method but AWP, which perturbs weights and refuses it.
         epsilon: Positive float, the L2 norm (FGM) or radius (PGD) of the
             perturbation over the whole batch or, with `per_example`, of each
             example's, or FGSM's step of every entry (default 1.0); or a schedule,
             a callable of the optimizer's step count (a Keras
             `LearningRateSchedule`, say) giving each step's epsilon.
-        method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"` or
-            `"gradient_penalty"`, or a `keras_adv.FGM`, `keras_adv.FGSM`,
-            `keras_adv.PGD`, `keras_adv.FreeLB` or `keras_adv.GradientPenalty`
+        method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"`,
+            `"gradient_penalty"`, `"vat"` or `"awp"`, or a `keras_adv.FGM`,
+            `keras_adv.FGSM`, `keras_adv.PGD`, `keras_adv.FreeLB`,
+            `keras_adv.GradientPenalty`, `keras_adv.VAT` or `keras_adv.AWP`
             object (then `epsilon`, `steps` and `alpha` are its own). FreeLB
             always works per example; its update is the mean of its K
             passes' gradients (History's `adversarial_loss`: their mean
             loss). The gradient penalty adds `weight / 2 * ||dL/dE||^2` to
             the loss instead of perturbing (History: `gradient_penalty`, the
-            term's mean).
+            term's mean). VAT adds `weight * D(p(e) || p(e + r))`, per
+            example, to the loss (History: `vat_divergence`, `D`'s mean);
+            it needs no labels. AWP perturbs the selected weights (by default
+            every weight matrix) within a box of `epsilon` times each
+            entry's size, on Keras 3 only; its `epsilon` defaults to 0.01,
+            `alpha` to 1.0, `steps` to 1.
         steps: PGD's number of steps K (default 3); FGM takes none.
         alpha: PGD's step length (default 0.3); FGM takes none.
         objective: `"sum"` (clean + adversarial gradients, the default) or
@@ -123,9 +132,20 @@ def adversarial_training(
             f"Model '{model.name}' is not compiled. Call `model.compile(...)` "
             f"first, then `adversarial_training`."
         )
-    layer = find_embedding_layer(model, embedding_name)
+    if isinstance(adversary, AWP):
+        _check_awp(model, adversary, embedding_name, relative_epsilon, per_example)
+        layer = None
+    elif embedding_name is None:
+        raise ValueError(
+            f"Method {type(adversary).__name__} perturbs an embedding: name its layer, "
+            f"as in `adversarial_training(model, 'Embedding-Token', ...)` "
+            f"(`keras_adv.embedding_candidates(model)` lists them). Only AWP, which "
+            f"perturbs weights, takes no embedding name."
+        )
+    else:
+        layer = find_embedding_layer(model, embedding_name)
     if per_example is None:  # Not stated: the method's own mode.
-        per_example = isinstance(adversary, FreeLB)
+        per_example = isinstance(adversary, (FreeLB, VAT))
     for name, value in (("relative_epsilon", relative_epsilon), ("per_example", per_example)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False, got {value!r}.")
@@ -135,29 +155,46 @@ def adversarial_training(
             "perturbed, which suits FGM and PGD; FGSM's epsilon is the step of "
             "every single entry. Pass an absolute epsilon to FGSM, or use FGM."
         )
-    if isinstance(adversary, FreeLB):
-        if relative_epsilon or objective != "sum":
-            raise ValueError(
-                "FreeLB updates from the sum of its K passes' gradients (each of "
-                "L / K), so `objective` has nothing to choose, and its lengths are "
-                "absolute. Drop `objective` and `relative_epsilon`."
-            )
-        if not per_example:
-            raise ValueError(
-                "FreeLB perturbs each example's embedded sequence; it has no "
-                "matrix mode. Drop per_example=False (or use PGD for the matrix)."
-            )
-    if isinstance(adversary, GradientPenalty) and (relative_epsilon or objective != "sum"):
+    # Why each method has no choice of `objective` and no relative epsilon.
+    fixed_update = {
+        FreeLB: "FreeLB updates from the sum of its K passes' gradients (each of L / K), "
+                "so `objective` has nothing to choose, and its lengths are absolute.",
+        VAT: "VAT adds its divergence term to the clean loss, so `objective` has nothing "
+             "to choose, and its epsilon is absolute.",
+        GradientPenalty: "The gradient penalty perturbs nothing: it has no epsilon to make "
+                         "relative and no perturbed pass for `objective` to choose; its "
+                         "update is that of the penalised loss.",
+    }.get(type(adversary))
+    if fixed_update and (relative_epsilon or objective != "sum"):
+        raise ValueError(f"{fixed_update} Drop `objective` and `relative_epsilon`.")
+    if isinstance(adversary, (FreeLB, VAT)) and not per_example:
         raise ValueError(
-            "The gradient penalty perturbs nothing: it has no epsilon to make "
-            "relative and no perturbed pass for `objective` to choose; its update "
-            "is that of the penalised loss. Drop `relative_epsilon` and `objective`."
+            f"{type(adversary).__name__} perturbs each example's embedded sequence; it has "
+            f"no matrix mode. Drop per_example=False (or use PGD for the matrix)."
         )
+    if isinstance(adversary, VAT):
+        divergence_kind(model, adversary)  # The outputs' distribution, or a clear error.
     stack.install(
         model, layer,
         Settings(adversary, objective, relative_epsilon, per_example, start_step, schedule),
     )
     return model
+
+
+def _check_awp(model, method, embedding_name, relative_epsilon, per_example):
+    """AWP's arguments: what only the embedding methods take is refused."""
+    given = [name for name, value in (
+        ("embedding_name", embedding_name is not None), ("relative_epsilon", relative_epsilon),
+        ("per_example", per_example is not None),
+    ) if value]
+    if given:
+        raise ValueError(
+            f"AWP perturbs the model's weights (chosen by `AWP(weights=...)`), not an "
+            f"embedding, so it takes no {', '.join(f'`{n}`' for n in given)}. Call "
+            f"`adversarial_training(model, method='awp', ...)`."
+        )
+    if model.built:  # Else at the first step, once the weights exist.
+        selected_weights(method, model.trainable_variables, model.name)
 
 
 def remove_adversarial_training(model):

@@ -16,12 +16,13 @@ training stack, tf-keras included, without importing Keras 3 for it.
 import dataclasses
 import math
 import numbers
+import re
 import types
 
 import numpy as np
 
 __all__ = [
-    "FGM", "FGSM", "PGD", "FreeLB", "GradientPenalty", "l2_normalize", "project_to_ball",
+    "FGM", "FGSM", "PGD", "FreeLB", "GradientPenalty", "VAT", "AWP", "l2_normalize", "project_to_ball",
     "get_method",
 ]
 
@@ -33,6 +34,7 @@ def _math_for(x):
             sqrt=np.sqrt, sum=np.sum, square=np.square, isfinite=np.isfinite,
             where=np.where, logical_and=np.logical_and, greater=np.greater,
             ones_like=np.ones_like, zeros_like=np.zeros_like, sign=np.sign,
+            abs=np.abs, clip=np.clip,
         )
     if type(x).__module__.startswith("tensorflow"):
         import tensorflow as tf
@@ -41,6 +43,7 @@ def _math_for(x):
             sqrt=tf.sqrt, sum=tf.reduce_sum, square=tf.square, isfinite=tf.math.is_finite,
             where=tf.where, logical_and=tf.logical_and, greater=tf.greater,
             ones_like=tf.ones_like, zeros_like=tf.zeros_like, sign=tf.sign,
+            abs=tf.abs, clip=tf.clip_by_value,
         )
     from keras import ops
 
@@ -307,8 +310,199 @@ class GradientPenalty:
         return (0.5 * self.weight) * ops.sum(ops.square(gradient))
 
 
+DIVERGENCES = ("categorical", "categorical_logits", "bernoulli", "bernoulli_logits")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAT:
+    """Virtual adversarial training (Miyato et al. 2017), and SMART's
+    symmetric smoothness term (Jiang et al. 2020). Per example, no labels.
+
+    From a random direction `d` at the non-padding positions, normalised to
+    `xi`, `power_iterations` times `d <- xi * g / ||g||` with `g` the
+    gradient w.r.t. `d` of `D(p(e) || p(e + d))`, each example on its own;
+    then `r = epsilon * d / ||d||`, and the loss becomes
+    `L + weight * D(p(e) || p(e + r))`, `p(e)` (the clean pass's outputs)
+    held constant. `D` is the mean over examples of the KL divergence of
+    the model's output distributions; `symmetric=True` adds the reverse
+    KL (SMART). The term needs no labels: an example of sample weight 0
+    trains through it alone (semi-supervised training).
+
+    Args:
+        epsilon: Positive float, the L2 norm of each example's perturbation.
+        xi: Positive float, the size of the probing direction `d`.
+        power_iterations: Positive int, the number of power iterations.
+        weight: Float >= 0, the divergence term's weight.
+        symmetric: Whether `D` is the symmetric KL (SMART).
+        divergence: None to read the outputs' distribution from the compiled
+            loss (categorical for a softmax or logits output, Bernoulli per
+            output for a sigmoid one); one of `DIVERGENCES` to state it; or
+            a callable `(clean_outputs, perturbed_outputs) -> per-example
+            divergences` (a `[batch]` tensor) for any other output.
+    """
+
+    epsilon: float = 1.0
+    xi: float = 0.1
+    power_iterations: int = 1
+    weight: float = 1.0
+    symmetric: bool = False
+    divergence: object = None
+
+    def __post_init__(self):
+        _check_positive_finite("epsilon", self.epsilon)
+        _check_positive_finite("xi", self.xi)
+        if isinstance(self.power_iterations, bool) or not isinstance(self.power_iterations, numbers.Integral) \
+                or self.power_iterations < 1:
+            raise ValueError(f"`power_iterations` must be a positive int, got {self.power_iterations!r}.")
+        _check_non_negative_finite("weight", self.weight)
+        if not isinstance(self.symmetric, bool):
+            raise TypeError(f"`symmetric` must be True or False, got {self.symmetric!r}.")
+        if not (self.divergence is None or callable(self.divergence) or self.divergence in DIVERGENCES):
+            raise ValueError(
+                f"`divergence` must be None (read from the compiled loss), one of "
+                f"{DIVERGENCES}, or a callable (clean_outputs, perturbed_outputs) -> "
+                f"per-example divergences; got {self.divergence!r}."
+            )
+
+    @property
+    def steps(self):
+        """Number of gradient evaluations that build the perturbation."""
+        return self.power_iterations
+
+    def initial(self, noise):
+        """The first probing direction from `[examples, features]` noise (zero at padding)."""
+        return self.xi * l2_normalize(noise, per_example=True)
+
+    def direction(self, gradient):
+        """The next probing direction from the divergence's gradient."""
+        return self.xi * l2_normalize(gradient, per_example=True)
+
+    def perturbation(self, direction, epsilon=None):
+        """`r = epsilon * d / ||d||` per example (this step's epsilon, or `self.epsilon`)."""
+        return (self.epsilon if epsilon is None else epsilon) * l2_normalize(direction, per_example=True)
+
+    def per_example_divergence(self, clean, perturbed, kind):
+        """`D(p(clean) || p(perturbed))` of each example, `[batch]`, for a
+        distribution `kind` of `DIVERGENCES` (or this object's callable)."""
+        if callable(self.divergence):
+            return self.divergence(clean, perturbed)
+        ops = _distribution_math_for(perturbed)
+        forward = _kl(clean, perturbed, kind, ops)
+        if self.symmetric:
+            forward = forward + _kl(perturbed, clean, kind, ops)
+        return forward
+
+
+def _distribution_math_for(x):
+    if type(x).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        return types.SimpleNamespace(
+            log_softmax=tf.nn.log_softmax, log_sigmoid=tf.math.log_sigmoid, exp=tf.exp, log=tf.math.log,
+            clip=tf.clip_by_value, sum=tf.reduce_sum, cast=tf.cast, dtype=lambda t: t.dtype,
+            reshape=tf.reshape, shape=tf.shape,
+        )
+    from keras import ops
+
+    return types.SimpleNamespace(
+        log_softmax=ops.log_softmax, log_sigmoid=ops.log_sigmoid, exp=ops.exp, log=ops.log,
+        clip=ops.clip, sum=ops.sum, cast=ops.cast, dtype=lambda t: t.dtype,
+        reshape=ops.reshape, shape=ops.shape,
+    )
+
+
+def _log_probabilities(outputs, kind, ops):
+    """The log-probabilities of each outcome: `[..., classes]` for a
+    categorical output, `[..., outputs, 2]`-like pairs (`log q`, `log 1-q`)
+    for Bernoulli ones."""
+    outputs = ops.cast(outputs, "float32")
+    if kind == "categorical_logits":
+        return [ops.log_softmax(outputs, axis=-1)]
+    if kind == "bernoulli_logits":
+        return [ops.log_sigmoid(outputs), ops.log_sigmoid(-outputs)]
+    tiny = 1e-7  # Probabilities of exactly 0 or 1 (saturated outputs).
+    clipped = ops.clip(outputs, tiny, 1.0 - tiny)
+    if kind == "categorical":
+        return [ops.log(clipped)]
+    return [ops.log(clipped), ops.log(1.0 - clipped)]
+
+
+def _kl(p_outputs, q_outputs, kind, ops):
+    """`KL(p || q)` of each example: summed over its outcomes (and outputs)."""
+    total = 0.0
+    for log_p, log_q in zip(_log_probabilities(p_outputs, kind, ops), _log_probabilities(q_outputs, kind, ops)):
+        total = total + ops.exp(log_p) * (log_p - log_q)
+    batch = ops.shape(total)[0]
+    return ops.sum(ops.reshape(total, (batch, -1)), axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AWP:
+    """Adversarial Weight Perturbation (Wu et al. 2020), as Kaggle NLP solutions use it.
+
+    Perturbs weights, not the embedding's output: from the gradient `g` of
+    each selected weight `w`, `w' = w + alpha * ||w|| * g / ||g||`, clipped
+    elementwise into `[w0 - epsilon * |w0|, w0 + epsilon * |w0|]` around the
+    weight `w0` before the step. Each of the `steps` ascent steps starts from
+    the last one's weights and gradient (`||w||` is the current weight's
+    norm, as in the public implementation). The model is then trained on the
+    perturbed weights' gradients (`objective` chooses whether the clean ones
+    join), and every weight keeps its value: the perturbed passes run on
+    perturbed copies, never on the variables.
+
+    Args:
+        alpha: Positive float, each step's length relative to the weight's norm.
+        epsilon: Positive float, the box's half-width relative to each entry's size.
+        steps: Positive int, the number of ascent steps.
+        weights: Which trainable weights to perturb: a regular expression
+            searched in each variable's path (Keras 3) or name (tf-keras), a
+            callable of the variable returning a bool, or None for every
+            trainable weight matrix (at least 2 dimensions: kernels and
+            embeddings, not biases or norms' scales).
+    """
+
+    alpha: float = 1.0
+    epsilon: float = 0.01
+    steps: int = 1
+    weights: object = None
+
+    def __post_init__(self):
+        _check_positive_finite("alpha", self.alpha)
+        _check_positive_finite("epsilon", self.epsilon)
+        _check_steps(self.steps)
+        if not (self.weights is None or isinstance(self.weights, str) or callable(self.weights)):
+            raise TypeError(
+                f"`weights` must be a regular expression (str) matched against the "
+                f"variables' paths, a callable of a variable returning a bool, or None "
+                f"for every weight matrix; got {self.weights!r}."
+            )
+
+    def selects(self, variable, name):
+        """Whether the trainable `variable`, called `name`, is perturbed."""
+        if self.weights is None:
+            return len(variable.shape) >= 2
+        if isinstance(self.weights, str):
+            return re.search(self.weights, name) is not None
+        return bool(self.weights(variable))
+
+    def ascend(self, perturbation, gradient, weight, epsilon=None):
+        """The perturbation of `weight` (its value before the step) after one
+        ascent step from `perturbation` (None: 0) along `gradient`.
+
+        Args:
+            epsilon: This step's box (a schedule's value), or None for `self.epsilon`.
+        """
+        ops = _math_for(gradient)
+        current = weight if perturbation is None else weight + perturbation
+        step = (self.alpha * _norm(current, ops, per_example=False)) * l2_normalize(gradient)
+        moved = step if perturbation is None else perturbation + step
+        box = (self.epsilon if epsilon is None else epsilon) * ops.abs(weight)
+        return ops.clip(moved, -box, box)
+
+
 _METHODS = {
     "fgm": FGM, "fgsm": FGSM, "pgd": PGD, "freelb": FreeLB, "gradient_penalty": GradientPenalty,
+    "vat": VAT, "awp": AWP,
 }
 DEFAULT_EPSILON = 1.0
 
@@ -317,16 +511,19 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
     """Builds the method object named by `method`.
 
     Args:
-        method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"` or
-            `"gradient_penalty"` (case-insensitive), or a method object,
-            returned as is (its parameters live on it).
+        method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"`,
+            `"gradient_penalty"`, `"vat"` or `"awp"` (case-insensitive), or a
+            method object, returned as is (its parameters live on it).
         epsilon: The perturbation's norm (FGM) or radius (PGD); None for 1.0
-            (FreeLB: its radius, None for 0.0, no projection).
-        steps, alpha: PGD's (FreeLB's) number of steps and step length; None
-            for 3 and 0.3 (FreeLB: 3 and 0.1). FGM takes neither.
+            (FreeLB: its radius, None for 0.0, no projection; AWP: its box,
+            None for 0.01).
+        steps, alpha: PGD's (FreeLB's, AWP's) number of steps and step
+            length; None for 3 and 0.3 (FreeLB: 3 and 0.1; AWP: 1 and 1.0).
+            FGM takes neither; VAT's `steps` are its power iterations (None
+            for 1), and it takes no `alpha`.
 
     Returns:
-        An `FGM`, `FGSM`, `PGD`, `FreeLB` or `GradientPenalty` instance.
+        An `FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty`, `VAT` or `AWP` instance.
 
     Raises:
         ValueError: For an unknown method name, a bad parameter, or one that
@@ -334,7 +531,7 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
         TypeError: For a parameter of the wrong type.
     """
     given = {k: v for k, v in dict(epsilon=epsilon, steps=steps, alpha=alpha).items() if v is not None}
-    if isinstance(method, (FGM, FGSM, PGD, FreeLB, GradientPenalty)):
+    if isinstance(method, (FGM, FGSM, PGD, FreeLB, GradientPenalty, VAT, AWP)):
         if given:
             raise ValueError(
                 f"Got {', '.join(f'`{k}`' for k in given)} beside the method object "
@@ -353,6 +550,23 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
                 f"pass method=keras_adv.GradientPenalty(weight=...) (default 1.0)."
             )
         return GradientPenalty()
+    if method.lower() == "vat":
+        if alpha is not None:
+            raise ValueError(
+                "VAT takes no `alpha`: its probing direction has size `xi` and its "
+                "perturbation size `epsilon`. Pass method=keras_adv.VAT(epsilon, xi, "
+                "power_iterations, weight, symmetric) for its own parameters."
+            )
+        return VAT(
+            epsilon=DEFAULT_EPSILON if epsilon is None else epsilon,
+            power_iterations=1 if steps is None else steps,
+        )
+    if method.lower() == "awp":
+        return AWP(
+            alpha=1.0 if alpha is None else alpha,
+            epsilon=0.01 if epsilon is None else epsilon,
+            steps=1 if steps is None else steps,
+        )
     if method.lower() == "freelb":
         return FreeLB(
             epsilon=0.0 if epsilon is None else epsilon,

@@ -11,7 +11,7 @@ import pytest
 
 import keras_adv
 from tests import reference
-from tests.models import batch, compile_sgd, linear_text_model, params_of
+from tests.models import DIM, batch, compile_sgd, linear_text_model, params_of
 from tests.testing import TestCase
 
 LR = 0.5
@@ -449,3 +449,275 @@ class FreeLBTests(TestCase):
             keras_adv.adversarial_training(model, "emb", method="freelb", per_example=False)
         with pytest.raises(ValueError, match="init_magnitude"):
             keras_adv.FreeLB(init_magnitude=-1.0)
+
+
+class AWPTests(TestCase):
+    """AWP (Keras 3 only) against tests/reference.py's `awp_sgd_step`."""
+
+    @pytest.mark.parametrize("objective", ["sum", "adversarial"])
+    @pytest.mark.parametrize(
+        "alpha,epsilon,steps,clipping",
+        [(1.0, 0.05, 1, True), (0.02, 1e4, 1, False), (0.5, 0.08, 2, True), (0.01, 1e4, 3, False)],
+        ids=["clipped", "inside the box", "two steps clipped", "three steps inside the box"],
+    )
+    def test_weights_after_one_step(self, alpha, epsilon, steps, clipping, objective):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        method = keras_adv.AWP(alpha=alpha, epsilon=epsilon, steps=steps)
+        keras_adv.adversarial_training(model, method=method, objective=objective)
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, clean_loss, adversarial_loss, clipped = reference.awp_sgd_step(
+            before, x, y, LR, alpha, epsilon, steps, objective
+        )
+        assert clipped == clipping  # The case tests what it says.
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        self.assertAllClose(history["loss"][0], clean_loss, rtol=1e-5)
+        self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
+        assert adversarial_loss > clean_loss
+        # The perturbation moved the step well beyond the tolerance.
+        plain, _ = reference.plain_sgd_step(before, x, y, LR)
+        if objective == "sum":
+            plain = [2 * p - b for p, b in zip(plain, before)]  # The clean gradient, twice.
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-4
+
+    @pytest.mark.parametrize(
+        "weights,selected",
+        [("dense", (1, 2)), ("emb", (0,)), (lambda v: len(v.shape) == 1, (2,))],
+        ids=["pattern", "embedding only", "callable"],
+    )
+    def test_weights_selects_what_is_perturbed(self, weights, selected):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, method=keras_adv.AWP(alpha=1.0, epsilon=0.1, weights=weights)
+        )
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, *_ = reference.awp_sgd_step(before, x, y, LR, 1.0, 0.1, 1, "sum", selected)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_tiny_box_adversarial_objective_is_a_plain_step(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, method="awp", epsilon=1e-9, objective="adversarial")
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _ = reference.plain_sgd_step(before, x, y, LR)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_plain_until_start_step_then_awp(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=16, seed=4)
+        params = params_of(model)
+        keras_adv.adversarial_training(model, method="awp", epsilon=0.05, start_step=1)
+        history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+        params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
+        params, _, adversarial_loss, _ = reference.awp_sgd_step(
+            params, x[8:], y[8:], LR, 1.0, 0.05, 1, "sum"
+        )
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # The warm-up step adds nothing to the mean.
+        self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
+
+    def test_variables_are_never_written_by_the_perturbed_passes(self):
+        # With a learning rate of 0 the update changes nothing, so every
+        # weight must come out bit for bit as it went in.
+        model = compile_sgd(linear_text_model(), lr=0.0)
+        x, y = batch()
+        before = [np.array(w) for w in model.get_weights()]
+        keras_adv.adversarial_training(model, method="awp", epsilon=0.5, steps=2)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        for actual, want in zip(model.get_weights(), before):
+            self.assertBitEqual(actual, want)
+        assert len(model.weights) == len(before)
+
+    def test_bad_options(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        for options in (dict(relative_epsilon=True), dict(per_example=True),
+                        dict(per_example=False)):
+            with pytest.raises(ValueError, match="AWP perturbs the model's weights"):
+                keras_adv.adversarial_training(model, method="awp", **options)
+        with pytest.raises(ValueError, match="takes no `embedding_name`"):
+            keras_adv.adversarial_training(model, "emb", method="awp")
+        with pytest.raises(ValueError, match="selects none of the trainable weights"):
+            keras_adv.adversarial_training(model, method=keras_adv.AWP(weights="no such weight"))
+        with pytest.raises(ValueError, match="name its layer"):
+            keras_adv.adversarial_training(model, method="fgm")
+        with pytest.raises(ValueError, match="alpha"):
+            keras_adv.AWP(alpha=0.0)
+        with pytest.raises(TypeError, match="weights"):
+            keras_adv.AWP(weights=3)
+
+
+class AWPRefusedTests(TestCase):
+    """tf-keras has no stateless scope: AWP is refused at the call."""
+
+    def test_awp_is_refused_with_what_works(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        with pytest.raises(NotImplementedError, match="AWP is not supported on tf-keras.*Keras 3"):
+            keras_adv.adversarial_training(model, method="awp")
+
+
+def vat_noise_of(model, x, step_count=0):
+    """The noise the installed VAT step draws at `step_count` for a batch
+    like `x`, as numpy (the stack's own `vat_noise`, with the step's seed)."""
+    import tensorflow as tf
+
+    from keras_adv import _stacks
+    from keras_adv._stacks.passes import AdversarialStep
+
+    [step] = [bound.__func__ for bound in vars(model).values()
+              if isinstance(getattr(bound, "__func__", None), AdversarialStep)]
+    noise = _stacks.stack_for(model).vat_noise(step.seed, step_count, 0, x.shape + (DIM,))
+    if not hasattr(noise, "__array__") or not tf.executing_eagerly():  # A graph tensor.
+        noise = tf.compat.v1.keras.backend.get_session().run(noise)
+    return np.asarray(noise, dtype="float64")
+
+
+class VATTests(TestCase):
+    """VAT against tests/reference.py's `vat_sgd_step`, fed the step's own noise."""
+
+    history_has_divergence = True  # Not tf-keras's graph-mode History.
+
+    @pytest.mark.parametrize(
+        "power_iterations,symmetric", [(1, False), (2, False), (1, True)],
+        ids=["one iteration", "two iterations", "symmetric (SMART)"],
+    )
+    def test_weights_after_one_step(self, power_iterations, symmetric):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        method = keras_adv.VAT(epsilon=1.5, xi=0.1, power_iterations=power_iterations, weight=2.0,
+                               symmetric=symmetric)
+        keras_adv.adversarial_training(model, "emb", method=method)
+        noise = vat_noise_of(model, x)
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, clean_loss, divergence = reference.vat_sgd_step(
+            before, x, y, LR, noise, 1.5, 0.1, power_iterations, 2.0, symmetric
+        )
+        # The reverse KL differences logs of nearly equal float32
+        # probabilities: a few 1e-6 of rounding in the update.
+        atol = 1e-5 if symmetric else 1e-6
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=atol)
+        self.assertAllClose(history["loss"][0], clean_loss, rtol=1e-5)
+        if self.history_has_divergence:
+            self.assertAllClose(history["vat_divergence"][0], divergence, rtol=1e-4)
+        # The term moved the weights well beyond the tolerance.
+        plain, _ = reference.plain_sgd_step(before, x, y, LR)
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+
+    def test_plain_until_start_step_then_vat(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=16, seed=4)
+        params = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=keras_adv.VAT(epsilon=1.5, weight=2.0), start_step=1
+        )
+        noise = vat_noise_of(model, x[8:], step_count=1)  # The second step's draw.
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
+        params, _, _ = reference.vat_sgd_step(params, x[8:], y[8:], LR, noise, 1.5, 0.1, 1, 2.0)
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_weight_zero_is_a_plain_step(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method=keras_adv.VAT(weight=0.0))
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _ = reference.plain_sgd_step(before, x, y, LR)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_unlabeled_examples_train_through_the_divergence_only(self):
+        x, y = batch()
+        labeled = np.array([1.0] * 4 + [0.0] * 4)  # The last four are unlabeled.
+        results = []
+        for labels in (y, np.where(labeled > 0, y, (y + 1) % 3)):  # Their labels do not count.
+            self.setup_method(None)
+            model = compile_sgd(linear_text_model(), lr=LR)
+            before = params_of(model)
+            keras_adv.adversarial_training(model, "emb", method=keras_adv.VAT(epsilon=1.5, weight=2.0))
+            noise = vat_noise_of(model, x)
+            model.fit(x, labels, sample_weight=labeled, batch_size=len(x), epochs=1, shuffle=False,
+                      verbose=0)
+            results.append(params_of(model))
+        expected, _, _ = reference.vat_sgd_step(
+            before, x, y, LR, noise, 1.5, 0.1, 1, 2.0, sample_weight=labeled
+        )
+        for actual, other, want in zip(results[0], results[1], expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+            self.assertAllClose(other, want, rtol=1e-5, atol=1e-6)
+        # The divergence term mattered: the plain weighted step lands elsewhere.
+        plain, _ = reference.plain_sgd_step(before, x, y, LR, sample_weight=labeled)
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+
+    def test_a_divergence_callable_is_a_second_route_to_the_same_step(self):
+        def categorical_kl(clean, perturbed):
+            log_p = keras.ops.log_softmax(clean, axis=-1) if hasattr(keras, "ops") else None
+            if log_p is None:  # tf-keras: TensorFlow's own ops.
+                import tensorflow as tf
+
+                log_p, log_q = tf.nn.log_softmax(clean), tf.nn.log_softmax(perturbed)
+                return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+            log_q = keras.ops.log_softmax(perturbed, axis=-1)
+            return keras.ops.sum(keras.ops.exp(log_p) * (log_p - log_q), axis=-1)
+
+        x, y = batch()
+        trained = []
+        for divergence in (None, categorical_kl):
+            self.setup_method(None)
+            model = compile_sgd(linear_text_model(), lr=LR)
+            keras_adv.adversarial_training(
+                model, "emb", method=keras_adv.VAT(weight=2.0, divergence=divergence)
+            )
+            model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+            trained.append(params_of(model))
+        for a, b in zip(*trained):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+
+    def test_the_outputs_distribution_comes_from_the_compiled_loss(self):
+        from keras_adv._stacks.outputs import divergence_kind
+
+        method = keras_adv.VAT()
+        for loss, kind in (
+            (keras.losses.SparseCategoricalCrossentropy(from_logits=True), "categorical_logits"),
+            ("sparse_categorical_crossentropy", "categorical"),
+            (keras.losses.CategoricalCrossentropy(), "categorical"),
+            (keras.losses.BinaryCrossentropy(from_logits=True), "bernoulli_logits"),
+            ("binary_crossentropy", "bernoulli"),
+        ):
+            model = linear_text_model()
+            model.compile(optimizer="sgd", loss=loss)
+            assert divergence_kind(model, method) == kind
+        model = linear_text_model()
+        model.compile(optimizer="sgd", loss="mse")
+        with pytest.raises(ValueError, match="divergence='categorical_logits'"):
+            keras_adv.adversarial_training(model, "emb", method="vat")
+        keras_adv.adversarial_training(model, "emb", method=keras_adv.VAT(divergence="categorical"))
+
+    def test_bad_options(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        for options in (dict(objective="adversarial"), dict(relative_epsilon=True)):
+            with pytest.raises(ValueError, match="VAT adds its divergence term"):
+                keras_adv.adversarial_training(model, "emb", method="vat", **options)
+        with pytest.raises(ValueError, match="no matrix mode"):
+            keras_adv.adversarial_training(model, "emb", method="vat", per_example=False)
+        with pytest.raises(ValueError, match="VAT takes no `alpha`"):
+            keras_adv.adversarial_training(model, "emb", method="vat", alpha=0.1)
+        with pytest.raises(ValueError, match="power_iterations"):
+            keras_adv.VAT(power_iterations=0)
+        with pytest.raises(ValueError, match="xi"):
+            keras_adv.VAT(xi=-1.0)
+        with pytest.raises(TypeError, match="symmetric"):
+            keras_adv.VAT(symmetric="yes")
+        with pytest.raises(ValueError, match="divergence"):
+            keras_adv.VAT(divergence="poisson")
+

@@ -62,20 +62,30 @@ class FailingStepTests(TestCase):
     modes = [{}, {"run_eagerly": True}]
     # How the failing step is run: "fit" or "train_on_batch".
     run_failing_step = "fit"
+    supports_awp = True  # tf-keras refuses AWP.
 
     # PGD fails in its first perturbed pass, before any pass that the
     # in-graph restore waits for: only the undo on failure can put the rows back.
-    @pytest.mark.parametrize("method", ["fgm", "pgd"])
+    @pytest.mark.parametrize("method", ["fgm", "pgd", "awp"])
     def test_weights_are_as_before_the_failing_step(self, method):
+        # Each perturbs the embedding outputs beyond LIMIT: epsilon=1000, or
+        # AWP's box of 1e5 times each entry of the matrices (about 0.05).
+        failing = dict(fgm=("emb", dict(epsilon=1000.0)),
+                       pgd=("emb", dict(epsilon=1000.0, alpha=400.0)),
+                       awp=(None, dict(method=keras_adv.AWP(alpha=1e5, epsilon=1e5))))
+        embedding, options = failing[method]
+        options = dict(dict(method=method), **options)
         for mode in self.modes:
             self.setup_method(None)
             model = compile_sgd(checked_text_model(), **mode)
+            if method == "awp" and not self.supports_awp:
+                with pytest.raises(NotImplementedError, match="AWP is not supported on tf-keras"):
+                    keras_adv.adversarial_training(model, embedding, **options)
+                continue
             x, y = batch()
             model.fit(x, y, epochs=1, verbose=0)  # A plain step works.
             before = model.get_weights()
-            # epsilon=1000 makes every perturbed embedding output exceed LIMIT.
-            pgd_step = dict(alpha=400.0) if method == "pgd" else {}
-            keras_adv.adversarial_training(model, "emb", 1000.0, method=method, **pgd_step)
+            keras_adv.adversarial_training(model, embedding, **options)
             with pytest.raises(Exception, match="perturbed pass failed"):
                 if self.run_failing_step == "fit":
                     model.fit(x, y, epochs=1, verbose=0)
@@ -84,6 +94,6 @@ class FailingStepTests(TestCase):
             self.assertWeightsBitEqual(model.get_weights(), before)
 
             # Training goes on from there, with a sane epsilon.
-            keras_adv.adversarial_training(model, "emb", 0.1, method=method)
+            keras_adv.adversarial_training(model, embedding, 0.1, method=method)
             model.fit(x, y, epochs=1, verbose=0)
             assert abs(model.get_weights()[0] - before[0]).max() > 0

@@ -38,6 +38,8 @@ CASES = [
     ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4, per_example=True, relative_epsilon=True), "sum"),
     ("fgsm", dict(epsilon=0.05), "adversarial"),
     ("freelb", dict(alpha=0.3, steps=3), "sum"),
+    # Each replica takes its share of the global batch's noise.
+    ("vat", dict(epsilon=1.5, steps=2), "sum"),
 ]
 
 
@@ -49,22 +51,37 @@ def replica_values(variable, strategy):
 
 
 class MirroredParityTests(TestCase):
+    supports_awp = True  # tf-keras refuses AWP (tests/closed_form.py's AWPRefusedTests).
+
     def _train(self, strategy, method, options, objective, line_in_scope):
         """Weights and History after STEPS steps of GLOBAL_BATCH examples."""
         self.setup_method(None)
         x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
+        embedding = None if method == "awp" else "emb"  # AWP perturbs weights.
         with strategy.scope():
             model = compile_sgd(linear_text_model(), lr=LR)
             if line_in_scope:
-                keras_adv.adversarial_training(model, "emb", method=method, objective=objective, **options)
+                keras_adv.adversarial_training(model, embedding, method=method, objective=objective, **options)
         if not line_in_scope:
-            keras_adv.adversarial_training(model, "emb", method=method, objective=objective, **options)
+            keras_adv.adversarial_training(model, embedding, method=method, objective=objective, **options)
         history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
         return model, history.history
 
     @pytest.mark.parametrize("line_in_scope", [True, False], ids=["line in scope", "line outside scope"])
     @pytest.mark.parametrize("method,options,objective", CASES)
     def test_two_replicas_give_the_single_device_result(self, method, options, objective, line_in_scope):
+        self._assert_single_device_result(method, options, objective, line_in_scope)
+
+    @pytest.mark.parametrize("objective", ["sum", "adversarial"])
+    def test_awp_gives_the_single_device_result(self, objective):
+        options = dict(epsilon=0.1, alpha=0.5, steps=2)
+        if self.supports_awp:
+            self._assert_single_device_result("awp", options, objective, line_in_scope=False)
+        else:
+            with pytest.raises(NotImplementedError, match="AWP is not supported on tf-keras"):
+                self._train(mirrored_strategy(), "awp", options, objective, line_in_scope=False)
+
+    def _assert_single_device_result(self, method, options, objective, line_in_scope):
         mirrored = mirrored_strategy()
         assert mirrored.num_replicas_in_sync == 2
         model, history = self._train(mirrored, method, options, objective, line_in_scope)
@@ -76,7 +93,8 @@ class MirroredParityTests(TestCase):
             for replica in replica_values(variable, mirrored):  # Every replica agrees.
                 self.assertAllClose(replica, want, rtol=1e-5, atol=2e-6)
         self.assertAllClose(history["loss"], single["loss"], rtol=1e-5)
-        self.assertAllClose(history["adversarial_loss"], single["adversarial_loss"], rtol=1e-5)
+        name = "vat_divergence" if method == "vat" else "adversarial_loss"
+        self.assertAllClose(history[name], single[name], rtol=1e-5)
         # The perturbation mattered: plain training lands elsewhere.
         self.setup_method(None)
         plain = compile_sgd(linear_text_model(), lr=LR)

@@ -223,3 +223,84 @@ def free_lb_sgd_step(params, x, y, lr, alpha, steps, epsilon=0.0):
             if epsilon > 0:
                 R = _per_example_project(R, epsilon)
     return [p - lr * g for p, g in zip(params, total)], losses[0], float(np.mean(losses))
+
+
+def awp_sgd_step(params, x, y, lr, alpha, epsilon, steps, objective, selected=(0, 1)):
+    """One SGD step of AWP on the weights `params[i]` for `i` in `selected`
+    (by default the matrices E and W): each step `w <- clip(w + alpha * ||w||
+    * g / ||g||, w0 -+ epsilon * |w0|)`, `g` the gradient at the last step's
+    weights (the clean ones first).
+
+    Returns:
+        (new params, clean loss, adversarial loss, whether the box clipped
+        any entry).
+    """
+    clean_loss, clean_grads = gradients(params, x, y)
+    weights = {i: params[i] for i in selected}
+    grads = {i: clean_grads[i] for i in selected}
+    clipped = False
+    for _ in range(steps):
+        for i in selected:
+            w0, box = params[i], epsilon * np.abs(params[i])
+            moved = weights[i] + alpha * np.sqrt(np.sum(weights[i] ** 2)) * l2_normalize(grads[i])
+            clipped |= bool(np.any(np.abs(moved - w0) > box))
+            weights[i] = np.clip(moved, w0 - box, w0 + box)
+        perturbed = [weights.get(i, p) for i, p in enumerate(params)]
+        adversarial_loss, adversarial_grads = gradients(perturbed, x, y)
+        grads = {i: adversarial_grads[i] for i in selected}
+    update = adversarial_grads if objective == "adversarial" else [
+        c + a for c, a in zip(clean_grads, adversarial_grads)
+    ]
+    return [p - lr * g for p, g in zip(params, update)], clean_loss, adversarial_loss, clipped
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+def _divergence_and_logit_gradient(p, logits, symmetric):
+    """`mean_i KL(p_i || q_i)` (plus the reverse KL, if `symmetric`), `q =
+    softmax(logits)`, and its gradient w.r.t. the logits, by hand."""
+    q = _softmax(logits)
+    batch = len(p)
+    divergence = np.sum(p * (np.log(p) - np.log(q))) / batch
+    grad = q - p
+    if symmetric:
+        a = np.log(q) - np.log(p)
+        divergence += np.sum(q * a) / batch
+        grad = grad + q * a - q * np.sum(q * a, axis=1, keepdims=True)
+    return divergence, grad / batch
+
+
+def vat_sgd_step(params, x, y, lr, noise, epsilon, xi, power_iterations, weight, symmetric=False,
+                 sample_weight=None):
+    """One SGD step of VAT per example on the linear model, from the given
+    standard normal `noise` (B x T x d, the step's own draw).
+
+    Returns:
+        (new params, clean loss, the divergence at the perturbation).
+    """
+    E, W, b = params
+    batch, length = x.shape
+    clean_loss, clean_grads = gradients(params, x, y, sample_weight)
+    pooled = E[x].mean(axis=1)
+    p = _softmax(pooled @ W + b)
+
+    def at(R):
+        pooled_r = (E[x] + R).mean(axis=1)
+        divergence, dlogits = _divergence_and_logit_gradient(p, pooled_r @ W + b, symmetric)
+        de = np.repeat((dlogits @ W.T)[:, None, :] / length, length, axis=1)
+        return divergence, dlogits, pooled_r, de
+
+    d = xi * _per_example_normalize(noise)
+    for _ in range(power_iterations):
+        _, _, _, de = at(d)
+        d = xi * _per_example_normalize(de)
+    r = epsilon * _per_example_normalize(d)
+    divergence, dlogits, pooled_r, de = at(r)
+    dE = np.zeros_like(E)
+    np.add.at(dE, x.reshape(-1), de.reshape(-1, E.shape[1]))
+    vat_grads = [dE, pooled_r.T @ dlogits, dlogits.sum(axis=0)]
+    update = [c + weight * v for c, v in zip(clean_grads, vat_grads)]
+    return [q - lr * g for q, g in zip(params, update)], clean_loss, divergence

@@ -152,7 +152,7 @@ def _memory_floors(peaks):
     clean, plain = peaks[CLEAN_GRADIENTS], peaks[LIVE]["MiB"]["plain"]
     floor = {"adversarial": 1.0, "sum": 1 + clean / plain}
     over = ", ".join(f"{name} {peaks[LIVE]['x plain'][name] / floor[name.split()[1]]:.3f}"
-                     for name in METHODS)
+                     for name in METHODS if name in peaks[LIVE]["x plain"])
     return (f"Memory floors (live tensors): `objective=\"adversarial\"` holds nothing beyond a plain "
             f"step (the perturbation enters at the lookups; no rows are kept to restore): 1.000 x plain; "
             f"`objective=\"sum\"` holds the clean gradients through the adversarial pass, {clean:.1f} MiB: "

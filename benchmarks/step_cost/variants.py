@@ -26,6 +26,9 @@ METHODS = {
     "fgsm sum": ("fgsm", "sum", False),
     "freelb3 sum": ("freelb", "sum", True),
     "gradient-penalty sum": ("gradient_penalty", "sum", False),
+    "vat sum": ("vat", "sum", True),
+    "awp sum": ("awp", "sum", False),
+    "awp adversarial": ("awp", "adversarial", False),
 }
 VARIANTS = ["plain", "embedding gradient", *METHODS, RECIPE_HOST, RECIPE_GRAPH]
 # What the large-vocabulary model runs: the cost that must not grow with V.
@@ -51,6 +54,10 @@ def settings(name):
     method, objective, per_example = METHODS[name]
     if method == "gradient_penalty":
         return Settings(keras_adv.GradientPenalty(), objective, per_example=per_example)
+    if method == "vat":  # One power iteration.
+        return Settings(keras_adv.VAT(), objective, per_example=per_example)
+    if method == "awp":  # Every weight matrix, boxed at 1% of each entry.
+        return Settings(keras_adv.AWP(), objective)
     steps = dict(steps=3, alpha=0.4) if method in ("pgd", "freelb") else {}
     epsilon = 0.01 if method == "fgsm" else EPSILON  # Per entry, not per batch.
     method = keras_adv.methods.get_method(method, epsilon=epsilon, **steps)
@@ -62,6 +69,8 @@ def adversarial_step(model, layer, name):
     `name`, bound to the model; the previous variant's keeps working."""
     from keras_adv import _stacks
 
+    if METHODS[name][0] == "awp":  # It perturbs weights, not the embedding.
+        layer = None
     _stacks.stack_for(model).install(model, layer, settings(name))
     return model.train_step
 
@@ -101,4 +110,11 @@ def floors(times):
         # K passes, each a full forward and backward. The gradient penalty's
         # double backward has no floor in these two passes' terms.
         "freelb3 sum": 3.0,
+        # The clean pass, one power iteration (the lookups' gradient of the
+        # divergence) and the divergence pass with its weight gradients.
+        "vat sum": (plain + embgrad + plain) / plain,
+        # Two full passes: the clean one gives the weight matrices' gradients
+        # (nearly all of a backward pass) whatever the objective.
+        "awp sum": 2.0,
+        "awp adversarial": 2.0,
     }

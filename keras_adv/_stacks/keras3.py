@@ -12,7 +12,7 @@ from keras_adv._stacks.passes import history_name
 
 __all__ = [
     "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss",
-    "perturbed_loss", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
+    "perturbed_loss", "perturbed_outputs", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
 ]
 
 
@@ -56,8 +56,11 @@ def batch_size(x):
     return next(i for i in keras.tree.flatten(x) if i is not None).shape[0]
 
 
-def perturbed_loss(model, x, y, sample_weight):
+def perturbed_loss(model, x, y, sample_weight, state_mapping=()):
     """A perturbed pass of a stateful backend (TensorFlow, PyTorch): `(y_pred, loss)`.
+
+    `state_mapping` lists `(variable, value)` pairs read as `value` in the
+    pass (AWP's perturbed weights).
 
     The pass runs stateless, so that its metric updates are dropped (the loss
     trackers see the clean pass only; regularizers run inside and see the
@@ -65,14 +68,27 @@ def perturbed_loss(model, x, y, sample_weight):
     (batch-norm statistics, dropout seeds) are kept, as every pass of the
     PyTorch recipes keeps them.
     """
-    with keras.StatelessScope(collect_losses=True) as scope:
+    def forward():
         y_pred = model(x, training=True)
-        loss = compute_loss(model, x, y, y_pred, sample_weight)
+        return y_pred, compute_loss(model, x, y, y_pred, sample_weight)
+
+    return _stateless(model, forward, state_mapping)
+
+
+def perturbed_outputs(model, x):
+    """The outputs of a perturbed pass (VAT's), without a loss: stateless as
+    `perturbed_loss`, its non-trainable updates kept."""
+    return _stateless(model, lambda: model(x, training=True))
+
+
+def _stateless(model, forward, state_mapping=()):
+    with keras.StatelessScope(state_mapping=state_mapping, collect_losses=True) as scope:
+        result = forward()
     for variable in model.non_trainable_variables:
         value = scope.get_current_value(variable)
         if value is not None:
             variable.assign(value)
-    return y_pred, loss
+    return result
 
 
 class AdversarialLossMean(keras.metrics.Mean):

@@ -18,17 +18,17 @@ import jax
 import keras
 from keras import ops
 
-from keras_adv._stacks import keras3
+from keras_adv._stacks import keras3, outputs
 from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import Lookups, tapped_lookups
 from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
     AdversarialStep, Pass, attack, epsilon_now, free_lb, no_lookup_error,
-    no_lookup_gradient_error, update_gradients,
+    no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
 )
-from keras_adv.methods import FreeLB
+from keras_adv.methods import AWP, VAT, FreeLB
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise"]
 
 is_compiled = keras3.is_compiled
 
@@ -50,16 +50,19 @@ class AdversarialTrainStep(AdversarialStep):
         settings, layer = self.settings, self.layer
         optimizer = model.optimizer
         iterations = _value_in(optimizer_variables, optimizer.variables, optimizer.iterations)
-        matrix = _value_in(
-            list(trainable) + list(non_trainable),
-            model.trainable_variables + model.non_trainable_variables,
-            layer.embeddings,
-        )
+        if layer is not None:  # AWP perturbs weights, not an embedding.
+            matrix = _value_in(
+                list(trainable) + list(non_trainable),
+                model.trainable_variables + model.non_trainable_variables,
+                layer.embeddings,
+            )
 
-        def run_pass(trainable, deltas, non_trainable, perturbation_at):
+        def run_pass(trainable, deltas, non_trainable, perturbation_at, reference=None):
             """One pass, a function of the weights and of what is added at the
             lookups: `(scaled loss, (loss, y_pred, non_trainable, metrics,
-            (lookup ids, lookup outputs, what was added at them)))`."""
+            (lookup ids, lookup outputs, what was added at them)))`; with a
+            `reference` (the clean outputs), its loss is VAT's divergence
+            from them."""
 
             added = []  # What each lookup got added (FreeLB's random start).
 
@@ -70,18 +73,47 @@ class AdversarialTrainStep(AdversarialStep):
                 return outputs if deltas is None else outputs + deltas[index]
 
             with tapped_lookups(layer, transform) as lookups:
-                loss, (unscaled, y_pred, non_trainable, metrics) = model.compute_loss_and_updates(
-                    trainable, non_trainable, metrics_variables, x, y, sample_weight,
-                    training=True, optimizer_variables=optimizer_variables,
-                )
+                if reference is None:
+                    loss, (unscaled, y_pred, non_trainable, metrics) = model.compute_loss_and_updates(
+                        trainable, non_trainable, metrics_variables, x, y, sample_weight,
+                        training=True, optimizer_variables=optimizer_variables,
+                    )
+                else:
+                    y_pred, non_trainable = model.stateless_call(
+                        trainable, non_trainable, x, training=True
+                    )
+                    unscaled = outputs.mean_divergence(
+                        settings.method, outputs.divergence_kind(model, settings.method),
+                        reference, y_pred,
+                    )
+                    loss, metrics = scaled(unscaled), metrics_variables
             if not lookups.outputs:
                 raise no_lookup_error(layer)
             lookups_aux = (lookups.ids, lookups.outputs, added)
             return loss, (unscaled, y_pred, non_trainable, metrics, lookups_aux)
 
-        shapes = _lookup_output_shapes(layer, run_pass, trainable, non_trainable)
+        if layer is not None:
+            shapes = _lookup_output_shapes(layer, run_pass, trainable, non_trainable)
 
-        def differentiated_pass(non_trainable, perturbation_at, weights, lookup_gradients, scale=1):
+        def scaled(loss):
+            """`loss` scaled by the optimizer (mixed precision), as Keras scales its own."""
+            mapping = list(zip(optimizer.variables, optimizer_variables))
+            with keras.StatelessScope(state_mapping=mapping):
+                return optimizer.scale_loss(loss)
+
+        def weight_pass(weights, non_trainable):
+            """A pass on `weights` (the trainable ones, some perturbed), and
+            its gradients w.r.t. them: `(Pass, metrics, non_trainable)`."""
+            loss_of = lambda weights: model.compute_loss_and_updates(
+                weights, non_trainable, metrics_variables, x, y, sample_weight,
+                training=True, optimizer_variables=optimizer_variables,
+            )
+            (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(weights)
+            unscaled, y_pred, non_trainable, metrics = aux
+            return Pass(unscaled, grads, None, None, y_pred), metrics, non_trainable
+
+        def differentiated_pass(non_trainable, perturbation_at, weights, lookup_gradients, scale=1,
+                                reference=None):
             """A pass and its gradients w.r.t. the weights (if `weights`) and
             the lookups' outputs (if `lookup_gradients`), of its loss times
             `scale`: `(Pass, metrics, non_trainable, what was added at the
@@ -94,7 +126,7 @@ class AdversarialTrainStep(AdversarialStep):
                 return loss * scale, aux
 
             (_, aux), grads = jax.value_and_grad(scaled_pass, argnums=argnums, has_aux=True)(
-                trainable, deltas, non_trainable, perturbation_at
+                trainable, deltas, non_trainable, perturbation_at, reference
             )
             unscaled, y_pred, non_trainable, metrics, (ids, outputs, added) = aux
             lookups = Lookups()
@@ -140,9 +172,8 @@ class AdversarialTrainStep(AdversarialStep):
             steps = method.steps
 
             def random_start_at(index, ids):
-                key = jax.random.fold_in(jax.random.key(self.seed + index), iterations)
                 shape = tuple(ids.shape) + (layer.embeddings.shape[1],)
-                noise = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
+                noise = jax.random.uniform(_key(self.seed, iterations, index), shape, minval=-1.0, maxval=1.0)
                 return random_start(method, noise, padding_masks(layer, [ids], x)[0])
 
             metrics = None
@@ -192,19 +223,70 @@ class AdversarialTrainStep(AdversarialStep):
                 masks = padding_masks(layer, ids, x) if settings.per_example else None
                 space = perturbation_space(settings.per_example, ids, outputs, matrix, masks)
                 penalty = settings.method.penalty(space.rows(ids, lookup_grads))
-                mapping = list(zip(optimizer.variables, optimizer_variables))
-                with keras.StatelessScope(state_mapping=mapping):
-                    total = loss + optimizer.scale_loss(ops.cast(penalty, loss.dtype))
+                total = loss + scaled(ops.cast(penalty, loss.dtype))
                 return total, (penalty, unscaled, y_pred, updated, metrics)
 
             (_, aux), grads = jax.value_and_grad(penalized_loss, has_aux=True)(trainable)
             penalty, unscaled, y_pred, non_trainable, metrics = aux
             return grads, penalty, unscaled, y_pred, non_trainable, metrics
 
-        def plain_step(non_trainable):
+        def weight_step(non_trainable):
+            # AWP: the perturbed passes run on perturbed copies of the
+            # selected weights (the step's state is its arguments' values).
+            selected = selected_weights(settings.method, model.trainable_variables, model.name)
+            clean, metrics, non_trainable = weight_pass(list(trainable), non_trainable)
+
+            def perturbed_pass(perturbations, last):
+                nonlocal non_trainable
+                weights = list(trainable)
+                for i, perturbation in zip(selected, perturbations):
+                    weights[i] = weights[i] + perturbation
+                result, _, non_trainable = weight_pass(weights, non_trainable)
+                if last:
+                    return result
+                return result._replace(gradients=[result.gradients[i] for i in selected])
+
+            epsilon = epsilon_now(settings, iterations)
+            if epsilon is not None:
+                epsilon = ops.cast(epsilon, "float32")
+            last = weight_attack(
+                self, [clean.gradients[i] for i in selected], [trainable[i] for i in selected],
+                perturbed_pass, epsilon,
+            )
+            grads = update_gradients(settings.objective, clean.gradients, last.gradients, ops.add)
+            return grads, last.loss, clean.loss, clean.predictions, non_trainable, metrics
+
+        def virtual_step(non_trainable):
+            # VAT: the clean pass, the power iterations on the divergence
+            # from its outputs, and the divergence at the perturbation, weighted.
+            method = settings.method
             clean, metrics, non_trainable, _ = differentiated_pass(
                 non_trainable, None, weights=True, lookup_gradients=False
             )
+            ids = clean.lookups.ids
+            space = perturbation_space(True, ids, clean.lookups.outputs, matrix, padding_masks(layer, ids, x))
+            reference = jax.lax.stop_gradient(clean.predictions)
+
+            def divergence_pass(perturbation, last):
+                nonlocal non_trainable
+                result, _, non_trainable, _ = differentiated_pass(
+                    non_trainable, lambda index, ids: space.at(index, ids, perturbation),
+                    weights=last, lookup_gradients=not last,
+                    scale=method.weight if last else 1, reference=reference,
+                )
+                return result
+
+            epsilon = epsilon_now(settings, iterations)
+            if epsilon is not None:
+                epsilon = ops.cast(epsilon, "float32")
+            noises = [vat_noise(self.seed, iterations, index, tuple(output.shape))
+                      for index, output in enumerate(clean.lookups.outputs)]
+            last = virtual_adversarial(self, space, noises, divergence_pass, epsilon)
+            grads = update_gradients("sum", clean.gradients, last.gradients, ops.add)
+            return grads, last.loss, clean.loss, clean.predictions, non_trainable, metrics
+
+        def plain_step(non_trainable):
+            clean, metrics, non_trainable = weight_pass(list(trainable), non_trainable)
             no_loss = ops.zeros_like(clean.loss)
             return clean.gradients, no_loss, clean.loss, clean.predictions, non_trainable, metrics
 
@@ -212,6 +294,10 @@ class AdversarialTrainStep(AdversarialStep):
             adversarial_step = penalized_step
         elif isinstance(settings.method, FreeLB):
             adversarial_step = free_lb_step
+        elif isinstance(settings.method, AWP):
+            adversarial_step = weight_step
+        elif isinstance(settings.method, VAT):
+            adversarial_step = virtual_step
         if settings.start_step:
             adversarial = ops.greater_equal(iterations, settings.start_step)
             outcome = jax.lax.cond(adversarial, adversarial_step, plain_step, non_trainable)
@@ -247,6 +333,18 @@ class AdversarialTrainStep(AdversarialStep):
             value = scope.get_current_value(variable)
             updated.append(variable.value if value is None else value)
         return logs, updated
+
+
+def vat_noise(seed, step_count, index, shape):
+    """VAT's standard normal noise for lookup `index`: a stateless function
+    of `seed`, the step count and the index (the model gains no random state)."""
+    return jax.random.normal(_key(seed, step_count, index), shape)
+
+
+def _key(seed, step_count, index):
+    """The random key of lookup `index` at a step: a function of the step's
+    seed and count alone (stateless; the model gains no random state)."""
+    return jax.random.fold_in(jax.random.key(seed + index), step_count)
 
 
 def _lookup_output_shapes(layer, run_pass, trainable, non_trainable):

@@ -16,12 +16,12 @@ PyTorch recipes; loss-tracking metrics see only the clean pass.
 import keras
 import tensorflow as tf
 
-from keras_adv._stacks import distribution, keras3
+from keras_adv._stacks import distribution, keras3, outputs
 from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.passes import AdversarialStep
-from keras_adv._stacks.tf_tape import taped_adversarial_passes
+from keras_adv._stacks.tf_tape import taped_adversarial_passes, vat_noise
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise"]
 
 
 def _loss_tracker(model):
@@ -53,7 +53,7 @@ class AdversarialTrainStep(AdversarialStep):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # XLA has no copy-on-read mode, nor this op; a layer not built yet
         # makes its matrix in this step, fresh.
-        if not model.jit_compile and self.layer.built:
+        if not model.jit_compile and self.layer is not None and self.layer.built:
             _switch_off_copy_on_read(self.layer.embeddings)
 
         def clean_forward():
@@ -62,12 +62,24 @@ class AdversarialTrainStep(AdversarialStep):
             _track_loss(_loss_tracker(model), loss, x)
             return model.optimizer.scale_loss(loss), loss, y_pred
 
-        def perturbed_forward():
-            _, loss = keras3.perturbed_loss(model, x, y, sample_weight)
+        def perturbed_forward(shifted=()):
+            _, loss = keras3.perturbed_loss(model, x, y, sample_weight, shifted)
             return model.optimizer.scale_loss(loss), loss, None
 
+        def divergence_forward(reference):
+            from keras.src.losses.loss import scale_loss_for_distribution
+
+            y_pred = keras3.perturbed_outputs(model, x)
+            divergence = outputs.mean_divergence(
+                self.settings.method, outputs.divergence_kind(model, self.settings.method),
+                reference, y_pred,
+            )
+            divergence = scale_loss_for_distribution(divergence)
+            return model.optimizer.scale_loss(divergence), divergence, None
+
         taped = taped_adversarial_passes(
-            self, model, x, clean_forward, perturbed_forward, model.optimizer.scale_loss
+            self, model, x, clean_forward, perturbed_forward, model.optimizer.scale_loss,
+            divergence_forward,
         )
         model.optimizer.apply_gradients(zip(taped.gradients, taped.variables))
 

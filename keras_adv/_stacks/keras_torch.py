@@ -12,17 +12,17 @@ import keras
 import torch
 from keras import ops
 
-from keras_adv._stacks import keras3
+from keras_adv._stacks import keras3, outputs
 from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
     AdversarialStep, Pass, attack, epsilon_now, free_lb, no_lookup_error,
-    no_lookup_gradient_error, update_gradients,
+    no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
 )
-from keras_adv.methods import FreeLB
+from keras_adv.methods import AWP, VAT, FreeLB
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise"]
 
 is_compiled = keras3.is_compiled
 
@@ -60,8 +60,8 @@ class AdversarialTrainStep(AdversarialStep):
             model._loss_tracker.update_state(loss, sample_weight=keras3.batch_size(x))
             return optimizer.scale_loss(loss), loss, y_pred
 
-        def perturbed_forward():
-            _, loss = keras3.perturbed_loss(model, x, y, sample_weight)
+        def perturbed_forward(shifted=()):
+            _, loss = keras3.perturbed_loss(model, x, y, sample_weight, shifted)
             return optimizer.scale_loss(loss), loss, None
 
         if adversarial and settings.method.steps == 0:  # The gradient penalty.
@@ -71,8 +71,14 @@ class AdversarialTrainStep(AdversarialStep):
             clean, gradients, adversarial_loss = self._free_lb(
                 clean_forward, perturbed_forward, trainable, optimizer, x
             )
+        elif adversarial and isinstance(settings.method, VAT):
+            clean, gradients, adversarial_loss = self._virtual_adversarial(model, clean_forward, trainable, x)
+        elif adversarial and isinstance(settings.method, AWP):
+            clean, gradients, adversarial_loss = self._weight_attack(
+                model, clean_forward, perturbed_forward, trainable
+            )
         elif not adversarial:  # A warm-up step (`start_step`): the clean pass alone.
-            clean = self._pass(clean_forward, trainable, lookup_gradients=False)
+            clean = _weight_pass(clean_forward, trainable)
             gradients, adversarial_loss = clean.gradients, None
         else:
             use_clean_weights = settings.objective == "sum"
@@ -111,8 +117,7 @@ class AdversarialTrainStep(AdversarialStep):
 
         def random_start_at(index, ids):
             shape = tuple(ids.shape) + (layer.embeddings.shape[1],)
-            generator = torch.Generator(device=ids.device)
-            generator.manual_seed((self.seed + index) * 1_000_003 + step_count)
+            generator = _generator(self.seed, step_count, index, ids.device)
             noise = torch.rand(shape, generator=generator, device=ids.device) * 2 - 1
             return random_start(method, noise, padding_masks(layer, [ids], x)[0])
 
@@ -146,11 +151,70 @@ class AdversarialTrainStep(AdversarialStep):
         epsilon = epsilon_now(self.settings, optimizer.iterations.value)
         return free_lb(self, first_pass, space_of, perturbed_pass, _add, epsilon)
 
+    def _virtual_adversarial(self, model, clean_forward, trainable, x):
+        """VAT: the clean pass, the power iterations on the divergence from
+        its outputs, and the divergence at the perturbation, weighted:
+        `(clean Pass, gradients, divergence)`."""
+        method, layer, optimizer = self.settings.method, self.layer, model.optimizer
+        kind = outputs.divergence_kind(model, method)
+        clean = self._pass(clean_forward, trainable, lookup_gradients=False)
+        ids = clean.lookups.ids
+        space = perturbation_space(
+            True, ids, clean.lookups.outputs, layer.embeddings.value, padding_masks(layer, ids, x)
+        )
+        reference = keras.tree.map_structure(lambda t: t.detach(), clean.predictions)
+
+        def divergence_forward():
+            divergence = outputs.mean_divergence(method, kind, reference, keras3.perturbed_outputs(model, x))
+            return optimizer.scale_loss(divergence), divergence, None
+
+        def divergence_pass(perturbation, last):
+            return self._pass(
+                divergence_forward, trainable if last else [],
+                perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
+                lookup_gradients=not last, scale=method.weight if last else None,
+            )
+
+        step_count = int(optimizer.iterations.value)
+        noises = [vat_noise(self.seed, step_count, index, tuple(output.shape), output.device)
+                  for index, output in enumerate(clean.lookups.outputs)]
+        epsilon = epsilon_now(self.settings, optimizer.iterations.value)
+        last = virtual_adversarial(self, space, noises, divergence_pass, epsilon)
+        gradients = update_gradients("sum", clean.gradients, last.gradients, _add)
+        return clean, gradients, last.loss
+
+    def _weight_attack(self, model, clean_forward, perturbed_forward, trainable):
+        """AWP: the perturbed passes read perturbed copies of the selected
+        weights (the variables are never written): `(clean Pass, gradients,
+        adversarial loss)`."""
+        settings = self.settings
+        indices = selected_weights(settings.method, trainable, model.name)
+        selected = [trainable[i] for i in indices]
+        sum_objective = settings.objective == "sum"
+        clean = _weight_pass(clean_forward, trainable if sum_objective else selected)
+        clean_selected = [clean.gradients[i] for i in indices] if sum_objective else clean.gradients
+
+        def perturbed_pass(perturbations, last):
+            def forward():
+                return perturbed_forward([(v, v.value + r) for v, r in zip(selected, perturbations)])
+
+            result = _weight_pass(forward, trainable if last else selected)
+            return result if last else result._replace(gradients=_dense(result.gradients, selected))
+
+        epsilon = epsilon_now(settings, model.optimizer.iterations.value)
+        originals = [v.value.detach() for v in selected]
+        last = weight_attack(self, _dense(clean_selected, selected), originals, perturbed_pass, epsilon)
+        gradients = update_gradients(settings.objective, clean.gradients, last.gradients, _add)
+        return clean, gradients, last.loss
+
     def _penalized_pass(self, forward, weights, optimizer, x):
         """The clean pass, its loss plus the penalty on its lookups' gradient,
         differentiated (twice) w.r.t. `weights`: `(Pass, penalty)`."""
         settings = self.settings
-        with tapped_lookups(self.layer, _differentiable) as lookups:
+        # PyTorch has no second derivative of its fused attention kernels
+        # (flash, memory-efficient); its reference "math" kernel has one,
+        # and computes the same attention. Chosen for this pass alone.
+        with tapped_lookups(self.layer, _differentiable) as lookups, _twice_differentiable_attention():
             loss, reported, predictions = forward()
         if not lookups.outputs:
             raise no_lookup_error(self.layer)
@@ -199,6 +263,39 @@ class AdversarialTrainStep(AdversarialStep):
                 torch.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, lookup_grads)
             ]
         return Pass(reported.detach(), grads[: len(weights)], lookups, lookup_grads, predictions)
+
+
+def _twice_differentiable_attention():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def vat_noise(seed, step_count, index, shape, device=None):
+    """VAT's standard normal noise for lookup `index`: a function of `seed`,
+    the step count and the index, from a generator of its own (the model
+    gains no random state)."""
+    return torch.randn(shape, generator=_generator(seed, step_count, index, device), device=device)
+
+
+def _generator(seed, step_count, index, device):
+    """A generator of its own for lookup `index` at a step, seeded from the
+    step's seed and count alone (the model gains no random state)."""
+    generator = torch.Generator(device=device or "cpu")
+    generator.manual_seed((seed + index) * 1_000_003 + step_count)
+    return generator
+
+
+def _weight_pass(forward, weights):
+    """Runs `forward()`; differentiates its loss w.r.t. `weights` (no lookups)."""
+    loss, reported, predictions = forward()
+    grads = torch.autograd.grad(loss, [w.value for w in weights], allow_unused=True)
+    return Pass(reported.detach(), list(grads), None, None, predictions)
+
+
+def _dense(gradients, weights):
+    # A weight the loss does not use has no gradient: AWP then leaves it as it is.
+    return [torch.zeros_like(w.value) if g is None else g for g, w in zip(gradients, weights)]
 
 
 def _differentiable(index, ids, outputs):

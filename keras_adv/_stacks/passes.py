@@ -18,18 +18,28 @@ one: each stack differentiates the lookups' gradient again).
 A stack supplies `perturbed_pass(perturbation, last) -> Pass`: the model run
 with the method's perturbation (of the touched rows, or of each example's
 sequence) added at its lookups.
+
+VAT (`virtual_adversarial`) probes each example's direction of steepest
+divergence from the clean outputs by power iteration, then trains on the
+divergence at that perturbation, added to the clean loss.
+
+AWP perturbs weights instead (`weight_attack`): its passes run the model on
+perturbed copies of the selected weights (the clean pass's gradients of
+those weights start the ascent), never on the variables themselves.
 """
 
 import collections
 import dataclasses
 import random
 
-from keras_adv.methods import FreeLB
+from keras_adv.methods import VAT, FreeLB
 
 __all__ = [
-    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "free_lb", "update_gradients",
-    "epsilon_now",
+    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "free_lb", "virtual_adversarial",
+    "weight_attack",
+    "selected_weights", "update_gradients", "epsilon_now",
     "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
+    "AWP_NEEDS_KERAS_3",
 ]
 
 PENALTY_ACROSS_REPLICAS = (
@@ -39,13 +49,21 @@ PENALTY_ACROSS_REPLICAS = (
     "replica's own), or one device."
 )
 
+AWP_NEEDS_KERAS_3 = (
+    "AWP is not supported on tf-keras: its perturbed passes read perturbed copies "
+    "of the weights through Keras 3's `StatelessScope`, and tf-keras has no such "
+    "scope; writing the perturbation into the variables instead would leave them "
+    "perturbed when a compiled step raises. Use Keras 3 (any backend) for AWP, or "
+    "an embedding method (FGM, PGD, FreeLB) on tf-keras."
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What `adversarial_training` was asked for, checked.
 
     Attributes:
-        method: A `keras_adv.FGM`, `FGSM`, `PGD`, `FreeLB` or `GradientPenalty`.
+        method: A `keras_adv.FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty` or `AWP`.
         objective: `"sum"` or `"adversarial"`.
         relative_epsilon: Whether the method's lengths (epsilon, alpha) are
             fractions of the L2 norm of what is perturbed (the touched
@@ -88,7 +106,7 @@ class AdversarialStep:
     contract, and is bound to one model with `types.MethodType`.
 
     Args:
-        layer: The embedding layer whose lookups are perturbed.
+        layer: The embedding layer whose lookups are perturbed (None for AWP).
         settings: The `Settings`.
     """
 
@@ -184,6 +202,74 @@ def free_lb(step, first_pass, space_of, perturbed_pass, add, epsilon=None):
     return first, gradients, loss / len(passes)
 
 
+def virtual_adversarial(step, space, noises, divergence_pass, epsilon=None):
+    """VAT's passes after the clean one; returns the last (adversarial) `Pass`.
+
+    Args:
+        step: The stack's `AdversarialStep`.
+        space: The clean pass's `ExampleRows` (VAT works per example).
+        noises: Random noise of each lookup output's shape (the first
+            probing direction, once masked and normalised).
+        divergence_pass: `(perturbation, last) -> Pass` of the divergence
+            from the clean outputs, with the lookups' gradients unless
+            `last`, then with the weights' gradients of `weight * D`.
+        epsilon: This step's epsilon (a schedule's value), or None.
+    """
+    method = step.settings.method
+    direction = method.initial(space.rows(None, noises))
+    for _ in range(method.power_iterations):
+        probe = divergence_pass(direction, False)
+        direction = method.direction(space.rows(probe.lookups.ids, probe.lookup_gradients))
+    return divergence_pass(method.perturbation(direction, epsilon), True)
+
+
+def weight_attack(step, selected_clean_gradients, originals, perturbed_pass, epsilon=None,
+                  reduce=None):
+    """AWP's ascent over the selected weights; returns the last perturbed `Pass`.
+
+    Args:
+        step: The stack's `AdversarialStep`.
+        selected_clean_gradients: The clean pass's gradients of the selected
+            weights (dense).
+        originals: The selected weights' values before the step.
+        perturbed_pass: `(perturbations, last) -> Pass`, the model run on the
+            selected weights plus `perturbations`; its gradients are the
+            selected weights' (dense) unless `last`, then every trainable
+            weight's (for the update).
+        epsilon: This step's box (a schedule's value), or None.
+        reduce: Sums the replicas' gradients of the selected weights (a
+            distributed step), or None: the norms are the global batch's.
+    """
+    method = step.settings.method
+    gradients, perturbations = selected_clean_gradients, [None] * len(originals)
+    for i in range(method.steps):
+        if reduce is not None:
+            gradients = reduce(gradients)
+        perturbations = [
+            method.ascend(r, g, w, epsilon) for r, g, w in zip(perturbations, gradients, originals)
+        ]
+        latest = perturbed_pass(perturbations, i == method.steps - 1)
+        gradients = latest.gradients
+    return latest
+
+
+def selected_weights(method, variables, model_name):
+    """The indices of the trainable `variables` that AWP's `method` perturbs.
+
+    Raises:
+        ValueError: If it selects none.
+    """
+    names = [getattr(v, "path", None) or v.name for v in variables]
+    indices = [i for i, (v, name) in enumerate(zip(variables, names)) if method.selects(v, name)]
+    if not indices:
+        raise ValueError(
+            f"AWP's `weights` ({method.weights!r}) selects none of the trainable weights "
+            f"of model '{model_name}': {names}. Pass a regular expression found in "
+            f"some of these names, a callable, or None for every weight matrix."
+        )
+    return indices
+
+
 def update_gradients(objective, clean_grads, adversarial_grads, add):
     """The gradients the optimizer applies: clean + adversarial, or adversarial only."""
     if objective == "adversarial":
@@ -192,7 +278,10 @@ def update_gradients(objective, clean_grads, adversarial_grads, add):
 
 
 def history_name(settings):
-    """The History entry of what the step adds: the adversarial loss, or the penalty."""
+    """The History entry of what the step adds: the adversarial loss, the
+    penalty, or VAT's divergence term."""
+    if isinstance(settings.method, VAT):
+        return "vat_divergence"
     return "gradient_penalty" if settings.method.steps == 0 else "adversarial_loss"
 
 

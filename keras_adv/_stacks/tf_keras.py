@@ -11,12 +11,13 @@ gradients are unscaled before the update, as `optimizer.minimize` does.
 
 import tensorflow as tf
 
-from keras_adv._stacks import distribution
+from keras_adv._stacks import distribution, outputs
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep, history_name
-from keras_adv._stacks.tf_tape import taped_adversarial_passes
+from keras_adv._stacks.passes import AWP_NEEDS_KERAS_3, AdversarialStep, history_name
+from keras_adv._stacks.tf_tape import taped_adversarial_passes, vat_noise
+from keras_adv.methods import AWP
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep"]
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise"]
 
 
 def _tf_keras():
@@ -75,8 +76,19 @@ class AdversarialTrainStep(AdversarialStep):
             loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
             return _scaled(optimizer, loss), loss, None
 
+        def divergence_forward(reference):
+            y_pred = model(x, training=True)
+            divergence = outputs.mean_divergence(
+                self.settings.method, outputs.divergence_kind(model, self.settings.method),
+                reference, y_pred,
+            )
+            # Summed across replicas, as `compute_loss` divides the loss.
+            divergence = divergence / tf.distribute.get_strategy().num_replicas_in_sync
+            return _scaled(optimizer, divergence), divergence, None
+
         taped = taped_adversarial_passes(
-            self, model, x, clean_forward, perturbed_forward, lambda loss: _scaled(optimizer, loss)
+            self, model, x, clean_forward, perturbed_forward, lambda loss: _scaled(optimizer, loss),
+            divergence_forward,
         )
         optimizer.apply_gradients(zip(_unscaled(optimizer, taped.gradients), taped.variables))
 
@@ -118,6 +130,8 @@ def is_installed(model):
 
 def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
+    if isinstance(settings.method, AWP):
+        raise NotImplementedError(AWP_NEEDS_KERAS_3)
     strategy = model.distribute_strategy
     distribution.check_strategy(strategy, multi_worker=True)
     step = AdversarialTrainStep(layer, settings, strategy)

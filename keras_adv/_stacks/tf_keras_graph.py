@@ -29,14 +29,17 @@ import types
 import tensorflow as tf
 
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
+from keras_adv._stacks.outputs import divergence_kind, mean_divergence
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import (
-    AdversarialStep, Pass, ascent, attack, epsilon_now, no_lookup_gradient_error,
+    AWP_NEEDS_KERAS_3, AdversarialStep, Pass, ascent, attack, epsilon_now,
+    no_lookup_gradient_error, virtual_adversarial,
 )
 from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start
-from keras_adv.methods import FreeLB
+from keras_adv._stacks.tf_tape import vat_noise
+from keras_adv.methods import AWP, VAT, FreeLB
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction"]
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction", "vat_noise"]
 
 _DISTRIBUTED_ERROR = (
     "With eager execution disabled, tf-keras trains under a distribution "
@@ -45,6 +48,15 @@ _DISTRIBUTED_ERROR = (
     "would be silently skipped. Train with eager execution (the tf-keras "
     "default; do not call `tf.compat.v1.disable_eager_execution()`), where "
     "keras_adv supports MirroredStrategy and MultiWorkerMirroredStrategy."
+)
+
+
+_WARM_UP_WITH_UPDATES = (
+    "`start_step` with eager execution disabled runs the perturbed passes "
+    "during the warm-up too (weighted 0), and this model's layers update "
+    "their state on every pass (batch normalization), so the warm-up "
+    "would not be plain. Train eagerly (the tf-keras default), or "
+    "start_step=0."
 )
 
 
@@ -211,7 +223,9 @@ class AdversarialTrainFunction(AdversarialStep):
 
         perturbed_updates = []
 
-        def perturbed_pass(perturbation, last):
+        def perturbed_pass(perturbation, last, divergence_from=None):
+            """A perturbed call of the model: its compiled loss or, given the
+            clean outputs, VAT's divergence from them."""
             def add_perturbation(index, ids, outputs):
                 return outputs + tf.cast(space.at(index, ids, perturbation), outputs.dtype)
 
@@ -220,16 +234,38 @@ class AdversarialTrainFunction(AdversarialStep):
                 outputs = tf.nest.flatten(model(model.inputs))
             additions.take()
             perturbed_updates.extend(additions.updates)
-            with _endpoints_reading(model, outputs), additions.losses_of_the_call():
-                loss = model._prepare_total_loss(
-                    [getattr(o, "_keras_mask", None) for o in outputs]
+            if divergence_from is not None:
+                loss = mean_divergence(
+                    settings.method, divergence_kind(model, settings.method), divergence_from, outputs[0]
                 )
+            else:
+                with _endpoints_reading(model, outputs), additions.losses_of_the_call():
+                    loss = model._prepare_total_loss(
+                        [getattr(o, "_keras_mask", None) for o in outputs]
+                    )
             gradients = None if last else tf.gradients(loss, perturbed.outputs)
             return Pass(loss, [], perturbed, gradients)
 
         epsilon = epsilon_now(settings, iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
+        if isinstance(settings.method, VAT):
+            # VAT: the divergence from the model's own (clean) outputs, probed
+            # by power iteration; the loss gains `weight` times it at the end.
+            reference = tf.stop_gradient(tf.nest.flatten(model.outputs)[0])
+            noises = [vat_noise(self.seed, iterations, index, tf.shape(outputs))
+                      for index, outputs in enumerate(lookups.outputs)]
+            last = virtual_adversarial(
+                self, space, noises,
+                lambda perturbation, last: perturbed_pass(perturbation, last, divergence_from=reference),
+                epsilon,
+            )
+            term = tf.cast(settings.method.weight * last.loss, clean_loss.dtype)
+            if settings.start_step:
+                if perturbed_updates:
+                    raise NotImplementedError(_WARM_UP_WITH_UPDATES)
+                term *= tf.cast(tf.greater_equal(iterations, settings.start_step), term.dtype)
+            return clean_loss + term, perturbed_updates
         if isinstance(settings.method, FreeLB):
             # FreeLB's K passes, the loss their mean: the first is the clean
             # pass, or with a random start one more rebuilt call of the model.
@@ -258,13 +294,7 @@ class AdversarialTrainFunction(AdversarialStep):
         # exactly, while the passes still run; their updates of layer state
         # would apply, so such models are refused.
         if perturbed_updates:
-            raise NotImplementedError(
-                "`start_step` with eager execution disabled runs the perturbed passes "
-                "during the warm-up too (weighted 0), and this model's layers update "
-                "their state on every pass (batch normalization), so the warm-up "
-                "would not be plain. Train eagerly (the tf-keras default), or "
-                "start_step=0."
-            )
+            raise NotImplementedError(_WARM_UP_WITH_UPDATES)
         on = tf.cast(tf.greater_equal(iterations, settings.start_step), clean_loss.dtype)
         if settings.objective == "adversarial" or isinstance(settings.method, FreeLB):
             return on * adversarial.loss + (1 - on) * clean_loss, perturbed_updates
@@ -292,6 +322,8 @@ def is_installed(model):
 
 def install(model, layer, settings):
     """Gives the model an adversarial train-function builder."""
+    if isinstance(settings.method, AWP):
+        raise NotImplementedError(AWP_NEEDS_KERAS_3)
     if model._distribution_strategy is not None:
         raise NotImplementedError(_DISTRIBUTED_ERROR)
     if getattr(model.optimizer, "get_updates", None) is None:

@@ -11,21 +11,21 @@ import tensorflow as tf
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import (
     PENALTY_ACROSS_REPLICAS, Pass, attack, epsilon_now, free_lb, no_lookup_error,
-    no_lookup_gradient_error, update_gradients,
+    no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
 )
 from keras_adv._stacks.tf_rows import (
     ExampleRows, add_gradients, padding_masks, perturbation_space, random_start,
 )
-from keras_adv.methods import FreeLB
+from keras_adv.methods import AWP, VAT, FreeLB
 
 START_STEP_ACROSS_REPLICAS = (
     "`start_step` under a distribution strategy with several replicas works with "
-    "`per_example=True` only: the touched rows of the global batch are gathered "
-    "across replicas, which TensorFlow cannot do inside the `tf.cond` that "
+    "`per_example=True` only: the touched rows of the global batch (AWP: the "
+    "weights' gradients) are gathered across replicas, which TensorFlow cannot do inside the `tf.cond` that "
     "switches from the warm-up. Use per_example=True, or start_step=0."
 )
 
-__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass"]
+__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass", "vat_noise"]
 
 
 TapedStep = collections.namedtuple(
@@ -44,7 +44,8 @@ Attributes:
 """
 
 
-def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward, scale_loss):
+def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forward, scale_loss,
+                             divergence_forward=None):
     """Runs the clean pass and the method's perturbed passes (`passes.py`).
 
     With `start_step`, a `tf.cond` on the optimizer's update count runs a
@@ -58,9 +59,13 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
             step does).
         inputs: The batch's inputs (where a per-example mask may come from).
         clean_forward, perturbed_forward: `() -> (loss to differentiate,
-            loss to report, predictions)` of the clean and of a perturbed pass.
+            loss to report, predictions)` of the clean and of a perturbed pass;
+            for AWP, `perturbed_forward(shifted)` runs the model with each
+            `(variable, value)` of `shifted` read as `value` (Keras 3 only).
         scale_loss: The optimizer's loss scaling (mixed precision), for a
             term added to the loss (the gradient penalty).
+        divergence_forward: For VAT, `(clean predictions) -> (divergence to
+            differentiate, divergence to report, None)` of a perturbed pass.
 
     Returns:
         A `TapedStep`.
@@ -99,8 +104,7 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         starts = []
 
         def random_start_at(index, ids):
-            seed = tf.stack([tf.constant(step.seed + index, tf.int64),
-                             tf.cast(model.optimizer.iterations, tf.int64)])
+            seed = _seed_pair(step.seed, model.optimizer.iterations, index)
             mask = padding_masks(layer, [ids], inputs)[0]
             starts.append(random_start(method, ids, mask, layer.embeddings.shape[1], seed))
             return starts[-1]
@@ -156,8 +160,62 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
             total = scaled + scale_loss(tf.cast(penalty, scaled.dtype))
         return penalty, outer.gradient(total, trainable()), predictions
 
-    def plain_step():
+    def weight_step():
+        # AWP: the perturbed passes read perturbed copies of the selected
+        # weights; the variables are never written.
+        variables = trainable()
+        indices = selected_weights(settings.method, variables, model.name)
+        selected = [variables[i] for i in indices]
+        sum_objective = settings.objective == "sum"
+        clean = weight_pass(clean_forward, variables if sum_objective else selected)
+        clean_selected = clean.gradients
+        if sum_objective:
+            clean_selected = [clean.gradients[i] for i in indices]
+
+        def perturbed_pass(perturbations, last):
+            def forward():
+                shifted = [(v, v.value + tf.cast(r, v.dtype)) for v, r in zip(selected, perturbations)]
+                return perturbed_forward(shifted)
+
+            result = weight_pass(forward, variables if last else selected)
+            return result if last else result._replace(gradients=_dense(result.gradients, selected))
+
+        epsilon = epsilon_now(settings, model.optimizer.iterations)
+        if epsilon is not None:
+            epsilon = tf.cast(epsilon, tf.float32)
+        originals = [tf.convert_to_tensor(v.value) for v in selected]
+        reduce = _sum_across_replicas if across_replicas else None
+        last = weight_attack(
+            step, _dense(clean_selected, selected), originals, perturbed_pass, epsilon, reduce
+        )
+        grads = update_gradients(settings.objective, clean.gradients, last.gradients, add_gradients)
+        return last.loss, grads, clean.predictions
+
+    def virtual_step():
+        # VAT: the clean pass, the power iterations on the divergence from
+        # its outputs, and the divergence at the perturbation, weighted.
+        method = settings.method
         clean = taped_pass(layer, clean_forward, trainable, lookup_gradients=False)
+        space = ExampleRows(clean.lookups, layer, padding_masks(layer, clean.lookups.ids, inputs))
+        reference = tf.nest.map_structure(tf.stop_gradient, clean.predictions)
+
+        def divergence_pass(perturbation, last):
+            return taped_pass(
+                layer, lambda: divergence_forward(reference), trainable if last else None,
+                perturbation_at=lambda index, ids: space.at(index, ids, perturbation),
+                lookup_gradients=not last, scale=method.weight if last else None,
+            )
+
+        epsilon = epsilon_now(settings, model.optimizer.iterations)
+        if epsilon is not None:
+            epsilon = tf.cast(epsilon, tf.float32)
+        noises = _global_batch_noise(step.seed, model.optimizer.iterations, clean.lookups.outputs)
+        last = virtual_adversarial(step, space, noises, divergence_pass, epsilon)
+        grads = update_gradients("sum", clean.gradients, last.gradients, add_gradients)
+        return last.loss, grads, clean.predictions
+
+    def plain_step():
+        clean = weight_pass(clean_forward, trainable())
         return tf.zeros_like(clean.loss), clean.gradients, clean.predictions
 
     replica = tf.distribute.get_replica_context()
@@ -168,6 +226,10 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         adversarial_step = penalized_step
     elif isinstance(settings.method, FreeLB):
         adversarial_step = free_lb_step
+    elif isinstance(settings.method, AWP):
+        adversarial_step = weight_step
+    elif isinstance(settings.method, VAT):
+        adversarial_step = virtual_step
     if not settings.start_step:
         return _adversarial_only(adversarial_step, trainable)
     if across_replicas and not settings.per_example:
@@ -186,6 +248,57 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
 def _adversarial_only(adversarial_step, trainable):
     loss, grads, predictions = adversarial_step()
     return TapedStep(loss, grads, trainable(), predictions, tf.constant(True))
+
+
+def vat_noise(seed, step_count, index, shape):
+    """VAT's standard normal noise for lookup `index`: a stateless function
+    of `seed`, the step count and the index (the model gains no random state)."""
+    return tf.random.stateless_normal(shape, _seed_pair(seed, step_count, index))
+
+
+def _seed_pair(seed, step_count, index):
+    """The stateless seed of lookup `index` at a step: a function of the
+    step's seed and count alone (the model gains no random state)."""
+    return tf.stack([tf.constant(seed + index, tf.int64), tf.cast(step_count, tf.int64)])
+
+
+def _global_batch_noise(seed, step_count, outputs):
+    """`vat_noise` of each lookup output's shape. Under a strategy, each
+    replica draws the global batch's noise and takes its own share of it, so
+    that training matches one device."""
+    replica = tf.distribute.get_replica_context()
+    replicas = 1 if replica is None else replica.num_replicas_in_sync
+    noises = []
+    for index, output in enumerate(outputs):
+        shape = tf.shape(output)
+        if replicas == 1:
+            noises.append(vat_noise(seed, step_count, index, shape))
+            continue
+        noise = vat_noise(seed, step_count, index, tf.concat([[shape[0] * replicas], shape[1:]], 0))
+        start = shape[0] * tf.cast(replica.replica_id_in_sync_group, shape.dtype)
+        noises.append(noise[start:start + shape[0]])
+    return noises
+
+
+def _dense(gradients, weights):
+    # The embedding's gradient comes as IndexedSlices (or None where the
+    # loss does not use a weight); AWP's norms and clipping are elementwise
+    # over the whole weight.
+    return [tf.zeros(w.shape, w.dtype) if g is None else tf.convert_to_tensor(g)
+            for g, w in zip(gradients, weights)]
+
+
+def _sum_across_replicas(gradients):
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+
+
+def weight_pass(forward, weights):
+    """Runs `forward()` on a tape; returns a `Pass` with the gradients of
+    `weights` and no lookups."""
+    with tf.GradientTape() as tape:
+        loss, reported, predictions = forward()
+    grads = tape.gradient(loss, weights)
+    return Pass(reported, grads, None, None, predictions)
 
 
 def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradients=True, scale=None):

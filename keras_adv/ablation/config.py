@@ -22,7 +22,7 @@ OBJECTIVES = ("sum", "adversarial")
 DEFAULT_EPSILONS = (0.1, 0.3, 1.0)
 
 # What `--methods` and a task config's method entries may name.
-NAMES = ("plain", "fgm", "fgsm", "pgd", "freelb", "gradient_penalty")
+NAMES = ("plain", "fgm", "fgsm", "pgd", "freelb", "gradient_penalty", "vat", "awp")
 
 # --quick: a smoke run of the same pipeline.
 QUICK = dict(seeds=2, epochs=1, train_limit=1500, eval_limit=400, attack_epsilons=(0.0, 1.0))
@@ -34,7 +34,7 @@ class MethodSpec:
 
     name: str  # "plain", or a method of `NAMES`
     # The method's size: FGM's norm, PGD's and FreeLB's radius, FGSM's step,
-    # the gradient penalty's weight; what a sweep varies.
+    # the gradient penalty's weight, VAT's norm, AWP's box; what a sweep varies.
     epsilon: float = 1.0
     objective: str = "sum"
     steps: int = 3
@@ -53,8 +53,10 @@ class MethodSpec:
         for flag in ("relative_epsilon", "per_example"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"`{flag}` must be true or false, got {getattr(self, flag)!r}.")
-        if self.name in ("freelb", "gradient_penalty") and (self.objective != "sum" or self.relative_epsilon):
+        if self.name in ("freelb", "gradient_penalty", "vat") and (self.objective != "sum" or self.relative_epsilon):
             raise ValueError(f"{self.name} takes neither `objective` nor `relative_epsilon`.")
+        if self.name == "awp" and (self.per_example or self.relative_epsilon):
+            raise ValueError("awp perturbs weights: it takes neither `per_example` nor `relative_epsilon`.")
         if self.name != "plain":
             self.method()  # Checks the parameters.
 
@@ -76,7 +78,7 @@ class MethodSpec:
             return MethodSpec("plain")
         if self.name not in ("pgd", "freelb"):
             self = dataclasses.replace(self, steps=MethodSpec.steps, alpha=MethodSpec.alpha)
-        if self.name == "freelb":  # FreeLB works per example whatever the flag says.
+        if self.name in ("freelb", "vat"):  # Per example whatever the flag says.
             self = dataclasses.replace(self, per_example=True)
         return self
 
@@ -89,7 +91,7 @@ class MethodSpec:
             text += f" K={self.steps} alpha={self.alpha:g}"
         if self.relative_epsilon:
             text += " (relative)"
-        if self.per_example and self.name != "freelb":
+        if self.per_example and self.name not in ("freelb", "vat"):
             text += " (per example)"
         if self.start_step:
             text += f" from step {self.start_step}"
@@ -105,9 +107,12 @@ class MethodSpec:
             return get_method(self.name, epsilon=self.epsilon, steps=self.steps, alpha=self.alpha)
         return get_method(self.name, epsilon=self.epsilon)
 
-    def options(self):
-        """Keyword arguments of `keras_adv.adversarial_training`."""
-        return dict(method=self.method(), objective=self.objective,
+    def options(self, embedding_name=None):
+        """Keyword arguments of `keras_adv.adversarial_training`, with the
+        model's `embedding_name` for the methods that perturb an embedding."""
+        if self.name == "awp":  # Its own weight matrices, no embedding.
+            return dict(method=self.method(), objective=self.objective, start_step=self.start_step)
+        return dict(embedding_name=embedding_name, method=self.method(), objective=self.objective,
                     relative_epsilon=self.relative_epsilon, per_example=self.per_example,
                     start_step=self.start_step)
 
@@ -148,6 +153,11 @@ class AblationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+        if self.model == "bert4keras-bert" and any(m.name == "awp" for m in self.methods):
+            raise ValueError(
+                "awp needs a Keras 3 model (keras_adv refuses AWP on tf-keras); "
+                "use --model char-cnn or kerashub-bert, or drop awp."
+            )
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate!r}.")
         if not isinstance(self.epsilons, tuple):

@@ -213,7 +213,7 @@ def _train_one(config, data, spec, seed, bar, stop):
     )
     embedding_name = models.EMBEDDING_NAMES[config.model]
     if spec.name != "plain":
-        keras_adv.adversarial_training(model, embedding_name, **spec.options())
+        keras_adv.adversarial_training(model, **spec.options(embedding_name))
     with PeakMemory() as memory:
         start = time.perf_counter()
         history = model.fit(

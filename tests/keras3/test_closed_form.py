@@ -1,8 +1,8 @@
 """The closed-form checks (tests/closed_form.py) on Keras 3, on the backend of the process."""
 
 from tests.closed_form import (
-    EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
-    PerExampleClosedFormTests, WarmUpAndScheduleTests,
+    AWPTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
 )
 
 
@@ -31,4 +31,12 @@ class TestGradientPenalty(GradientPenaltyTests):
 
 
 class TestFreeLB(FreeLBTests):
+    pass
+
+
+class TestAWP(AWPTests):
+    pass
+
+
+class TestVAT(VATTests):
     pass

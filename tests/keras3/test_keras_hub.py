@@ -98,3 +98,32 @@ class TestPerExamplePadding(TestCase):
         # perturbation of the real positions (attention masks the padding).
         self.assertAllClose(results[0]["adversarial_loss"], results[1]["adversarial_loss"], rtol=1e-5)
         assert results[0]["adversarial_loss"][0] > results[0]["loss"][0]
+
+    @pytest.mark.parametrize(
+        "method,history_name",
+        [
+            (keras_adv.FreeLB(alpha=0.3, steps=2, init_magnitude=0.1), "adversarial_loss"),
+            # On PyTorch its double backward needs the math attention kernel.
+            (keras_adv.GradientPenalty(weight=1.0), "gradient_penalty"),
+            (keras_adv.VAT(epsilon=1.0), "vat_divergence"),
+            (keras_adv.AWP(epsilon=0.01), "adversarial_loss"),
+        ],
+        ids=["freelb", "gradient penalty", "vat", "awp"],
+    )
+    def test_trains_with_the_further_methods(self, method, history_name):
+        classifier = _classifier()
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        weights = [v.path for v in classifier.weights]
+        before = [keras.ops.convert_to_numpy(v) for v in classifier.trainable_weights]
+        embedding = None if isinstance(method, keras_adv.AWP) else "token_embedding"
+        keras_adv.adversarial_training(classifier, embedding, method=method)
+        x, y = _data()
+        history = classifier.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+        assert np.isfinite(history[history_name][0]) and history[history_name][0] > 0
+        after = [keras.ops.convert_to_numpy(v) for v in classifier.trainable_weights]
+        assert all(np.isfinite(a).all() for a in after)
+        assert sum(np.abs(a - b).max() > 0 for a, b in zip(after, before)) > len(before) // 2
+        assert [v.path for v in classifier.weights] == weights

@@ -19,6 +19,9 @@ OPTIONS = [
     dict(method="fgm", relative_epsilon=True, epsilon=0.1),
     dict(method=keras_adv.GradientPenalty(weight=30.0)),
     dict(method="freelb", alpha=0.3, epsilon=0.2),
+    dict(method="awp", epsilon=0.1, alpha=0.5, steps=2),
+    dict(method=keras_adv.VAT(epsilon=1.5, power_iterations=2, weight=2.0)),
+    dict(method="awp", epsilon=0.1, objective="adversarial", start_step=1),
 ]
 
 
@@ -32,7 +35,8 @@ class TestDataParallel(TestCase):
             model = compile_sgd(linear_text_model(), lr=0.5)
             if "epsilon" not in options and options.get("method") in ("fgm", "pgd"):
                 options = dict(epsilon=0.7, **options)
-            keras_adv.adversarial_training(model, "emb", **options)
+            embedding = None if options.get("method") == "awp" else "emb"  # AWP perturbs weights.
+            keras_adv.adversarial_training(model, embedding, **options)
             x, y = batch(size=16)
             history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
             devices = model.get_layer("emb").embeddings.value.sharding.device_set
@@ -47,6 +51,6 @@ class TestDataParallel(TestCase):
         assert devices == 2  # The step ran on both devices, the weights replicated.
         for a, b in zip(data_parallel, single):
             self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
-        name = "gradient_penalty" if "gradient_penalty" in history else "adversarial_loss"
+        [name] = set(history) & {"gradient_penalty", "vat_divergence", "adversarial_loss"}
         self.assertAllClose(history[name], single_history[name], rtol=1e-5)
         self.assertAllClose(history["loss"], single_history["loss"], rtol=1e-5)

@@ -154,13 +154,13 @@ class TestConfig:
         assert [m.label for m in config.methods] == [
             "plain", "fgm eps=0.5", "pgd eps=1 K=2 alpha=0.4 (adversarial)", "fgm eps=0.1 (relative)"
         ]
-        assert config.methods[2].options() == dict(
-            method=keras_adv.PGD(epsilon=1.0, steps=2, alpha=0.4), objective="adversarial",
+        assert config.methods[2].options("emb") == dict(
+            embedding_name="emb", method=keras_adv.PGD(epsilon=1.0, steps=2, alpha=0.4), objective="adversarial",
             relative_epsilon=False, per_example=False, start_step=0,
         )
         # FGM gets no PGD parameters (keras_adv refuses them).
         assert config.methods[3].options() == dict(
-            method=keras_adv.FGM(epsilon=0.1), objective="sum", relative_epsilon=True,
+            embedding_name=None, method=keras_adv.FGM(epsilon=0.1), objective="sum", relative_epsilon=True,
             per_example=False, start_step=0,
         )
 
@@ -181,6 +181,33 @@ class TestConfig:
             cli._config(cli._parser().parse_args(
                 ["ablation", "--methods", "gradient_penalty", "--objective", "adversarial"]
             ))
+
+    def test_vat_is_per_example_with_its_own_defaults(self):
+        config = cli._config(cli._parser().parse_args(
+            ["ablation", "--methods", "vat", "--epsilons", "2"]
+        ))
+        [vat] = config.configurations
+        assert vat.label == "vat eps=2"
+        options = vat.options("emb")
+        assert options["method"] == keras_adv.VAT(epsilon=2.0) and options["per_example"]
+        with pytest.raises(ValueError, match="objective"):
+            cli._config(cli._parser().parse_args(
+                ["ablation", "--methods", "vat", "--objective", "adversarial"]
+            ))
+
+    def test_awp_needs_no_embedding_and_a_keras_3_model(self):
+        config = cli._config(cli._parser().parse_args(
+            ["ablation", "--methods", "awp", "--epsilons", "0.01", "--objective", "adversarial"]
+        ))
+        [awp] = config.configurations
+        assert awp.label == "awp eps=0.01 (adversarial)"
+        assert awp.options("emb") == dict(
+            method=keras_adv.AWP(epsilon=0.01), objective="adversarial", start_step=0
+        )
+        for argv, message in ((["--per-example"], "per_example"),
+                              (["--model", "bert4keras-bert"], "Keras 3 model")):
+            with pytest.raises(ValueError, match=message):
+                cli._config(cli._parser().parse_args(["ablation", "--methods", "awp", *argv]))
 
     def test_new_options_from_the_command_line(self):
         config = cli._config(cli._parser().parse_args(

@@ -1,8 +1,8 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras, eager execution."""
 
 from tests.closed_form import (
-    EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
-    PerExampleClosedFormTests, WarmUpAndScheduleTests,
+    AWPRefusedTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
 )
 
 
@@ -31,4 +31,12 @@ class TestGradientPenalty(GradientPenaltyTests):
 
 
 class TestFreeLB(FreeLBTests):
+    pass
+
+
+class TestAWPRefused(AWPRefusedTests):
+    pass
+
+
+class TestVAT(VATTests):
     pass

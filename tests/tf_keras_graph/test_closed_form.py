@@ -1,8 +1,8 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras with eager execution disabled."""
 
 from tests.closed_form import (
-    EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
-    PerExampleClosedFormTests, WarmUpAndScheduleTests,
+    AWPRefusedTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
 )
 
 
@@ -32,3 +32,11 @@ class TestGradientPenalty(GradientPenaltyTests):
 
 class TestFreeLB(FreeLBTests):
     history_has_adversarial_loss = False
+
+
+class TestAWPRefused(AWPRefusedTests):
+    pass
+
+
+class TestVAT(VATTests):
+    history_has_divergence = False  # Graph mode's History has the compiled metrics only.

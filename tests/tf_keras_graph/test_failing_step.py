@@ -6,3 +6,4 @@ from tests.failing_step import FailingStepTests
 
 class TestFailingStep(FailingStepTests):
     modes = [{}]
+    supports_awp = False

@@ -5,7 +5,7 @@ from tests.mixed_precision import MixedPrecisionTests
 
 
 class TestMirroredParity(MirroredParityTests):
-    pass
+    supports_awp = False
 
 
 class TestMixedPrecision(MixedPrecisionTests):

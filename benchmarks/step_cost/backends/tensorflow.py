@@ -30,8 +30,10 @@ STACKS = {
 # AMD machine's trace held none of the default allocator's). The timing
 # processes keep the default allocator that users get.
 MEMORY_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
-# Every variant of `variants.py` has its TensorFlow step.
+# Every variant of `variants.py` has its TensorFlow step, except AWP's on
+# tf-keras, where keras_adv refuses it (no stateless scope).
 UNSUPPORTED_VARIANTS = {}
+UNSUPPORTED_ON_TF_KERAS = {name for name, (method, *_) in variants.METHODS.items() if method == "awp"}
 MEMORY_MEASURES = (
     "*Live tensors*: the weights and optimizer slots plus the most bytes that "
     "the step's own tensors hold at once, as requested from TensorFlow's allocator (replayed from its "
@@ -149,6 +151,8 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
 
     functions = {}
     for name in names:
+        if stack == "tf_keras" and name in UNSUPPORTED_ON_TF_KERAS:
+            continue
         # The published recipe is a Python function around compiled pieces.
         function = published_recipe_with_host_copies if name == RECIPE_HOST else compiled(step_of(name))
         # Each replica's results, to the host: the step has run.

@@ -29,9 +29,6 @@ STACKS = {"keras3": "Keras 3 on PyTorch (KerasHub BERT)"}
 # published one (the widely copied PyTorch FGM class works so).
 UNSUPPORTED_VARIANTS = {
     RECIPE_HOST: "the Keras recipe's host copies are TensorFlow's",
-    # PyTorch has no second derivative of its CPU flash attention, which
-    # KerasHub's BERT calls: the gradient penalty's double backward fails there.
-    "gradient-penalty sum": "no double backward through PyTorch's CPU flash attention",
 }
 MEMORY_ENV = {}
 MEMORY_MEASURES = (

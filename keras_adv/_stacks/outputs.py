@@ -1,0 +1,55 @@
+"""What the model's outputs are: the distribution VAT's divergence compares,
+read from the compiled loss (Keras 3 and tf-keras alike), and the term itself."""
+
+from keras_adv.methods import DIVERGENCES
+
+__all__ = ["divergence_kind", "mean_divergence"]
+
+# Loss name (a class's or a function's, in snake case) -> the distribution
+# of the outputs it scores.
+_CATEGORICAL = {"sparse_categorical_crossentropy", "categorical_crossentropy"}
+_BERNOULLI = {"binary_crossentropy"}
+
+
+def _snake(name):
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def divergence_kind(model, method):
+    """The `DIVERGENCES` entry (or "callable") of `method` on `model`.
+
+    Raises:
+        ValueError: If the compiled loss does not say what the outputs are.
+    """
+    if callable(method.divergence):
+        return "callable"
+    if method.divergence in DIVERGENCES:
+        return method.divergence
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else _snake(type(loss).__name__)
+    if callable(loss) and not hasattr(loss, "get_config"):  # A plain loss function.
+        name = getattr(loss, "__name__", "")
+    from_logits = bool(loss.get_config().get("from_logits", False)) if hasattr(loss, "get_config") else False
+    if name in _CATEGORICAL:
+        return "categorical_logits" if from_logits else "categorical"
+    if name in _BERNOULLI:
+        return "bernoulli_logits" if from_logits else "bernoulli"
+    raise ValueError(
+        f"VAT compares the model's output distributions, but model '{model.name}' is "
+        f"compiled with loss {loss!r}, which does not say what its outputs are. "
+        f"State it: keras_adv.VAT(divergence='categorical_logits') (or one of "
+        f"{DIVERGENCES}), or pass a callable (clean_outputs, perturbed_outputs) -> "
+        f"per-example divergences."
+    )
+
+
+def mean_divergence(method, kind, clean, perturbed):
+    """VAT's `D`: the mean over the (replica's) examples of the divergence, float32."""
+    per_example = method.per_example_divergence(clean, perturbed, kind)
+    if type(per_example).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        return tf.reduce_mean(tf.cast(per_example, tf.float32))
+    from keras import ops
+
+    return ops.mean(ops.cast(per_example, "float32"))
