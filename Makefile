@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-keras3 test-keras3-jax test-keras3-torch test-keras3-jax-data-parallel test-keras3-mirrored test-tf-keras test-tf-keras-graph test-tf-keras-mirrored benchmark
+.PHONY: demo test test-keras3 test-keras3-jax test-keras3-torch test-keras3-jax-data-parallel test-keras3-mirrored test-tf-keras test-tf-keras-graph test-tf-keras-mirrored test-tf-keras-graph-mirrored benchmark
 
 $(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: $(INSTALLED)
 # global to a process, and the mirrored and data-parallel folders split the
 # CPU into two devices before TensorFlow or JAX initialises.
 TEST_PROCESSES := test-keras3-jax test-keras3 test-keras3-torch test-tf-keras test-tf-keras-graph \
-	test-keras3-mirrored test-tf-keras-mirrored test-keras3-jax-data-parallel
+	test-keras3-mirrored test-tf-keras-mirrored test-keras3-jax-data-parallel test-tf-keras-graph-mirrored
 
 test: $(INSTALLED)
 	$(MAKE) --no-print-directory --keep-going -j2 --output-sync=target $(TEST_PROCESSES)
@@ -56,6 +56,9 @@ test-tf-keras-graph: $(INSTALLED)
 
 test-tf-keras-mirrored: $(INSTALLED)
 	$(PYTHON) -m pytest tests/tf_keras_mirrored
+
+test-tf-keras-graph-mirrored: $(INSTALLED)
+	$(PYTHON) -m pytest tests/tf_keras_graph_mirrored
 
 # Not part of the tests: step cost against plain and against each method's
 # floor, both stacks; writes BENCHMARKS.md.

@@ -71,8 +71,10 @@ def adversarial_training(
             every weight matrix) within a box of `epsilon` times each
             entry's size, on Keras 3 only; its `epsilon` defaults to 0.01,
             `alpha` to 1.0, `steps` to 1.
-        steps: PGD's number of steps K (default 3); FGM takes none.
-        alpha: PGD's step length (default 0.3); FGM takes none.
+        steps: PGD's number of steps K (default 3; FreeLB's passes, 3; AWP's
+            steps, 1; VAT's power iterations, 1); FGM and FGSM take none.
+        alpha: PGD's step length (default 0.3; FreeLB's, 0.1; AWP's, 1.0,
+            relative to each weight's norm); FGM, FGSM and VAT take none.
         objective: `"sum"` (clean + adversarial gradients, the default) or
             `"adversarial"` (adversarial gradient only).
         relative_epsilon: If True, `epsilon` (and PGD's `alpha`) are
@@ -88,7 +90,7 @@ def adversarial_training(
             et al. 2017), instead of the touched rows of the matrix that all
             examples share. Padding comes from the layer's `mask_zero`, a
             KerasHub `padding_mask` input, or token 0 for bert4keras. Unset
-            (None): the method's own mode, per example for FreeLB only.
+            (None): the method's own mode, per example for FreeLB and VAT only.
         start_step: Train plainly until the optimizer has made this many
             updates, then adversarially (a warm-up), in the same compiled
             train function.

@@ -2,11 +2,15 @@
 
 Each method turns the gradient of the loss with respect to what it perturbs
 (the touched rows of the embedding matrix, or each example's embedded
-sequence, one row per example) into a perturbation of it. A training stack calls `ascend` once per
-gradient evaluation, `method.steps` times in all; the stack decides where the
-gradients come from and where the perturbation is applied. `GradientPenalty`
-perturbs nothing (`steps == 0`): it turns the same gradient into a term of
-the loss, which the stack differentiates a second time.
+sequence, one row per example) into a perturbation of it. A training stack
+calls `ascend` once per gradient evaluation, `method.steps` times in all; the
+stack decides where the gradients come from and where the perturbation is
+applied (the order of passes is `_stacks/passes.py`'s). Three methods differ:
+`GradientPenalty` perturbs nothing (`steps == 0`): it turns the same gradient
+into a term of the loss, which the stack differentiates a second time. `VAT`
+follows the gradient of a divergence from the clean outputs, not of the loss
+(`direction`, `perturbation`, `per_example_divergence`). `AWP` perturbs each
+selected weight, from that weight's gradient (`ascend` per weight).
 
 The math runs in the framework of the tensors it gets (TensorFlow, numpy, or
 `keras.ops` for the other Keras 3 backends), so the same objects serve every
@@ -43,7 +47,9 @@ def _math_for(x):
             sqrt=tf.sqrt, sum=tf.reduce_sum, square=tf.square, isfinite=tf.math.is_finite,
             where=tf.where, logical_and=tf.logical_and, greater=tf.greater,
             ones_like=tf.ones_like, zeros_like=tf.zeros_like, sign=tf.sign,
-            abs=tf.abs, clip=tf.clip_by_value,
+            abs=tf.abs, clip=tf.clip_by_value, log_softmax=tf.nn.log_softmax,
+            log_sigmoid=tf.math.log_sigmoid, exp=tf.exp, log=tf.math.log, cast=tf.cast,
+            reshape=tf.reshape, shape=tf.shape,
         )
     from keras import ops
 
@@ -357,6 +363,12 @@ class VAT:
         _check_non_negative_finite("weight", self.weight)
         if not isinstance(self.symmetric, bool):
             raise TypeError(f"`symmetric` must be True or False, got {self.symmetric!r}.")
+        if self.symmetric and callable(self.divergence):
+            raise ValueError(
+                "`symmetric=True` adds the reverse KL of a named divergence; with a "
+                "callable `divergence` keras_adv cannot reverse it. Make the callable "
+                "symmetric itself, and drop `symmetric`."
+            )
         if not (self.divergence is None or callable(self.divergence) or self.divergence in DIVERGENCES):
             raise ValueError(
                 f"`divergence` must be None (read from the compiled loss), one of "
@@ -369,13 +381,10 @@ class VAT:
         """Number of gradient evaluations that build the perturbation."""
         return self.power_iterations
 
-    def initial(self, noise):
-        """The first probing direction from `[examples, features]` noise (zero at padding)."""
-        return self.xi * l2_normalize(noise, per_example=True)
-
-    def direction(self, gradient):
-        """The next probing direction from the divergence's gradient."""
-        return self.xi * l2_normalize(gradient, per_example=True)
+    def direction(self, toward):
+        """A probing direction of size `xi` per example, `[examples, features]`,
+        toward random noise (the first) or the divergence's gradient."""
+        return self.xi * l2_normalize(toward, per_example=True)
 
     def perturbation(self, direction, epsilon=None):
         """`r = epsilon * d / ||d||` per example (this step's epsilon, or `self.epsilon`)."""
@@ -386,29 +395,11 @@ class VAT:
         distribution `kind` of `DIVERGENCES` (or this object's callable)."""
         if callable(self.divergence):
             return self.divergence(clean, perturbed)
-        ops = _distribution_math_for(perturbed)
+        ops = _math_for(perturbed)
         forward = _kl(clean, perturbed, kind, ops)
         if self.symmetric:
             forward = forward + _kl(perturbed, clean, kind, ops)
         return forward
-
-
-def _distribution_math_for(x):
-    if type(x).__module__.startswith("tensorflow"):
-        import tensorflow as tf
-
-        return types.SimpleNamespace(
-            log_softmax=tf.nn.log_softmax, log_sigmoid=tf.math.log_sigmoid, exp=tf.exp, log=tf.math.log,
-            clip=tf.clip_by_value, sum=tf.reduce_sum, cast=tf.cast, dtype=lambda t: t.dtype,
-            reshape=tf.reshape, shape=tf.shape,
-        )
-    from keras import ops
-
-    return types.SimpleNamespace(
-        log_softmax=ops.log_softmax, log_sigmoid=ops.log_sigmoid, exp=ops.exp, log=ops.log,
-        clip=ops.clip, sum=ops.sum, cast=ops.cast, dtype=lambda t: t.dtype,
-        reshape=ops.reshape, shape=ops.shape,
-    )
 
 
 def _log_probabilities(outputs, kind, ops):
@@ -447,15 +438,16 @@ class AWP:
     the last one's weights and gradient (`||w||` is the current weight's
     norm, as in the public implementation). The model is then trained on the
     perturbed weights' gradients (`objective` chooses whether the clean ones
-    join), and every weight keeps its value: the perturbed passes run on
-    perturbed copies, never on the variables.
+    join; the public implementation's update is `objective="adversarial"`),
+    and every weight keeps its value: the perturbed passes run on perturbed
+    copies, never on the variables.
 
     Args:
         alpha: Positive float, each step's length relative to the weight's norm.
         epsilon: Positive float, the box's half-width relative to each entry's size.
         steps: Positive int, the number of ascent steps.
         weights: Which trainable weights to perturb: a regular expression
-            searched in each variable's path (Keras 3) or name (tf-keras), a
+            searched in each variable's path, a
             callable of the variable returning a bool, or None for every
             trainable weight matrix (at least 2 dimensions: kernels and
             embeddings, not biases or norms' scales).

@@ -457,8 +457,12 @@ class AWPTests(TestCase):
     @pytest.mark.parametrize("objective", ["sum", "adversarial"])
     @pytest.mark.parametrize(
         "alpha,epsilon,steps,clipping",
-        [(1.0, 0.05, 1, True), (0.02, 1e4, 1, False), (0.5, 0.08, 2, True), (0.01, 1e4, 3, False)],
-        ids=["clipped", "inside the box", "two steps clipped", "three steps inside the box"],
+        [(1.0, 0.05, 1, True), (0.02, 1e4, 1, False), (0.5, 0.08, 2, True), (0.01, 1e4, 3, False),
+         # Long steps inside the box: the second step's length is alpha times
+         # the norm of the perturbed weight, not of the original one.
+         (0.3, 1e4, 2, False)],
+        ids=["clipped", "inside the box", "two steps clipped", "three steps inside the box",
+             "two long steps inside the box"],
     )
     def test_weights_after_one_step(self, alpha, epsilon, steps, clipping, objective):
         model = compile_sgd(linear_text_model(), lr=LR)

@@ -47,11 +47,17 @@ def replica_values(variable, strategy):
     """Each replica's copy of a (Keras 3 or tf-keras) variable, as numpy."""
     if not isinstance(variable, tf.Variable):
         variable = variable.value  # A Keras 3 variable wraps the tf one.
-    return [np.array(v) for v in strategy.experimental_local_results(variable)]
+    copies = list(strategy.experimental_local_results(variable))
+    if not tf.executing_eagerly():  # tf-keras with eager execution disabled: its session.
+        return [np.array(v) for v in keras.backend.batch_get_value(copies)]
+    return [np.array(v) for v in copies]
 
 
 class MirroredParityTests(TestCase):
     supports_awp = True  # tf-keras refuses AWP (tests/closed_form.py's AWPRefusedTests).
+    history_has_adversarial_loss = True  # Not in tf-keras's graph-mode History.
+    # The step switches from the warm-up with a `tf.cond` (not in graph mode).
+    refuses_start_step_with_rows = True
 
     def _train(self, strategy, method, options, objective, line_in_scope):
         """Weights and History after STEPS steps of GLOBAL_BATCH examples."""
@@ -85,16 +91,19 @@ class MirroredParityTests(TestCase):
         mirrored = mirrored_strategy()
         assert mirrored.num_replicas_in_sync == 2
         model, history = self._train(mirrored, method, options, objective, line_in_scope)
+        # Read before the next model's `clear_session` (a new graph in graph mode).
+        copies = [replica_values(variable, mirrored) for variable in model.weights]
         single_model, single = self._train(
             tf.distribute.get_strategy(), method, options, objective, line_in_scope=True
         )
         expected = single_model.get_weights()
-        for variable, want in zip(model.weights, expected):
-            for replica in replica_values(variable, mirrored):  # Every replica agrees.
+        for replicas, want in zip(copies, expected):
+            for replica in replicas:  # Every replica agrees.
                 self.assertAllClose(replica, want, rtol=1e-5, atol=2e-6)
         self.assertAllClose(history["loss"], single["loss"], rtol=1e-5)
         name = "vat_divergence" if method == "vat" else "adversarial_loss"
-        self.assertAllClose(history[name], single[name], rtol=1e-5)
+        if self.history_has_adversarial_loss:
+            self.assertAllClose(history[name], single[name], rtol=1e-5)
         # The perturbation mattered: plain training lands elsewhere.
         self.setup_method(None)
         plain = compile_sgd(linear_text_model(), lr=LR)
@@ -112,7 +121,8 @@ class MirroredParityTests(TestCase):
         (mirrored, history), (single, single_history) = results
         for a, b in zip(mirrored, single):
             self.assertAllClose(a, b, rtol=1e-5, atol=2e-6)
-        self.assertAllClose(history["adversarial_loss"], single_history["adversarial_loss"], rtol=1e-5)
+        if self.history_has_adversarial_loss:
+            self.assertAllClose(history["adversarial_loss"], single_history["adversarial_loss"], rtol=1e-5)
 
     def test_gradient_penalty_per_example_gives_the_single_device_result(self):
         results = []
@@ -125,7 +135,8 @@ class MirroredParityTests(TestCase):
         (mirrored, history), (single, single_history) = results
         for a, b in zip(mirrored, single):
             self.assertAllClose(a, b, rtol=1e-5, atol=2e-6)
-        self.assertAllClose(history["gradient_penalty"], single_history["gradient_penalty"], rtol=1e-5)
+        if self.history_has_adversarial_loss:
+            self.assertAllClose(history["gradient_penalty"], single_history["gradient_penalty"], rtol=1e-5)
 
     def test_gradient_penalty_on_the_matrix_is_refused_across_replicas(self):
         with mirrored_strategy().scope():
@@ -136,7 +147,12 @@ class MirroredParityTests(TestCase):
             model.fit(*batch(size=GLOBAL_BATCH), batch_size=GLOBAL_BATCH, verbose=0)
         self.assertWeightsBitEqual(model.get_weights(), before)
 
-    def test_start_step_with_the_matrix_rows_is_refused_across_replicas(self):
+    def test_start_step_with_the_matrix_rows_across_replicas(self):
+        """Refused where a `tf.cond` switches from the warm-up; else as on one device."""
+        if not self.refuses_start_step_with_rows:
+            # No tf.cond there: the warm-up weighs the perturbed passes 0.
+            self._assert_single_device_result("fgm", dict(epsilon=0.7, start_step=1), "sum", True)
+            return
         with mirrored_strategy().scope():
             model = compile_sgd(linear_text_model(), lr=LR)
         before = model.get_weights()

@@ -16,13 +16,15 @@ _ONE_WORKER = {"_DefaultDistributionStrategy", "OneDeviceStrategy", "MirroredStr
 _MULTI_WORKER = "CollectiveAllReduceStrategy"
 
 
-def check_strategy(strategy, *, multi_worker):
+def check_strategy(strategy, *, multi_worker, error=None):
     """Raises if keras_adv cannot train under `strategy`.
 
     Args:
         strategy: The model's `tf.distribute.Strategy`.
         multi_worker: Whether the stack's own `fit` works under
             `MultiWorkerMirroredStrategy`.
+        error: What to say when it does not (the stack's reason), or None
+            for Keras 3's.
 
     Raises:
         NotImplementedError: For a strategy the step cannot honour.
@@ -31,13 +33,13 @@ def check_strategy(strategy, *, multi_worker):
     if _MULTI_WORKER in names:
         if multi_worker:
             return
-        raise NotImplementedError(
+        raise NotImplementedError(error or (
             "Keras 3's own `fit` fails under tf.distribute.MultiWorkerMirroredStrategy "
             "(`ValueError: Attempt to convert a value (PerReplica...)`, an open "
             "upstream Keras issue), with or without keras_adv. For several "
             "machines, train with tf-keras, where keras_adv supports it; for "
             "several devices of one machine, use tf.distribute.MirroredStrategy."
-        )
+        ))
     if names.isdisjoint(_ONE_WORKER):
         raise NotImplementedError(
             f"keras_adv cannot train under {type(strategy).__name__}: it builds one "

@@ -82,10 +82,7 @@ class AdversarialTrainStep(AdversarialStep):
                     y_pred, non_trainable = model.stateless_call(
                         trainable, non_trainable, x, training=True
                     )
-                    unscaled = outputs.mean_divergence(
-                        settings.method, outputs.divergence_kind(model, settings.method),
-                        reference, y_pred,
-                    )
+                    unscaled = outputs.divergence(model, settings.method, reference, y_pred)
                     loss, metrics = scaled(unscaled), metrics_variables
             if not lookups.outputs:
                 raise no_lookup_error(layer)
@@ -233,27 +230,24 @@ class AdversarialTrainStep(AdversarialStep):
         def weight_step(non_trainable):
             # AWP: the perturbed passes run on perturbed copies of the
             # selected weights (the step's state is its arguments' values).
-            selected = selected_weights(settings.method, model.trainable_variables, model.name)
+            indices = selected_weights(settings.method, model.trainable_variables, model.name)
             clean, metrics, non_trainable = weight_pass(list(trainable), non_trainable)
 
-            def perturbed_pass(perturbations, last):
+            def perturbed_pass(perturbations):
                 nonlocal non_trainable
                 weights = list(trainable)
-                for i, perturbation in zip(selected, perturbations):
+                for i, perturbation in zip(indices, perturbations):
                     weights[i] = weights[i] + perturbation
                 result, _, non_trainable = weight_pass(weights, non_trainable)
-                if last:
-                    return result
-                return result._replace(gradients=[result.gradients[i] for i in selected])
+                return result
 
             epsilon = epsilon_now(settings, iterations)
             if epsilon is not None:
                 epsilon = ops.cast(epsilon, "float32")
-            last = weight_attack(
-                self, [clean.gradients[i] for i in selected], [trainable[i] for i in selected],
-                perturbed_pass, epsilon,
+            last, grads = weight_attack(
+                self, clean, indices, [trainable[i] for i in indices], perturbed_pass, ops.add,
+                epsilon=epsilon,
             )
-            grads = update_gradients(settings.objective, clean.gradients, last.gradients, ops.add)
             return grads, last.loss, clean.loss, clean.predictions, non_trainable, metrics
 
         def virtual_step(non_trainable):

@@ -70,10 +70,7 @@ class AdversarialTrainStep(AdversarialStep):
             from keras.src.losses.loss import scale_loss_for_distribution
 
             y_pred = keras3.perturbed_outputs(model, x)
-            divergence = outputs.mean_divergence(
-                self.settings.method, outputs.divergence_kind(model, self.settings.method),
-                reference, y_pred,
-            )
+            divergence = outputs.divergence(model, self.settings.method, reference, y_pred)
             divergence = scale_loss_for_distribution(divergence)
             return model.optimizer.scale_loss(divergence), divergence, None
 

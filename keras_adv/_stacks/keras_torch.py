@@ -156,7 +156,6 @@ class AdversarialTrainStep(AdversarialStep):
         its outputs, and the divergence at the perturbation, weighted:
         `(clean Pass, gradients, divergence)`."""
         method, layer, optimizer = self.settings.method, self.layer, model.optimizer
-        kind = outputs.divergence_kind(model, method)
         clean = self._pass(clean_forward, trainable, lookup_gradients=False)
         ids = clean.lookups.ids
         space = perturbation_space(
@@ -165,7 +164,7 @@ class AdversarialTrainStep(AdversarialStep):
         reference = keras.tree.map_structure(lambda t: t.detach(), clean.predictions)
 
         def divergence_forward():
-            divergence = outputs.mean_divergence(method, kind, reference, keras3.perturbed_outputs(model, x))
+            divergence = outputs.divergence(model, method, reference, keras3.perturbed_outputs(model, x))
             return optimizer.scale_loss(divergence), divergence, None
 
         def divergence_pass(perturbation, last):
@@ -190,21 +189,19 @@ class AdversarialTrainStep(AdversarialStep):
         settings = self.settings
         indices = selected_weights(settings.method, trainable, model.name)
         selected = [trainable[i] for i in indices]
-        sum_objective = settings.objective == "sum"
-        clean = _weight_pass(clean_forward, trainable if sum_objective else selected)
-        clean_selected = [clean.gradients[i] for i in indices] if sum_objective else clean.gradients
+        clean = _weight_pass(clean_forward, trainable)
 
-        def perturbed_pass(perturbations, last):
-            def forward():
-                return perturbed_forward([(v, v.value + r) for v, r in zip(selected, perturbations)])
-
-            result = _weight_pass(forward, trainable if last else selected)
-            return result if last else result._replace(gradients=_dense(result.gradients, selected))
+        def perturbed_pass(perturbations):
+            return _weight_pass(
+                lambda: perturbed_forward([(v, v.value + r) for v, r in zip(selected, perturbations)]),
+                trainable,
+            )
 
         epsilon = epsilon_now(settings, model.optimizer.iterations.value)
-        originals = [v.value.detach() for v in selected]
-        last = weight_attack(self, _dense(clean_selected, selected), originals, perturbed_pass, epsilon)
-        gradients = update_gradients(settings.objective, clean.gradients, last.gradients, _add)
+        last, gradients = weight_attack(
+            self, clean, indices, [v.value.detach() for v in selected], perturbed_pass, _add,
+            dense=lambda gradients: _dense(gradients, selected), epsilon=epsilon,
+        )
         return clean, gradients, last.loss
 
     def _penalized_pass(self, forward, weights, optimizer, x):

@@ -3,7 +3,7 @@ read from the compiled loss (Keras 3 and tf-keras alike), and the term itself.""
 
 from keras_adv.methods import DIVERGENCES
 
-__all__ = ["divergence_kind", "mean_divergence"]
+__all__ = ["divergence_kind", "divergence"]
 
 # Loss name (a class's or a function's, in snake case) -> the distribution
 # of the outputs it scores.
@@ -43,9 +43,25 @@ def divergence_kind(model, method):
     )
 
 
-def mean_divergence(method, kind, clean, perturbed):
-    """VAT's `D`: the mean over the (replica's) examples of the divergence, float32."""
-    per_example = method.per_example_divergence(clean, perturbed, kind)
+def divergence(model, method, clean, perturbed):
+    """VAT's `D` on `model`: the mean over the (replica's) examples of the
+    divergence of the perturbed outputs from the clean ones, float32.
+
+    Raises:
+        ValueError: For a model with several outputs and no `divergence`
+            callable (which output's distribution would be meant?).
+    """
+    if not callable(method.divergence):
+        flat_clean, flat_perturbed = _flatten(clean), _flatten(perturbed)
+        if len(flat_perturbed) != 1:
+            raise ValueError(
+                f"VAT compares one output distribution; model '{model.name}' has "
+                f"{len(flat_perturbed)} outputs. Pass keras_adv.VAT(divergence=...) a "
+                f"callable (clean_outputs, perturbed_outputs) -> per-example divergences, "
+                f"which receives them all."
+            )
+        clean, perturbed = flat_clean[0], flat_perturbed[0]
+    per_example = method.per_example_divergence(clean, perturbed, divergence_kind(model, method))
     if type(per_example).__module__.startswith("tensorflow"):
         import tensorflow as tf
 
@@ -53,3 +69,12 @@ def mean_divergence(method, kind, clean, perturbed):
     from keras import ops
 
     return ops.mean(ops.cast(per_example, "float32"))
+
+
+def _flatten(structure):
+    """The leaves of a model's output structure (a tensor, list, tuple or dict)."""
+    if isinstance(structure, dict):
+        return [leaf for key in sorted(structure) for leaf in _flatten(structure[key])]
+    if isinstance(structure, (list, tuple)):
+        return [leaf for item in structure for leaf in _flatten(item)]
+    return [structure]

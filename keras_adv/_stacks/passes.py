@@ -63,7 +63,7 @@ class Settings:
     """What `adversarial_training` was asked for, checked.
 
     Attributes:
-        method: A `keras_adv.FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty` or `AWP`.
+        method: A `keras_adv.FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty`, `VAT` or `AWP`.
         objective: `"sum"` or `"adversarial"`.
         relative_epsilon: Whether the method's lengths (epsilon, alpha) are
             fractions of the L2 norm of what is perturbed (the touched
@@ -116,7 +116,7 @@ class AdversarialStep:
     def __init__(self, layer, settings):
         self.layer = layer
         self.settings = settings
-        # The seed of FreeLB's random start, drawn from Python's generator
+        # The seed of FreeLB's random start and VAT's noise, drawn from Python's generator
         # (which `keras.utils.set_random_seed` seeds): each step's noise is a
         # stateless function of it and the step count, so the model gains no
         # random state.
@@ -216,41 +216,48 @@ def virtual_adversarial(step, space, noises, divergence_pass, epsilon=None):
         epsilon: This step's epsilon (a schedule's value), or None.
     """
     method = step.settings.method
-    direction = method.initial(space.rows(None, noises))
+    direction = method.direction(space.rows(None, noises))
     for _ in range(method.power_iterations):
         probe = divergence_pass(direction, False)
         direction = method.direction(space.rows(probe.lookups.ids, probe.lookup_gradients))
     return divergence_pass(method.perturbation(direction, epsilon), True)
 
 
-def weight_attack(step, selected_clean_gradients, originals, perturbed_pass, epsilon=None,
+def weight_attack(step, clean, indices, originals, perturbed_pass, add, dense=None, epsilon=None,
                   reduce=None):
-    """AWP's ascent over the selected weights; returns the last perturbed `Pass`.
+    """AWP's ascent over the selected weights, and the update.
 
     Args:
         step: The stack's `AdversarialStep`.
-        selected_clean_gradients: The clean pass's gradients of the selected
-            weights (dense).
-        originals: The selected weights' values before the step.
-        perturbed_pass: `(perturbations, last) -> Pass`, the model run on the
-            selected weights plus `perturbations`; its gradients are the
-            selected weights' (dense) unless `last`, then every trainable
-            weight's (for the update).
+        clean: The clean `Pass`, with every trainable weight's gradient.
+        indices: Which trainable weights are perturbed (`selected_weights`).
+        originals: Their values before the step.
+        perturbed_pass: `perturbations -> Pass`, the model run on the
+            selected weights plus `perturbations`, with every trainable
+            weight's gradient.
+        add: Adds two gradients.
+        dense: Makes the selected weights' gradients dense tensors (a sparse
+            or missing one), or None where they are.
         epsilon: This step's box (a schedule's value), or None.
         reduce: Sums the replicas' gradients of the selected weights (a
             distributed step), or None: the norms are the global batch's.
+
+    Returns:
+        `(the last perturbed Pass, the gradients to apply)`.
     """
     method = step.settings.method
-    gradients, perturbations = selected_clean_gradients, [None] * len(originals)
-    for i in range(method.steps):
+    latest, perturbations = clean, [None] * len(indices)
+    for _ in range(method.steps):
+        gradients = [latest.gradients[i] for i in indices]
+        if dense is not None:
+            gradients = dense(gradients)
         if reduce is not None:
             gradients = reduce(gradients)
         perturbations = [
             method.ascend(r, g, w, epsilon) for r, g, w in zip(perturbations, gradients, originals)
         ]
-        latest = perturbed_pass(perturbations, i == method.steps - 1)
-        gradients = latest.gradients
-    return latest
+        latest = perturbed_pass(perturbations)
+    return latest, update_gradients(step.settings.objective, clean.gradients, latest.gradients, add)
 
 
 def selected_weights(method, variables, model_name):

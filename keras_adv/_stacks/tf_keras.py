@@ -78,10 +78,7 @@ class AdversarialTrainStep(AdversarialStep):
 
         def divergence_forward(reference):
             y_pred = model(x, training=True)
-            divergence = outputs.mean_divergence(
-                self.settings.method, outputs.divergence_kind(model, self.settings.method),
-                reference, y_pred,
-            )
+            divergence = outputs.divergence(model, self.settings.method, reference, y_pred)
             # Summed across replicas, as `compute_loss` divides the loss.
             divergence = divergence / tf.distribute.get_strategy().num_replicas_in_sync
             return _scaled(optimizer, divergence), divergence, None

@@ -18,9 +18,13 @@ the adversarial loss only). `fit`'s History holds the clean `loss` and the
 compiled metrics; tf-keras's graph-mode loop names its outputs after the
 compiled metrics, so the adversarial loss is not among them.
 
-Under a distribution strategy, tf-keras's graph-mode `fit` builds each
-replica's train function on a clone of the model, never calling this
-builder: that is refused with a clear error (eager tf-keras supports it).
+Under MirroredStrategy, tf-keras's graph-mode `fit` builds each replica's
+train function on a clone of the model that shares its layers, and keeps
+the clones in the model's `_distributed_model_cache`: the model gets a cache
+that gives each clone, as it is stored, the same adversarial builder. Each
+replica's passes then build the perturbation from the global batch's
+gradient, as in eager mode (`tf_rows.py` gathers the touched rows across
+replicas).
 """
 
 import contextlib
@@ -28,26 +32,25 @@ import types
 
 import tensorflow as tf
 
+from keras_adv._stacks import distribution
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.outputs import divergence_kind, mean_divergence
+from keras_adv._stacks.outputs import divergence
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import (
-    AWP_NEEDS_KERAS_3, AdversarialStep, Pass, ascent, attack, epsilon_now,
+    AWP_NEEDS_KERAS_3, PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, ascent, attack, epsilon_now,
     no_lookup_gradient_error, virtual_adversarial,
 )
 from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start
-from keras_adv._stacks.tf_tape import vat_noise
+from keras_adv._stacks.tf_tape import global_batch_noise, vat_noise
 from keras_adv.methods import AWP, VAT, FreeLB
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction", "vat_noise"]
 
-_DISTRIBUTED_ERROR = (
-    "With eager execution disabled, tf-keras trains under a distribution "
-    "strategy through its v1 distributed loop, which builds each replica's "
-    "train function on a clone of the model: keras_adv's adversarial step "
-    "would be silently skipped. Train with eager execution (the tf-keras "
-    "default; do not call `tf.compat.v1.disable_eager_execution()`), where "
-    "keras_adv supports MirroredStrategy and MultiWorkerMirroredStrategy."
+_MULTI_WORKER_ERROR = (
+    "With eager execution disabled, keras_adv supports MirroredStrategy (one "
+    "machine) but not MultiWorkerMirroredStrategy, whose v1 training loop it is "
+    "not tested with. Train several machines with eager execution (the tf-keras "
+    "default), where keras_adv supports MultiWorkerMirroredStrategy."
 )
 
 
@@ -58,6 +61,11 @@ _WARM_UP_WITH_UPDATES = (
     "would not be plain. Train eagerly (the tf-keras default), or "
     "start_step=0."
 )
+
+
+def _replicas():
+    replica = tf.distribute.get_replica_context()
+    return 1 if replica is None else replica.num_replicas_in_sync
 
 
 def _backend():
@@ -213,6 +221,8 @@ class AdversarialTrainFunction(AdversarialStep):
         masks = padding_masks(self.layer, lookups.ids) if settings.per_example else None
         space = perturbation_space(settings.per_example, lookups, self.layer, masks)
         iterations = model.optimizer.iterations
+        if settings.method.steps == 0 and not settings.per_example and _replicas() > 1:
+            raise NotImplementedError(PENALTY_ACROSS_REPLICAS)
         if settings.method.steps == 0:
             # The gradient penalty: the optimizer's `tf.gradients` of this loss
             # runs back through the lookups' gradient (a second-order one).
@@ -231,13 +241,13 @@ class AdversarialTrainFunction(AdversarialStep):
 
             additions = _CallAdditions(model)
             with tapped_lookups(self.layer, add_perturbation) as perturbed:
-                outputs = tf.nest.flatten(model(model.inputs))
+                called = model(model.inputs)
+            outputs = tf.nest.flatten(called)
             additions.take()
             perturbed_updates.extend(additions.updates)
             if divergence_from is not None:
-                loss = mean_divergence(
-                    settings.method, divergence_kind(model, settings.method), divergence_from, outputs[0]
-                )
+                # Divided as the compiled loss is: the replicas' gradients are summed.
+                loss = divergence(model, settings.method, divergence_from, called) / _replicas()
             else:
                 with _endpoints_reading(model, outputs), additions.losses_of_the_call():
                     loss = model._prepare_total_loss(
@@ -252,9 +262,9 @@ class AdversarialTrainFunction(AdversarialStep):
         if isinstance(settings.method, VAT):
             # VAT: the divergence from the model's own (clean) outputs, probed
             # by power iteration; the loss gains `weight` times it at the end.
-            reference = tf.stop_gradient(tf.nest.flatten(model.outputs)[0])
-            noises = [vat_noise(self.seed, iterations, index, tf.shape(outputs))
-                      for index, outputs in enumerate(lookups.outputs)]
+            own = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+            reference = tf.nest.map_structure(tf.stop_gradient, own)
+            noises = global_batch_noise(self.seed, iterations, lookups.outputs)
             last = virtual_adversarial(
                 self, space, noises,
                 lambda perturbation, last: perturbed_pass(perturbation, last, divergence_from=reference),
@@ -301,15 +311,44 @@ class AdversarialTrainFunction(AdversarialStep):
         return clean_loss + on * adversarial.loss, perturbed_updates
 
 
-def _refuse_distributed_fit(select_training_loop):
-    """Wraps `model._select_training_loop`: the distributed loop is refused."""
+class _AdversarialClones(dict):
+    """The model's cache of its replicas' clones (`_distributed_model_cache`,
+    key: the mode): each clone stored gets the adversarial builder."""
 
-    def guarded(model, inputs):
-        if model._distribution_strategy is not None:
-            raise NotImplementedError(_DISTRIBUTED_ERROR)
+    def __init__(self, model, builder, cached=()):
+        super().__init__(cached)
+        self.strategy = model._distribution_strategy
+        self.builder = builder
+
+    def __setitem__(self, key, distributed_model):
+        from tf_keras.src.engine import training_v1
+
+        for clone in self.strategy.experimental_local_results(distributed_model):
+            install_step(clone, "_make_train_function", self.builder, training_v1.Model._make_train_function)
+        super().__setitem__(key, distributed_model)
+
+
+def _distributed_clones_trained_adversarially(select_training_loop, builder):
+    """Wraps `model._select_training_loop`: before a distributed `fit` picks
+    its loop, the model's clone cache is one that gives each replica's clone
+    the adversarial builder (`compile` makes a new plain cache)."""
+
+    def select(model, inputs):
+        strategy = model._distribution_strategy
+        if strategy is not None:
+            distribution.check_strategy(strategy, multi_worker=False, error=_MULTI_WORKER_ERROR)
+            settings = builder.settings
+            if settings.method.steps == 0 and not settings.per_example and strategy.num_replicas_in_sync > 1:
+                # Said before tf-keras builds the replicas' functions, on threads
+                # that an error inside would leave in the middle of their graphs.
+                raise NotImplementedError(PENALTY_ACROSS_REPLICAS)
+            if not isinstance(model._distributed_model_cache, _AdversarialClones):
+                # Clones built before, plainly, are built again.
+                model._distributed_model_cache = _AdversarialClones(model, builder)
+                model._distributed_function_cache = {}
         return select_training_loop(model, inputs)
 
-    return guarded
+    return select
 
 
 def is_compiled(model):
@@ -325,7 +364,7 @@ def install(model, layer, settings):
     if isinstance(settings.method, AWP):
         raise NotImplementedError(AWP_NEEDS_KERAS_3)
     if model._distribution_strategy is not None:
-        raise NotImplementedError(_DISTRIBUTED_ERROR)
+        distribution.check_strategy(model._distribution_strategy, multi_worker=False, error=_MULTI_WORKER_ERROR)
     if getattr(model.optimizer, "get_updates", None) is None:
         raise TypeError(
             f"With eager execution disabled, tf-keras needs a legacy optimizer "
@@ -336,12 +375,16 @@ def install(model, layer, settings):
 
     builder = AdversarialTrainFunction(layer, settings)
     install_step(model, "_make_train_function", builder, training_v1.Model._make_train_function)
-    if "_select_training_loop" not in model.__dict__:
-        model._select_training_loop = types.MethodType(
-            _refuse_distributed_fit(type(model)._select_training_loop), model
-        )
+    model._select_training_loop = types.MethodType(
+        _distributed_clones_trained_adversarially(type(model)._select_training_loop, builder), model
+    )
+    # Clones of an earlier setting are built again with this one.
+    model._distributed_model_cache = {}
+    model._distributed_function_cache = {}
 
 
 def uninstall(model):
     uninstall_step(model, "_make_train_function")
     del model._select_training_loop
+    model._distributed_model_cache = {}  # Plain clones from now on.
+    model._distributed_function_cache = {}

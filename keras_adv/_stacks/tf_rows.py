@@ -29,7 +29,7 @@ from keras_adv._stacks.lookup import padding_mask_input, pads_with_token_zero
 
 __all__ = [
     "TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", "random_start",
-    "add_gradients",
+    "add_gradients", "sum_across_replicas",
 ]
 
 
@@ -125,7 +125,7 @@ class TouchedRows:
         values = tf.where(touched[:, None], _flat_rows(gradients, self.dim), 0.0)
         summed = tf.math.unsorted_segment_sum(values, rows, self.num_rows)
         if self.replica is not None:
-            summed = self.replica.all_reduce(tf.distribute.ReduceOp.SUM, summed)
+            [summed] = sum_across_replicas([summed])
         return summed
 
     def at(self, index, ids, rows):
@@ -244,6 +244,22 @@ def random_start(method, ids, mask, dim, seed):
     mask = tf.broadcast_to(mask[..., None], shape)
     rows = [tf.shape(ids)[0], -1]
     return tf.reshape(method.initial(tf.reshape(noise, rows), tf.reshape(mask, rows)), shape)
+
+
+def sum_across_replicas(values):
+    """Each of `values` summed over the replicas, in replica context.
+
+    A merge call rather than `ReplicaContext.all_reduce`, which also defines
+    its gradient: nothing differentiates through these sums (the
+    perturbation is a constant of the pass that adds it), and in a TF1 graph
+    (tf-keras with eager execution disabled) that gradient's definition
+    fails to find the other replicas' variables.
+    """
+    def reduce(strategy, *per_replica):
+        return [strategy.extended.reduce_to(tf.distribute.ReduceOp.SUM, v, destinations=v)
+                for v in per_replica]
+
+    return list(tf.distribute.get_replica_context().merge_call(reduce, args=tuple(values)))
 
 
 def add_gradients(a, b):

@@ -14,18 +14,25 @@ from keras_adv._stacks.passes import (
     no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
 )
 from keras_adv._stacks.tf_rows import (
-    ExampleRows, add_gradients, padding_masks, perturbation_space, random_start,
+    ExampleRows, add_gradients, padding_masks, perturbation_space, random_start, sum_across_replicas,
 )
 from keras_adv.methods import AWP, VAT, FreeLB
 
 START_STEP_ACROSS_REPLICAS = (
     "`start_step` under a distribution strategy with several replicas works with "
-    "`per_example=True` only: the touched rows of the global batch (AWP: the "
-    "weights' gradients) are gathered across replicas, which TensorFlow cannot do inside the `tf.cond` that "
+    "`per_example=True` only: the touched rows of the global batch are gathered "
+    "across replicas, which TensorFlow cannot do inside the `tf.cond` that "
     "switches from the warm-up. Use per_example=True, or start_step=0."
 )
 
-__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass", "vat_noise"]
+AWP_START_STEP_ACROSS_REPLICAS = (
+    "AWP with `start_step` under a distribution strategy with several replicas is "
+    "not supported: its gradients are summed across replicas, which TensorFlow "
+    "cannot do inside the `tf.cond` that switches from the warm-up. Use "
+    "start_step=0, or Keras 3 on JAX with keras.distribution.DataParallel."
+)
+
+__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass", "vat_noise", "global_batch_noise"]
 
 
 TapedStep = collections.namedtuple(
@@ -34,8 +41,8 @@ TapedStep = collections.namedtuple(
 TapedStep.__doc__ = """What the passes of one step computed.
 
 Attributes:
-    adversarial_loss: The loss of the last perturbed pass, or the gradient
-        penalty (0 in a plain warm-up step).
+    adversarial_loss: The loss of the last perturbed pass, the gradient
+        penalty, or VAT's divergence (0 in a plain warm-up step).
     gradients: The gradients to apply, one per variable.
     variables: The model's trainable variables.
     predictions: The clean pass's outputs, for the compiled metrics.
@@ -166,29 +173,23 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         variables = trainable()
         indices = selected_weights(settings.method, variables, model.name)
         selected = [variables[i] for i in indices]
-        sum_objective = settings.objective == "sum"
-        clean = weight_pass(clean_forward, variables if sum_objective else selected)
-        clean_selected = clean.gradients
-        if sum_objective:
-            clean_selected = [clean.gradients[i] for i in indices]
+        clean = weight_pass(clean_forward, variables)
 
-        def perturbed_pass(perturbations, last):
+        def perturbed_pass(perturbations):
             def forward():
                 shifted = [(v, v.value + tf.cast(r, v.dtype)) for v, r in zip(selected, perturbations)]
                 return perturbed_forward(shifted)
 
-            result = weight_pass(forward, variables if last else selected)
-            return result if last else result._replace(gradients=_dense(result.gradients, selected))
+            return weight_pass(forward, variables)
 
         epsilon = epsilon_now(settings, model.optimizer.iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
-        originals = [tf.convert_to_tensor(v.value) for v in selected]
-        reduce = _sum_across_replicas if across_replicas else None
-        last = weight_attack(
-            step, _dense(clean_selected, selected), originals, perturbed_pass, epsilon, reduce
+        last, grads = weight_attack(
+            step, clean, indices, [tf.convert_to_tensor(v.value) for v in selected], perturbed_pass,
+            add_gradients, dense=lambda gradients: _dense(gradients, selected), epsilon=epsilon,
+            reduce=sum_across_replicas if across_replicas else None,
         )
-        grads = update_gradients(settings.objective, clean.gradients, last.gradients, add_gradients)
         return last.loss, grads, clean.predictions
 
     def virtual_step():
@@ -209,7 +210,7 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         epsilon = epsilon_now(settings, model.optimizer.iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
-        noises = _global_batch_noise(step.seed, model.optimizer.iterations, clean.lookups.outputs)
+        noises = global_batch_noise(step.seed, model.optimizer.iterations, clean.lookups.outputs)
         last = virtual_adversarial(step, space, noises, divergence_pass, epsilon)
         grads = update_gradients("sum", clean.gradients, last.gradients, add_gradients)
         return last.loss, grads, clean.predictions
@@ -232,6 +233,8 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         adversarial_step = virtual_step
     if not settings.start_step:
         return _adversarial_only(adversarial_step, trainable)
+    if across_replicas and isinstance(settings.method, AWP):
+        raise NotImplementedError(AWP_START_STEP_ACROSS_REPLICAS)
     if across_replicas and not settings.per_example:
         raise NotImplementedError(START_STEP_ACROSS_REPLICAS)
     if not model.built:
@@ -262,10 +265,11 @@ def _seed_pair(seed, step_count, index):
     return tf.stack([tf.constant(seed + index, tf.int64), tf.cast(step_count, tf.int64)])
 
 
-def _global_batch_noise(seed, step_count, outputs):
+def global_batch_noise(seed, step_count, outputs):
     """`vat_noise` of each lookup output's shape. Under a strategy, each
     replica draws the global batch's noise and takes its own share of it, so
-    that training matches one device."""
+    that training matches one device (where the batch splits evenly: a
+    replica's share starts at its index times its own batch size)."""
     replica = tf.distribute.get_replica_context()
     replicas = 1 if replica is None else replica.num_replicas_in_sync
     noises = []
@@ -286,10 +290,6 @@ def _dense(gradients, weights):
     # over the whole weight.
     return [tf.zeros(w.shape, w.dtype) if g is None else tf.convert_to_tensor(g)
             for g, w in zip(gradients, weights)]
-
-
-def _sum_across_replicas(gradients):
-    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
 
 
 def weight_pass(forward, weights):

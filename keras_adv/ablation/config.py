@@ -57,6 +57,13 @@ class MethodSpec:
             raise ValueError(f"{self.name} takes neither `objective` nor `relative_epsilon`.")
         if self.name == "awp" and (self.per_example or self.relative_epsilon):
             raise ValueError("awp perturbs weights: it takes neither `per_example` nor `relative_epsilon`.")
+        if self.name in ("vat", "awp") and (self.steps, self.alpha) != (MethodSpec.steps, MethodSpec.alpha):
+            # Rather than drop them: the runner trains these at their own
+            # defaults (VAT: one power iteration; AWP: one step of alpha 1).
+            raise ValueError(
+                f"{self.name} runs with keras_adv's defaults for its other parameters; "
+                f"`steps` and `alpha` are PGD's and FreeLB's here. Drop them for {self.name}."
+            )
         if self.name != "plain":
             self.method()  # Checks the parameters.
 

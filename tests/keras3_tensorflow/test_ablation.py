@@ -205,7 +205,8 @@ class TestConfig:
             method=keras_adv.AWP(epsilon=0.01), objective="adversarial", start_step=0
         )
         for argv, message in ((["--per-example"], "per_example"),
-                              (["--model", "bert4keras-bert"], "Keras 3 model")):
+                              (["--model", "bert4keras-bert"], "Keras 3 model"),
+                              (["--steps", "2"], "Drop them for awp")):
             with pytest.raises(ValueError, match=message):
                 cli._config(cli._parser().parse_args(["ablation", "--methods", "awp", *argv]))
 

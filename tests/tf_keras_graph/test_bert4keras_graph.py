@@ -288,31 +288,3 @@ class TestGraphStep(TestCase):
         fresh.load_weights(path)
         x, _ = token_batch(seed=3)
         np.testing.assert_array_equal(fresh.predict(x), model.predict(x))
-
-
-class TestDistributionRefused(TestCase):
-    """tf-keras's graph-mode `fit` trains under a strategy on clones of the
-    model, which would skip keras_adv's step: refused, never a plain step."""
-
-    def test_model_compiled_under_a_strategy_is_refused_at_the_call(self):
-        from tests.models import compile_sgd, linear_text_model
-
-        with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
-            model = compile_sgd(linear_text_model())
-        with pytest.raises(NotImplementedError, match="eager execution.*MirroredStrategy"):
-            keras_adv.adversarial_training(model, "emb", 0.5)
-
-    def test_model_compiled_under_a_strategy_later_is_refused_at_fit(self):
-        from tests.models import batch, compile_sgd, linear_text_model
-
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-        with strategy.scope():
-            model = linear_text_model()
-        compile_sgd(model)
-        keras_adv.adversarial_training(model, "emb", 0.5)
-        with strategy.scope():
-            compile_sgd(model)
-        before = model.get_weights()
-        with pytest.raises(NotImplementedError, match="silently skipped"):
-            model.fit(*batch(), epochs=1, verbose=0)
-        self.assertWeightsBitEqual(model.get_weights(), before)
