@@ -257,6 +257,13 @@ def _count_traces(model):
     return traces
 
 
+def _assert_traced_as_often_as_plain_training(traces, x, y):
+    plain = compile_sgd(linear_text_model(), lr=LR)
+    plain_traces = _count_traces(plain)
+    plain.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert len(traces) == len(plain_traces) > 0
+
+
 class WarmUpAndScheduleTests(TestCase):
     """`start_step` and an epsilon schedule, against tests/reference.py."""
 
@@ -281,10 +288,7 @@ class WarmUpAndScheduleTests(TestCase):
         if "adversarial_loss" in history:  # The mean of the adversarial steps only.
             self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
         if self.counts_traces:  # No retrace at the switch: as many as plain training.
-            plain = compile_sgd(linear_text_model(), lr=LR)
-            plain_traces = _count_traces(plain)
-            plain.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-            assert len(traces) == len(plain_traces) > 0
+            _assert_traced_as_often_as_plain_training(traces, x, y)
 
     def test_epsilon_schedule_gives_each_step_its_epsilon(self):
         model = compile_sgd(linear_text_model(), lr=LR)
@@ -518,6 +522,7 @@ class AWPTests(TestCase):
         x, y = batch(size=16, seed=4)
         params = params_of(model)
         keras_adv.adversarial_training(model, method="awp", epsilon=0.05, start_step=1)
+        traces = _count_traces(model)
         history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
         params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
         params, _, adversarial_loss, _ = reference.awp_sgd_step(
@@ -527,6 +532,7 @@ class AWPTests(TestCase):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
         # The warm-up step adds nothing to the mean.
         self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
+        _assert_traced_as_often_as_plain_training(traces, x, y)  # No retrace at the switch.
 
     def test_variables_are_never_written_by_the_perturbed_passes(self):
         # With a learning rate of 0 the update changes nothing, so every
@@ -587,6 +593,7 @@ class VATTests(TestCase):
     """VAT against tests/reference.py's `vat_sgd_step`, fed the step's own noise."""
 
     history_has_divergence = True  # Not tf-keras's graph-mode History.
+    counts_traces = True  # Not tf-keras's graph-mode step (a function, not a `train_step`).
 
     @pytest.mark.parametrize(
         "power_iterations,symmetric", [(1, False), (2, False), (1, True)],
@@ -624,11 +631,14 @@ class VATTests(TestCase):
             model, "emb", method=keras_adv.VAT(epsilon=1.5, weight=2.0), start_step=1
         )
         noise = vat_noise_of(model, x[8:], step_count=1)  # The second step's draw.
+        traces = _count_traces(model) if self.counts_traces else None
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
         params, _, _ = reference.vat_sgd_step(params, x[8:], y[8:], LR, noise, 1.5, 0.1, 1, 2.0)
         for actual, want in zip(params_of(model), params):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        if self.counts_traces:  # No retrace at the switch, nor for the noise of each step.
+            _assert_traced_as_often_as_plain_training(traces, x, y)
 
     def test_weight_zero_is_a_plain_step(self):
         model = compile_sgd(linear_text_model(), lr=LR)

@@ -46,6 +46,7 @@ def _loss_scale(optimizer):
 class MixedPrecisionTests(TestCase):
     # Where each test trains: "one device", and "mirrored" in the mirrored folders.
     strategies = ["one device", "mirrored"]
+    supports_awp = True  # tf-keras refuses AWP.
 
     def setup_method(self, method):
         super().setup_method(method)
@@ -83,6 +84,35 @@ class MixedPrecisionTests(TestCase):
             self.assertAllClose(actual, want, rtol=5e-3, atol=2e-3)
         assert np.abs(expected[0] - before[0]).max() > 0.02
         self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=5e-3)
+
+    def test_vat_and_awp_mean_what_they_mean_in_float32(self):
+        from tests.closed_form import vat_noise_of
+
+        x, y = batch()
+        for strategy_name in self.strategies:
+            for name in ("vat", "awp") if self.supports_awp else ("vat",):
+                self.setup_method(None)
+                model = self._compiled(
+                    strategy_name, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+                )
+                before = params_of(model)
+                if name == "vat":
+                    method = keras_adv.VAT(epsilon=1.5, xi=1.0, weight=2.0)
+                    keras_adv.adversarial_training(model, "emb", method=method)
+                    expected = reference.vat_sgd_step(
+                        before, x, y, LR, vat_noise_of(model, x), 1.5, 1.0, 1, 2.0
+                    )[0]
+                else:
+                    keras_adv.adversarial_training(model, method=keras_adv.AWP(alpha=0.5, epsilon=0.2))
+                    expected = reference.awp_sgd_step(before, x, y, LR, 0.5, 0.2, 1, "sum")[0]
+                model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+                for actual, want in zip(params_of(model), expected):
+                    self.assertAllClose(actual, want, rtol=5e-3, atol=2e-3)
+                # The method's own effect is well beyond that tolerance.
+                plain, _ = reference.plain_sgd_step(before, x, y, LR)
+                if name == "awp":  # "sum": the clean gradient, then the perturbed one.
+                    plain = [2 * p - b for p, b in zip(plain, before)]
+                assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 0.01
 
     def test_a_step_with_non_finite_gradients_is_skipped_and_nothing_stays_perturbed(self):
         for strategy_name in self.strategies:

@@ -95,3 +95,46 @@ class TestFreeLBMath(TestCase):
 
     def test_by_name(self):
         assert get_method("freelb", steps=2, alpha=0.2) == FreeLB(epsilon=0.0, alpha=0.2, steps=2)
+
+
+class TestVATDivergences(TestCase):
+    """VAT's divergences (TensorFlow tensors) against numpy: the KL of
+    categorical and Bernoulli outputs, from logits or probabilities alike."""
+
+    def _logits(self):
+        rng = np.random.RandomState(3)
+        return rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+
+    def _divergence(self, kind, clean, perturbed, symmetric=False):
+        import tensorflow as tf
+
+        from keras_adv import VAT
+
+        out = VAT(symmetric=symmetric).per_example_divergence(
+            tf.constant(clean, tf.float32), tf.constant(perturbed, tf.float32), kind
+        )
+        return np.asarray(out, "float64")
+
+    @pytest.mark.parametrize("symmetric", [False, True])
+    def test_categorical(self, symmetric):
+        a, b = self._logits()
+        p = np.exp(a) / np.exp(a).sum(axis=1, keepdims=True)
+        q = np.exp(b) / np.exp(b).sum(axis=1, keepdims=True)
+        want = (p * np.log(p / q)).sum(axis=1)
+        if symmetric:
+            want = want + (q * np.log(q / p)).sum(axis=1)
+        self.assertAllClose(self._divergence("categorical_logits", a, b, symmetric), want, rtol=1e-5)
+        self.assertAllClose(self._divergence("categorical", p, q, symmetric), want, rtol=1e-4)
+
+    def test_bernoulli_per_output(self):
+        a, b = self._logits()
+        p, q = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+        want = (p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))).sum(axis=1)
+        self.assertAllClose(self._divergence("bernoulli_logits", a, b), want, rtol=1e-5)
+        self.assertAllClose(self._divergence("bernoulli", p, q), want, rtol=1e-4)
+
+    def test_symmetric_with_a_callable_is_refused(self):
+        from keras_adv import VAT
+
+        with pytest.raises(ValueError, match="symmetric"):
+            VAT(symmetric=True, divergence=lambda clean, perturbed: clean)

@@ -40,3 +40,4 @@ class TestAWPRefused(AWPRefusedTests):
 
 class TestVAT(VATTests):
     history_has_divergence = False  # Graph mode's History has the compiled metrics only.
+    counts_traces = False

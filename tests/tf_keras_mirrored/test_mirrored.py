@@ -9,4 +9,4 @@ class TestMirroredParity(MirroredParityTests):
 
 
 class TestMixedPrecision(MixedPrecisionTests):
-    pass
+    supports_awp = False
