@@ -210,7 +210,12 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         epsilon = epsilon_now(settings, model.optimizer.iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
-        noises = global_batch_noise(step.seed, model.optimizer.iterations, clean.lookups.outputs)
+        # The probes need only the clean outputs and the noise, but start
+        # after the clean backward all the same: else TensorFlow runs the two
+        # side by side and holds both passes' activations at once.
+        finished = [g for g in tf.nest.flatten(clean.gradients, expand_composites=True) if g is not None]
+        with tf.control_dependencies(finished):
+            noises = global_batch_noise(step.seed, model.optimizer.iterations, clean.lookups.outputs)
         last = virtual_adversarial(step, space, noises, divergence_pass, epsilon)
         grads = update_gradients("sum", clean.gradients, last.gradients, add_gradients)
         return last.loss, grads, clean.predictions
