@@ -1,5 +1,7 @@
 """MirroredStrategy parity (tests/mirrored.py) with eager execution disabled."""
 
+import numpy as np
+
 import keras_adv
 from tests.mirrored import MirroredParityTests
 
@@ -19,6 +21,11 @@ class TestMirroredParity(MirroredParityTests):
             results.append(model.get_weights())
         for a, b in zip(*results):
             self.assertAllClose(a, b, rtol=1e-5, atol=2e-6)
+        # The clone trained adversarially: a plain step (epsilon -> 0, the
+        # adversarial gradient alone) lands elsewhere.
+        plain, _ = self._train(tf.distribute.get_strategy(), "pgd", dict(epsilon=1e-9), "adversarial", False)
+        plain_weights = plain.get_weights()
+        assert np.abs(plain_weights[0] - results[0][0]).max() > 1e-3
 
     def test_the_line_before_a_compile_under_the_strategy(self):
         # `compile` makes the model a new (plain) clone cache; the line's
