@@ -69,7 +69,7 @@ def adversarial_training(
             example, to the loss (History: `vat_divergence`, `D`'s mean);
             it needs no labels. AWP perturbs the selected weights (by default
             every weight matrix) within a box of `epsilon` times each
-            entry's size, on Keras 3 only; its `epsilon` defaults to 0.01,
+            entry's size; its `epsilon` defaults to 0.01,
             `alpha` to 1.0, `steps` to 1.
         steps: PGD's number of steps K (default 3; FreeLB's passes, 3; AWP's
             steps, 1; VAT's power iterations, 1); FGM and FGSM take none.

@@ -61,3 +61,44 @@ def seq2seq_batch(size=4, length=10, seed=0):
     segments = np.zeros((size, length), "float32")
     segments[:, length // 2 :] = 1
     return [tokens, segments]
+
+
+def awp_step_on_written_weights(model, x, y, lr, alpha, epsilon, objective):
+    """One SGD step of AWP the way the public implementations take it: the
+    clean gradient g, then w + r written into each weight matrix (r =
+    alpha * ||w|| * g / ||g||, clipped into [-epsilon |w|, epsilon |w|]),
+    the gradient g' read there, the originals written back; the update
+    w - lr * (g + g') ("sum") or w - lr * g' ("adversarial"), in numpy.
+
+    Returns the trainable weights after the step, and leaves the model's as
+    they were. Eager or with eager execution disabled (through K.function).
+    """
+    import tensorflow as tf
+    from bert4keras.backend import K
+
+    weights = model.trainable_weights
+    if tf.executing_eagerly():
+        def gradients():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)))
+            return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, weights)]
+    else:
+        inputs = model._feed_inputs + model._feed_targets + model._feed_sample_weights
+        dense = [K.zeros_like(w) + g for w, g in zip(weights, K.gradients(model.total_loss, weights))]
+        function = K.function(inputs, dense)
+
+        def gradients():
+            return function(list(x) + [y, np.ones(len(y), "float32")])
+
+    originals = [K.eval(w) for w in weights]
+    clean = gradients()
+    for w, value, g in zip(weights, originals, clean):
+        if len(value.shape) >= 2:
+            r = alpha * np.linalg.norm(value) * g / np.linalg.norm(g)
+            K.set_value(w, value + np.clip(r, -epsilon * np.abs(value), epsilon * np.abs(value)))
+    perturbed = gradients()
+    for w, value in zip(weights, originals):
+        K.set_value(w, value)
+    if objective == "adversarial":
+        return [value - lr * g for value, g in zip(originals, perturbed)]
+    return [value - lr * (g + p) for value, g, p in zip(originals, clean, perturbed)]

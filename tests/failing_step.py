@@ -62,7 +62,6 @@ class FailingStepTests(TestCase):
     modes = [{}, {"run_eagerly": True}]
     # How the failing step is run: "fit" or "train_on_batch".
     run_failing_step = "fit"
-    supports_awp = True  # tf-keras refuses AWP.
 
     # PGD fails in its first perturbed pass, before any pass that the
     # in-graph restore waits for: only the undo on failure can put the rows back.
@@ -78,10 +77,6 @@ class FailingStepTests(TestCase):
         for mode in self.modes:
             self.setup_method(None)
             model = compile_sgd(checked_text_model(), **mode)
-            if method == "awp" and not self.supports_awp:
-                with pytest.raises(NotImplementedError, match="AWP is not supported on tf-keras"):
-                    keras_adv.adversarial_training(model, embedding, **options)
-                continue
             x, y = batch()
             model.fit(x, y, epochs=1, verbose=0)  # A plain step works.
             before = model.get_weights()

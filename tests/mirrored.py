@@ -37,8 +37,9 @@ CASES = [
     ("fgm", dict(epsilon=0.7, per_example=True), "sum"),
     ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4, per_example=True, relative_epsilon=True), "sum"),
     ("fgsm", dict(epsilon=0.05), "adversarial"),
-    ("freelb", dict(alpha=0.3, steps=3), "sum"),
-    # Each replica takes its share of the global batch's noise.
+    # With a random start: each replica takes its share of the global
+    # batch's noise, as VAT's.
+    (keras_adv.FreeLB(alpha=0.3, steps=3, init_magnitude=0.5), {}, "sum"),
     ("vat", dict(epsilon=1.5, steps=2), "sum"),
 ]
 
@@ -54,7 +55,6 @@ def replica_values(variable, strategy):
 
 
 class MirroredParityTests(TestCase):
-    supports_awp = True  # tf-keras refuses AWP (tests/closed_form.py's AWPRefusedTests).
     history_has_adversarial_loss = True  # Not in tf-keras's graph-mode History.
     # The step switches from the warm-up with a `tf.cond` (not in graph mode).
     refuses_start_step_with_rows = True
@@ -81,11 +81,7 @@ class MirroredParityTests(TestCase):
     @pytest.mark.parametrize("objective", ["sum", "adversarial"])
     def test_awp_gives_the_single_device_result(self, objective):
         options = dict(epsilon=0.1, alpha=0.5, steps=2)
-        if self.supports_awp:
-            self._assert_single_device_result("awp", options, objective, line_in_scope=False)
-        else:
-            with pytest.raises(NotImplementedError, match="AWP is not supported on tf-keras"):
-                self._train(mirrored_strategy(), "awp", options, objective, line_in_scope=False)
+        self._assert_single_device_result("awp", options, objective, line_in_scope=False)
 
     def _assert_single_device_result(self, method, options, objective, line_in_scope):
         mirrored = mirrored_strategy()

@@ -46,7 +46,6 @@ def _loss_scale(optimizer):
 class MixedPrecisionTests(TestCase):
     # Where each test trains: "one device", and "mirrored" in the mirrored folders.
     strategies = ["one device", "mirrored"]
-    supports_awp = True  # tf-keras refuses AWP.
 
     def setup_method(self, method):
         super().setup_method(method)
@@ -90,7 +89,7 @@ class MixedPrecisionTests(TestCase):
 
         x, y = batch()
         for strategy_name in self.strategies:
-            for name in ("vat", "awp") if self.supports_awp else ("vat",):
+            for name in ("vat", "awp"):
                 self.setup_method(None)
                 model = self._compiled(
                     strategy_name, keras.losses.SparseCategoricalCrossentropy(from_logits=True)

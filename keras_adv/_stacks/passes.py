@@ -39,7 +39,6 @@ __all__ = [
     "weight_attack",
     "selected_weights", "update_gradients", "epsilon_now",
     "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
-    "AWP_NEEDS_KERAS_3",
 ]
 
 PENALTY_ACROSS_REPLICAS = (
@@ -47,14 +46,6 @@ PENALTY_ACROSS_REPLICAS = (
     "replicas is not supported: its gradient would run back through the all-reduce "
     "of the touched rows. Use per_example=True (each example's gradient is its "
     "replica's own), or one device."
-)
-
-AWP_NEEDS_KERAS_3 = (
-    "AWP is not supported on tf-keras: its perturbed passes read perturbed copies "
-    "of the weights through Keras 3's `StatelessScope`, and tf-keras has no such "
-    "scope; writing the perturbation into the variables instead would leave them "
-    "perturbed when a compiled step raises. Use Keras 3 (any backend) for AWP, or "
-    "an embedding method (FGM, PGD, FreeLB) on tf-keras."
 )
 
 
@@ -235,7 +226,8 @@ def weight_attack(step, clean, indices, originals, perturbed_pass, add, dense=No
         perturbed_pass: `perturbations -> Pass`, the model run on the
             selected weights plus `perturbations`, with every trainable
             weight's gradient.
-        add: Adds two gradients.
+        add: Adds two gradients; None where the stack's update
+            differentiates the passes' losses itself (tf-keras graph mode).
         dense: Makes the selected weights' gradients dense tensors (a sparse
             or missing one), or None where they are.
         epsilon: This step's box (a schedule's value), or None.
@@ -243,7 +235,7 @@ def weight_attack(step, clean, indices, originals, perturbed_pass, add, dense=No
             distributed step), or None: the norms are the global batch's.
 
     Returns:
-        `(the last perturbed Pass, the gradients to apply)`.
+        `(the last perturbed Pass, the gradients to apply or None)`.
     """
     method = step.settings.method
     latest, perturbations = clean, [None] * len(indices)
@@ -257,6 +249,8 @@ def weight_attack(step, clean, indices, originals, perturbed_pass, add, dense=No
             method.ascend(r, g, w, epsilon) for r, g, w in zip(perturbations, gradients, originals)
         ]
         latest = perturbed_pass(perturbations)
+    if add is None:
+        return latest, None
     return latest, update_gradients(step.settings.objective, clean.gradients, latest.gradients, add)
 
 

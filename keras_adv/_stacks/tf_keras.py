@@ -3,6 +3,8 @@
 The model instance gets an adversarial `train_step`, following tf-keras's own
 `Model.train_step`, that runs the passes of `passes.py` with the perturbation
 added at the embedding lookups (`lookup.py`): the matrix is never written.
+AWP's passes read perturbed copies of the weights (`tf_keras_weights.py`):
+no weight is written either.
 The clean pass updates the compiled loss trackers as in plain training; the
 perturbed passes leave them as they were. With a loss-scale optimizer
 (mixed precision) the passes differentiate the scaled loss and the weight
@@ -13,9 +15,9 @@ import tensorflow as tf
 
 from keras_adv._stacks import distribution, outputs
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AWP_NEEDS_KERAS_3, AdversarialStep, history_name
+from keras_adv._stacks.passes import AdversarialStep, history_name
+from keras_adv._stacks.tf_keras_weights import substituted_weights
 from keras_adv._stacks.tf_tape import taped_adversarial_passes, vat_noise
-from keras_adv.methods import AWP
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise"]
 
@@ -71,9 +73,10 @@ class AdversarialTrainStep(AdversarialStep):
             loss = model.compute_loss(x, y, y_pred, sample_weight)
             return _scaled(optimizer, loss), loss, y_pred
 
-        def perturbed_forward():
-            y_pred = model(x, training=True)
-            loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
+        def perturbed_forward(shifted=()):
+            with substituted_weights(model, shifted):
+                y_pred = model(x, training=True)
+                loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
             return _scaled(optimizer, loss), loss, None
 
         def divergence_forward(reference):
@@ -127,8 +130,6 @@ def is_installed(model):
 
 def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
-    if isinstance(settings.method, AWP):
-        raise NotImplementedError(AWP_NEEDS_KERAS_3)
     strategy = model.distribute_strategy
     distribution.check_strategy(strategy, multi_worker=True)
     step = AdversarialTrainStep(layer, settings, strategy)

@@ -12,11 +12,13 @@ The clean pass is the model's own graph: its lookups are the embedding
 layer's nodes there. The perturbed passes call the model again, with the
 lookups tapped (`lookup.py`); nothing writes the matrix, so a step is one
 `session.run` that either updates the weights as the optimizer does or,
-when it fails, changes nothing that keras_adv wrote. The optimizer's own
-`get_updates` computes the weight gradients of clean + adversarial loss (or
-the adversarial loss only). `fit`'s History holds the clean `loss` and the
-compiled metrics; tf-keras's graph-mode loop names its outputs after the
-compiled metrics, so the adversarial loss is not among them.
+when it fails, changes nothing that keras_adv wrote. AWP's passes call the
+model on perturbed copies of its weights (`tf_keras_weights.py`), which
+nothing writes either. The optimizer's own `get_updates` computes the weight
+gradients of clean + adversarial loss (or the adversarial loss only).
+`fit`'s History holds the clean `loss` and the compiled metrics; tf-keras's
+graph-mode loop names its outputs after the compiled metrics, so the
+adversarial loss is not among them.
 
 Under MirroredStrategy, tf-keras's graph-mode `fit` builds each replica's
 train function on a clone of the model that shares its layers, and keeps
@@ -37,11 +39,12 @@ from keras_adv._stacks.instance_patch import install_step, installed_step, unins
 from keras_adv._stacks.outputs import divergence
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import (
-    AWP_NEEDS_KERAS_3, PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, ascent, attack, epsilon_now,
-    no_lookup_gradient_error, virtual_adversarial,
+    PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, ascent, attack, epsilon_now, no_lookup_gradient_error,
+    selected_weights, virtual_adversarial, weight_attack,
 )
-from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start
-from keras_adv._stacks.tf_tape import global_batch_noise, vat_noise
+from keras_adv._stacks.tf_keras_weights import substituted_weights
+from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start, sum_across_replicas
+from keras_adv._stacks.tf_tape import global_batch_noise, read_unperturbed, vat_noise
 from keras_adv.methods import AWP, VAT, FreeLB
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction", "vat_noise"]
@@ -158,6 +161,23 @@ def _graph_lookups(layer, loss):
     return lookups, [g for g in gradients if g is not None]
 
 
+def _called_again(model, perturbed_updates, divergence_of=None):
+    """Calls the model once more (a perturbed pass, inside whatever taps or
+    substitutes its reads) and returns that call's compiled loss or, given
+    `divergence_of(outputs)`, VAT's divergence. Its updates of non-trainable
+    state join `perturbed_updates`."""
+    additions = _CallAdditions(model)
+    called = model(model.inputs)
+    outputs = tf.nest.flatten(called)
+    additions.take()
+    perturbed_updates.extend(additions.updates)
+    if divergence_of is not None:
+        # Divided as the compiled loss is: the replicas' gradients are summed.
+        return divergence_of(called) / _replicas()
+    with _endpoints_reading(model, outputs), additions.losses_of_the_call():
+        return model._prepare_total_loss([getattr(o, "_keras_mask", None) for o in outputs])
+
+
 class AdversarialTrainFunction(AdversarialStep):
     """Builds the adversarial train function of a `training_v1` model.
 
@@ -180,9 +200,13 @@ class AdversarialTrainFunction(AdversarialStep):
         with backend.get_graph().as_default():
             with backend.name_scope("training"):
                 loss, perturbed_updates = self._loss(model)
-                updates = model.optimizer.get_updates(
-                    params=model._collected_trainable_weights, loss=loss
-                )
+                # The clean pass reports the step's loss, reading the weights
+                # that the update writes; where the update does not need it
+                # (FreeLB from a random start), nothing else orders the two.
+                with tf.control_dependencies([model.total_loss]):
+                    updates = model.optimizer.get_updates(
+                        params=model._collected_trainable_weights, loss=loss
+                    )
                 updates += model.get_updates_for(None)
                 updates += model.get_updates_for(model.inputs)
                 # As in eager mode, every pass keeps its updates of
@@ -203,7 +227,11 @@ class AdversarialTrainFunction(AdversarialStep):
     def _loss(self, model):
         """The loss to update from (clean + adversarial, or adversarial only),
         and the perturbed passes' updates of non-trainable state."""
-        clean_loss = model.total_loss
+        clean_loss, iterations = model.total_loss, model.optimizer.iterations
+        if isinstance(self.settings.method, AWP):
+            perturbed_updates = []
+            adversarial_loss = self._weight_attack(model, clean_loss, perturbed_updates)
+            return self._update_loss(clean_loss, adversarial_loss, perturbed_updates, iterations), perturbed_updates
         lookups, lookup_gradients = _graph_lookups(self.layer, clean_loss)
         if not lookups.outputs:
             raise no_lookup_gradient_error(self.layer)
@@ -239,20 +267,13 @@ class AdversarialTrainFunction(AdversarialStep):
             def add_perturbation(index, ids, outputs):
                 return outputs + tf.cast(space.at(index, ids, perturbation), outputs.dtype)
 
-            additions = _CallAdditions(model)
-            with tapped_lookups(self.layer, add_perturbation) as perturbed:
-                called = model(model.inputs)
-            outputs = tf.nest.flatten(called)
-            additions.take()
-            perturbed_updates.extend(additions.updates)
+            divergence_of = None
             if divergence_from is not None:
-                # Divided as the compiled loss is: the replicas' gradients are summed.
-                loss = divergence(model, settings.method, divergence_from, called) / _replicas()
-            else:
-                with _endpoints_reading(model, outputs), additions.losses_of_the_call():
-                    loss = model._prepare_total_loss(
-                        [getattr(o, "_keras_mask", None) for o in outputs]
-                    )
+                def divergence_of(called):
+                    return divergence(model, settings.method, divergence_from, called)
+
+            with tapped_lookups(self.layer, add_perturbation) as perturbed:
+                loss = _called_again(model, perturbed_updates, divergence_of)
             gradients = None if last else tf.gradients(loss, perturbed.outputs)
             return Pass(loss, [], perturbed, gradients)
 
@@ -289,16 +310,58 @@ class AdversarialTrainFunction(AdversarialStep):
                 start = space.rows(lookups.ids, starts)
                 first = perturbed_pass(start, method.steps == 1)
             passes = ascent(self, space, first, perturbed_pass, epsilon, start=start)
-            update_loss = tf.add_n([p.loss for p in passes]) / len(passes)
-            adversarial = Pass(update_loss, [], None, None)
-            if not settings.start_step:
-                return update_loss, perturbed_updates
+            adversarial_loss = tf.add_n([p.loss for p in passes]) / len(passes)
         else:
-            adversarial = attack(self, space, clean, perturbed_pass, epsilon)
+            adversarial_loss = attack(self, space, clean, perturbed_pass, epsilon).loss
+        return self._update_loss(clean_loss, adversarial_loss, perturbed_updates, iterations), perturbed_updates
+
+    def _weight_attack(self, model, clean_loss, perturbed_updates):
+        """AWP's passes: the model called again on perturbed copies of the
+        selected weights (`tf_keras_weights.py`); returns the last one's loss."""
+        weights = model._collected_trainable_weights
+        indices = selected_weights(self.settings.method, weights, model.name)
+        selected = [weights[i] for i in indices]
+        originals = [tf.convert_to_tensor(w) for w in selected]
+
+        def gradients(loss, sources):
+            # All weights' slots, the selected ones filled: what `weight_attack` indexes.
+            full = [None] * len(weights)
+            for i, gradient in zip(indices, tf.gradients(loss, sources)):
+                full[i] = gradient
+            return full
+
+        def perturbed_pass(perturbations):
+            # The update differentiates this pass at the perturbed weights:
+            # the perturbation, built from gradients, is a constant to it.
+            values = [w + tf.stop_gradient(tf.cast(r, w.dtype)) for w, r in zip(originals, perturbations)]
+            substitutes = list(zip(selected, values))
+            with substituted_weights(model, substitutes):
+                loss = _called_again(model, perturbed_updates)
+            # A read of a variable that the substitution did not reach.
+            for variable, unreached in zip(selected, tf.gradients(loss, selected, stop_gradients=originals)):
+                if unreached is not None:
+                    raise NotImplementedError(read_unperturbed(variable))
+            return Pass(loss, gradients(loss, values), None, None)
+
+        epsilon = epsilon_now(self.settings, model.optimizer.iterations)
+        if epsilon is not None:
+            epsilon = tf.cast(epsilon, tf.float32)
+        clean = Pass(clean_loss, gradients(clean_loss, selected), None, None)
+        last, _ = weight_attack(
+            self, clean, indices, originals, perturbed_pass, add=None,
+            dense=lambda grads: [tf.zeros(w.shape, w.dtype) if g is None else tf.convert_to_tensor(g)
+                                 for g, w in zip(grads, selected)],
+            epsilon=epsilon, reduce=sum_across_replicas if _replicas() > 1 else None,
+        )
+        return last.loss
+
+    def _update_loss(self, clean_loss, adversarial_loss, perturbed_updates, iterations):
+        """The loss the optimizer differentiates: clean + adversarial, or the
+        adversarial alone (FreeLB's, the mean of its passes, always)."""
+        settings = self.settings
+        replaces_clean = settings.objective == "adversarial" or isinstance(settings.method, FreeLB)
         if not settings.start_step:
-            if settings.objective == "adversarial":
-                return adversarial.loss, perturbed_updates
-            return clean_loss + adversarial.loss, perturbed_updates
+            return adversarial_loss if replaces_clean else clean_loss + adversarial_loss
         # Warm-up steps weigh the perturbed passes 0 (a TF1 graph builds no
         # model call inside a cond), so they update from the clean loss
         # exactly, while the passes still run; their updates of layer state
@@ -306,9 +369,9 @@ class AdversarialTrainFunction(AdversarialStep):
         if perturbed_updates:
             raise NotImplementedError(_WARM_UP_WITH_UPDATES)
         on = tf.cast(tf.greater_equal(iterations, settings.start_step), clean_loss.dtype)
-        if settings.objective == "adversarial" or isinstance(settings.method, FreeLB):
-            return on * adversarial.loss + (1 - on) * clean_loss, perturbed_updates
-        return clean_loss + on * adversarial.loss, perturbed_updates
+        if replaces_clean:
+            return on * adversarial_loss + (1 - on) * clean_loss
+        return clean_loss + on * adversarial_loss
 
 
 class _AdversarialClones(dict):
@@ -361,8 +424,6 @@ def is_installed(model):
 
 def install(model, layer, settings):
     """Gives the model an adversarial train-function builder."""
-    if isinstance(settings.method, AWP):
-        raise NotImplementedError(AWP_NEEDS_KERAS_3)
     if model._distribution_strategy is not None:
         distribution.check_strategy(model._distribution_strategy, multi_worker=False, error=_MULTI_WORKER_ERROR)
     if getattr(model.optimizer, "get_updates", None) is None:

@@ -29,7 +29,7 @@ from keras_adv._stacks.lookup import padding_mask_input, pads_with_token_zero
 
 __all__ = [
     "TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", "random_start",
-    "add_gradients", "sum_across_replicas",
+    "add_gradients", "global_batch_draw", "sum_across_replicas",
 ]
 
 
@@ -239,11 +239,28 @@ def random_start(method, ids, mask, dim, seed):
             (stateless), so the model gains no random state.
     """
     shape = tf.concat([tf.shape(ids), [dim]], axis=0)
-    noise = tf.random.stateless_uniform(shape, seed, minval=-1.0, maxval=1.0)
+    noise = global_batch_draw(lambda s: tf.random.stateless_uniform(s, seed, minval=-1.0, maxval=1.0), shape)
     mask = tf.ones(tf.shape(ids)) if mask is None else tf.cast(mask, tf.float32)
     mask = tf.broadcast_to(mask[..., None], shape)
     rows = [tf.shape(ids)[0], -1]
     return tf.reshape(method.initial(tf.reshape(noise, rows), tf.reshape(mask, rows)), shape)
+
+
+def global_batch_draw(draw, shape):
+    """`draw(shape)`, random noise of this replica's share of the batch.
+
+    Under a strategy, each replica draws the global batch's noise (of the
+    same stateless seed) and takes its own rows of it, so that training
+    matches one device (where the batch splits evenly: a replica's share
+    starts at its index times its own batch size).
+    """
+    replica = tf.distribute.get_replica_context()
+    replicas = 1 if replica is None else replica.num_replicas_in_sync
+    if replicas == 1:
+        return draw(shape)
+    noise = draw(tf.concat([[shape[0] * replicas], shape[1:]], 0))
+    start = shape[0] * tf.cast(replica.replica_id_in_sync_group, shape.dtype)
+    return noise[start:start + shape[0]]
 
 
 def sum_across_replicas(values):

@@ -14,7 +14,8 @@ from keras_adv._stacks.passes import (
     no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
 )
 from keras_adv._stacks.tf_rows import (
-    ExampleRows, add_gradients, padding_masks, perturbation_space, random_start, sum_across_replicas,
+    ExampleRows, add_gradients, global_batch_draw, padding_masks, perturbation_space, random_start,
+    sum_across_replicas,
 )
 from keras_adv.methods import AWP, VAT, FreeLB
 
@@ -32,7 +33,10 @@ AWP_START_STEP_ACROSS_REPLICAS = (
     "start_step=0, or Keras 3 on JAX with keras.distribution.DataParallel."
 )
 
-__all__ = ["TapedStep", "taped_adversarial_passes", "taped_pass", "vat_noise", "global_batch_noise"]
+__all__ = [
+    "TapedStep", "taped_adversarial_passes", "taped_pass", "weight_pass", "read_unperturbed", "vat_noise",
+    "global_batch_noise",
+]
 
 
 TapedStep = collections.namedtuple(
@@ -68,7 +72,7 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         clean_forward, perturbed_forward: `() -> (loss to differentiate,
             loss to report, predictions)` of the clean and of a perturbed pass;
             for AWP, `perturbed_forward(shifted)` runs the model with each
-            `(variable, value)` of `shifted` read as `value` (Keras 3 only).
+            `(variable, value)` of `shifted` read as `value`.
         scale_loss: The optimizer's loss scaling (mixed precision), for a
             term added to the loss (the gradient penalty).
         divergence_forward: For VAT, `(clean predictions) -> (divergence to
@@ -174,19 +178,17 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
         indices = selected_weights(settings.method, variables, model.name)
         selected = [variables[i] for i in indices]
         clean = weight_pass(clean_forward, variables)
+        originals = [tf.convert_to_tensor(v) for v in selected]
 
         def perturbed_pass(perturbations):
-            def forward():
-                shifted = [(v, v.value + tf.cast(r, v.dtype)) for v, r in zip(selected, perturbations)]
-                return perturbed_forward(shifted)
-
-            return weight_pass(forward, variables)
+            shifted = [(v, w + tf.cast(r, w.dtype)) for v, w, r in zip(selected, originals, perturbations)]
+            return weight_pass(lambda: perturbed_forward(shifted), variables, substitutes=shifted)
 
         epsilon = epsilon_now(settings, model.optimizer.iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
         last, grads = weight_attack(
-            step, clean, indices, [tf.convert_to_tensor(v.value) for v in selected], perturbed_pass,
+            step, clean, indices, originals, perturbed_pass,
             add_gradients, dense=lambda gradients: _dense(gradients, selected), epsilon=epsilon,
             reduce=sum_across_replicas if across_replicas else None,
         )
@@ -271,22 +273,12 @@ def _seed_pair(seed, step_count, index):
 
 
 def global_batch_noise(seed, step_count, outputs):
-    """`vat_noise` of each lookup output's shape. Under a strategy, each
-    replica draws the global batch's noise and takes its own share of it, so
-    that training matches one device (where the batch splits evenly: a
-    replica's share starts at its index times its own batch size)."""
-    replica = tf.distribute.get_replica_context()
-    replicas = 1 if replica is None else replica.num_replicas_in_sync
-    noises = []
-    for index, output in enumerate(outputs):
-        shape = tf.shape(output)
-        if replicas == 1:
-            noises.append(vat_noise(seed, step_count, index, shape))
-            continue
-        noise = vat_noise(seed, step_count, index, tf.concat([[shape[0] * replicas], shape[1:]], 0))
-        start = shape[0] * tf.cast(replica.replica_id_in_sync_group, shape.dtype)
-        noises.append(noise[start:start + shape[0]])
-    return noises
+    """`vat_noise` of each lookup output's shape; under a strategy, each
+    replica's share of the global batch's (`tf_rows.global_batch_draw`)."""
+    return [
+        global_batch_draw(lambda shape, index=index: vat_noise(seed, step_count, index, shape), tf.shape(output))
+        for index, output in enumerate(outputs)
+    ]
 
 
 def _dense(gradients, weights):
@@ -297,13 +289,42 @@ def _dense(gradients, weights):
             for g, w in zip(gradients, weights)]
 
 
-def weight_pass(forward, weights):
+def weight_pass(forward, weights, substitutes=()):
     """Runs `forward()` on a tape; returns a `Pass` with the gradients of
-    `weights` and no lookups."""
+    `weights` and no lookups.
+
+    Args:
+        substitutes: `(variable, value)` pairs of weights that `forward()`
+            reads as `value` (AWP's perturbed copies): their gradients are
+            `value`'s.
+
+    Raises:
+        NotImplementedError: If `forward()` read a substituted variable
+            itself (a tf-keras layer that holds it where the substitution
+            does not reach): that pass would silently mix in the original.
+    """
+    values = [value for _, value in substitutes]
     with tf.GradientTape() as tape:
+        tape.watch(values)
         loss, reported, predictions = forward()
-    grads = tape.gradient(loss, weights)
-    return Pass(reported, grads, None, None, predictions)
+    substituted = {id(variable): value for variable, value in substitutes}
+    sources = [substituted.get(id(w), w) for w in weights]
+    originals = [variable for variable, _ in substitutes]
+    grads = tape.gradient(loss, sources + originals)
+    for variable, grad in zip(originals, grads[len(sources):]):
+        if grad is not None:
+            raise NotImplementedError(read_unperturbed(variable))
+    return Pass(reported, grads[: len(sources)], None, None, predictions)
+
+
+def read_unperturbed(variable):
+    return (
+        f"AWP cannot perturb weight '{variable.name}': the model reads it other than "
+        f"through the attribute of the layer that made it (a weight regularizer, or a "
+        f"layer that keeps its weights in a list), so a perturbed pass would read the "
+        f"original. Leave it out with AWP's `weights` (a pattern or a callable), or use "
+        f"Keras 3, whose stateless scope reaches every read."
+    )
 
 
 def taped_pass(layer, forward, weights=None, perturbation_at=None, lookup_gradients=True, scale=None):

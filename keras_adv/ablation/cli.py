@@ -37,7 +37,7 @@ def _parser():
     ablation.add_argument("--label-column", help="label column of --data (default 'label')")
     ablation.add_argument("--task-config", help="YAML file with any of these settings and a list of methods")
     ablation.add_argument("--model", help="char-cnn (default), kerashub-bert or bert4keras-bert")
-    ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm fgsm pgd freelb gradient_penalty vat awp (default plain fgm; awp needs a Keras 3 model)")
+    ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm fgsm pgd freelb gradient_penalty vat awp (default plain fgm)")
     ablation.add_argument("--epsilons", type=float, nargs="+", metavar="EPSILON",
                           help="the sweep: each adversarial method is trained at each of these epsilons, "
                           "and the one with the best validation macro-F1 is chosen (default 0.1 0.3 1.0 "

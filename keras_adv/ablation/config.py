@@ -160,11 +160,6 @@ class AblationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
-        if self.model == "bert4keras-bert" and any(m.name == "awp" for m in self.methods):
-            raise ValueError(
-                "awp needs a Keras 3 model (keras_adv refuses AWP on tf-keras); "
-                "use --model char-cnn or kerashub-bert, or drop awp."
-            )
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate!r}.")
         if not isinstance(self.epsilons, tuple):

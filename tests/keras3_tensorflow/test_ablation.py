@@ -195,7 +195,7 @@ class TestConfig:
                 ["ablation", "--methods", "vat", "--objective", "adversarial"]
             ))
 
-    def test_awp_needs_no_embedding_and_a_keras_3_model(self):
+    def test_awp_needs_no_embedding(self):
         config = cli._config(cli._parser().parse_args(
             ["ablation", "--methods", "awp", "--epsilons", "0.01", "--objective", "adversarial"]
         ))
@@ -205,7 +205,6 @@ class TestConfig:
             method=keras_adv.AWP(epsilon=0.01), objective="adversarial", start_step=0
         )
         for argv, message in ((["--per-example"], "per_example"),
-                              (["--model", "bert4keras-bert"], "Keras 3 model"),
                               (["--steps", "2"], "Drop them for awp")):
             with pytest.raises(ValueError, match=message):
                 cli._config(cli._parser().parse_args(["ablation", "--methods", "awp", *argv]))

@@ -6,7 +6,9 @@ import tensorflow as tf
 from bert4keras.backend import keras
 
 import keras_adv
-from tests.bert4keras_models import seq2seq_batch, tiny_unilm, token_batch, tiny_bert_classifier, used_and_unused_rows
+from tests.bert4keras_models import (
+    awp_step_on_written_weights, seq2seq_batch, tiny_bert_classifier, tiny_unilm, token_batch, used_and_unused_rows,
+)
 from tests.testing import TestCase, vocabulary_sized_ops
 
 OPTIONS = [
@@ -183,6 +185,38 @@ class TestSparseStep(TestCase):
         plain = self._dense_vocabulary_tensors(model)
         keras_adv.adversarial_training(model, "Embedding-Token", 0.5, **options)
         assert self._dense_vocabulary_tensors(model) == plain
+
+
+class TestAWPOnBert4keras(TestCase):
+    """AWP reads perturbed copies of every weight matrix of a bert4keras BERT
+    (its own layers, attention and feed-forward included), and that gives the
+    step of the public implementations, which write the perturbation in."""
+
+    @pytest.mark.parametrize("objective", ["sum", "adversarial"])
+    def test_same_step_as_writing_the_perturbation_into_the_weights(self, objective):
+        x, y = token_batch()
+        model = _compiled_sgd(0.5)
+        before = [w.numpy() for w in model.trainable_weights]
+        expected = awp_step_on_written_weights(model, x, y, 0.5, 1.0, 0.05, objective)
+        keras_adv.adversarial_training(model, method=keras_adv.AWP(alpha=1.0, epsilon=0.05), objective=objective)
+        model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
+        for variable, want in zip(model.trainable_weights, expected):
+            self.assertAllClose(variable.numpy(), want, rtol=1e-4, atol=1e-6)
+        # The perturbation changed the step: not the plain one.
+        plain = awp_step_on_written_weights(_reset(model, before), x, y, 0.5, 1.0, 1e-12, "adversarial")
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-4
+
+
+def _compiled_sgd(lr):
+    model = tiny_bert_classifier()
+    model.compile(loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.SGD(lr))
+    return model
+
+
+def _reset(model, values):
+    for variable, value in zip(model.trainable_weights, values):
+        variable.assign(value)
+    return model
 
 
 class TestLossLayerModelEager(TestCase):

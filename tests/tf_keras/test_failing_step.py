@@ -4,4 +4,4 @@ from tests.failing_step import FailingStepTests
 
 
 class TestFailingStep(FailingStepTests):
-    supports_awp = False  # Compiled and run eagerly, FailingStepTests's own modes.
+    pass  # Compiled and run eagerly, FailingStepTests's own modes.

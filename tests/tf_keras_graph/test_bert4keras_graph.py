@@ -7,7 +7,7 @@ from bert4keras.backend import K, keras
 
 import keras_adv
 from tests.bert4keras_models import (
-    VOCAB, seq2seq_batch, tiny_bert_classifier, tiny_unilm, token_batch, used_and_unused_rows,
+    VOCAB, awp_step_on_written_weights, seq2seq_batch, tiny_bert_classifier, tiny_unilm, token_batch, used_and_unused_rows,
 )
 from tests.testing import TestCase
 
@@ -173,6 +173,26 @@ class TestLayersThatAddLossesAndUpdates(TestCase):
         # Three passes, three updates of the statistics (each from its own
         # batch statistics), not the one of a plain step.
         assert moved[1] > 2 * moved[0]
+
+
+class TestAWPOnBert4kerasGraph(TestCase):
+    @pytest.mark.parametrize("objective", ["sum", "adversarial"])
+    def test_same_step_as_writing_the_perturbation_into_the_weights(self, objective):
+        # AWP's passes call the BERT on perturbed copies of its weight
+        # matrices; the public implementations write the perturbation in.
+        x, y = token_batch()
+        model = _compiled(keras.optimizers.legacy.SGD(0.5))
+        expected = awp_step_on_written_weights(model, x, y, 0.5, 1.0, 0.05, objective)
+        plain = awp_step_on_written_weights(model, x, y, 0.5, 1.0, 1e-12, "adversarial")
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-4
+        before = K.batch_get_value(model.trainable_weights)
+        keras_adv.adversarial_training(model, method=keras_adv.AWP(alpha=1.0, epsilon=0.05), objective=objective)
+        model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
+        moved = 0.0
+        for actual, want, start in zip(K.batch_get_value(model.trainable_weights), expected, before):
+            self.assertAllClose(actual, want, rtol=1e-4, atol=1e-6)
+            moved = max(moved, np.abs(want - start).max())
+        assert moved > 1e-3  # The step did something.
 
 
 class TestParityWithTheOriginalRecipe(TestCase):

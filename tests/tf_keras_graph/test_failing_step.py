@@ -6,4 +6,3 @@ from tests.failing_step import FailingStepTests
 
 class TestFailingStep(FailingStepTests):
     modes = [{}]
-    supports_awp = False

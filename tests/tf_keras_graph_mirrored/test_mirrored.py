@@ -7,7 +7,6 @@ from tests.mirrored import MirroredParityTests
 
 
 class TestMirroredParity(MirroredParityTests):
-    supports_awp = False
     history_has_adversarial_loss = False  # Graph mode's History: the compiled metrics only.
     refuses_start_step_with_rows = False
 

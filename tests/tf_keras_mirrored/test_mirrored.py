@@ -5,8 +5,8 @@ from tests.mixed_precision import MixedPrecisionTests
 
 
 class TestMirroredParity(MirroredParityTests):
-    supports_awp = False
+    pass
 
 
 class TestMixedPrecision(MixedPrecisionTests):
-    supports_awp = False
+    pass

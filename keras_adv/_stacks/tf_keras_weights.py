@@ -1,0 +1,50 @@
+"""tf-keras layers reading given values in place of their weights: AWP's
+perturbed passes, as Keras 3's `StatelessScope` gives them there.
+
+A tf-keras layer reads its weights through its own attributes (`self.kernel`)
+when called. Inside `substituted_weights`, each such attribute that holds a
+substituted variable holds the value instead; it is set with
+`object.__setattr__`, so the layer's tracking never sees it, and put back on
+leaving, also through an exception. This happens while a step is traced:
+the variables are neither read nor written by the pass, so nothing needs
+restoring, and a step that raises leaves them as they were. A weight read
+other than through its layer's attribute would be read unperturbed;
+`tf_tape.weight_pass` finds such a read and says so.
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+__all__ = ["substituted_weights"]
+
+
+@contextlib.contextmanager
+def substituted_weights(model, substitutes):
+    """Inside, the layers of `model` read each `(variable, value)` of
+    `substitutes` as `value` (cast as the variable would be read)."""
+    import tf_keras
+
+    values = {id(variable): (variable, value) for variable, value in substitutes}
+    layers = [model] + [m for m in model.submodules if isinstance(m, tf_keras.layers.Layer)]
+    swapped = []
+    try:
+        for layer in layers:
+            for name, attribute in list(vars(layer).items()):
+                if id(attribute) in values:
+                    variable, value = values[id(attribute)]
+                    object.__setattr__(layer, name, _as_read_by(layer, variable, value))
+                    swapped.append((layer, name, attribute))
+        yield
+    finally:
+        for layer, name, attribute in reversed(swapped):
+            object.__setattr__(layer, name, attribute)
+
+
+def _as_read_by(layer, variable, value):
+    # Under mixed precision a layer's float32 weights are AutoCastVariables,
+    # read in the compute dtype of the layer that holds them (its `__call__`
+    # sets it).
+    if hasattr(variable, "true_dtype") and layer.compute_dtype != value.dtype.name:
+        return tf.cast(value, layer.compute_dtype)
+    return value
