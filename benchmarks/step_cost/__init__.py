@@ -14,13 +14,16 @@ What follows describes the TensorFlow run.
 Per stack (Keras 3 on TensorFlow; tf-keras eager with a bert4keras model), in
 one process per stack and interleaved step by step, it times the median of
 `--steps` steps of: the plain step, a pass computing only the embedding
-gradient, FGM and PGD-3 with both objectives, FGM per example (both
-objectives), FGSM, and the published Keras recipe
+gradient, the gradient penalty's step written by hand with two nested tapes
+(the double backward, its floor), FGM and PGD-3 with both objectives, FGM
+per example (both objectives), FGSM, FreeLB-3, the gradient penalty, VAT,
+AWP with both objectives, and the published Keras recipe
 twice: as published (dense gradient copied to the host, the matrix copied
 through numpy to add and subtract the perturbation; timed after the others,
 whose timings its host copies would disturb) and densely in the graph (no
 host copies; a generous baseline). The floor of each method comes from
-the two measured passes (DESIGN.md's cost model). The BERT-like model also
+the two measured passes (DESIGN.md's cost model); the gradient penalty's is
+its hand-written step. The BERT-like model also
 runs at vocabulary 250000, and both sizes with the embedding frozen (the
 plain step then has nothing that grows with the vocabulary), to show what
 grows with it; the two sizes compared are timed side by side, round by

@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.step_cost import variants
 from benchmarks.step_cost.memory import LIVE
-from benchmarks.step_cost.variants import EPSILON, RECIPE_GRAPH, RECIPE_HOST
+from benchmarks.step_cost.variants import DOUBLE_BACKWARD, EPSILON, RECIPE_GRAPH, RECIPE_HOST
 
 NAME = "jax"
 STACKS = {"keras3": "Keras 3 on JAX (KerasHub BERT)"}
@@ -153,6 +153,23 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
         deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
         return jax.grad(lambda d: lookup_loss(state, d, data)[0])(deltas)
 
+    def double_backward(state, data):
+        # The gradient penalty as written by hand: the loss plus half the
+        # squared norm of its gradient at the lookups' outputs (the matrix's
+        # rows per token occurrence), differentiated again, and the update.
+        trainable, non_trainable, optimizer_variables, metrics = state
+
+        def penalized(trainable):
+            at = (trainable, non_trainable, optimizer_variables, metrics)
+            shapes = jax.eval_shape(lambda: lookup_loss(at, None, data)[1])
+            deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
+            loss, gradients = jax.value_and_grad(lambda d: lookup_loss(at, d, data)[0])(deltas)
+            return loss + 0.5 * sum(jnp.sum(jnp.square(g)) for g in gradients)
+
+        loss, gradients = jax.value_and_grad(penalized)(trainable)
+        trainable, optimizer_variables = model.optimizer.stateless_apply(optimizer_variables, gradients, trainable)
+        return loss, (trainable, non_trainable, optimizer_variables, metrics)
+
     matrix_index = next(
         (i for i, v in enumerate(model.trainable_variables) if v is layer.embeddings), None
     )
@@ -189,6 +206,8 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
             continue
         if name == "plain":
             step = plain_step
+        elif name == DOUBLE_BACKWARD:
+            step = lambda model, state, data: double_backward(state, data)
         elif name == RECIPE_GRAPH:
             if matrix_index is None:  # A frozen matrix: the recipe has no update to perturb.
                 continue

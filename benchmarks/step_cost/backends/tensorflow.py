@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.step_cost import variants
 from benchmarks.step_cost.memory import ALLOCATOR, LIVE
-from benchmarks.step_cost.variants import EPSILON, RECIPE_GRAPH, RECIPE_HOST
+from benchmarks.step_cost.variants import DOUBLE_BACKWARD, EPSILON, RECIPE_GRAPH, RECIPE_HOST
 
 NAME = "tensorflow"
 STACKS = {
@@ -30,10 +30,8 @@ STACKS = {
 # AMD machine's trace held none of the default allocator's). The timing
 # processes keep the default allocator that users get.
 MEMORY_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
-# Every variant of `variants.py` has its TensorFlow step, except AWP's on
-# tf-keras, where keras_adv refuses it (no stateless scope).
+# Every variant of `variants.py` has its TensorFlow step, on both stacks.
 UNSUPPORTED_VARIANTS = {}
-UNSUPPORTED_ON_TF_KERAS = {name for name, (method, *_) in variants.METHODS.items() if method == "awp"}
 MEMORY_MEASURES = (
     "*Live tensors*: the weights and optimizer slots plus the most bytes that "
     "the step's own tensors hold at once, as requested from TensorFlow's allocator (replayed from its "
@@ -100,6 +98,20 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
             loss = loss_fn(data[1], model(data[0], training=True))
         return tape.gradient(loss, variable).values
 
+    def double_backward(data):
+        # The gradient penalty as written by hand (the bert4keras author's
+        # one line): the loss plus half the squared norm of its gradient
+        # w.r.t. the matrix (a row per token occurrence), differentiated
+        # again, and the update.
+        trainable = model.trainable_variables
+        with tf.GradientTape() as outer:
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+                inner.watch(variable)
+                loss = loss_fn(data[1], model(data[0], training=True))
+            penalized = loss + 0.5 * tf.reduce_sum(tf.square(inner.gradient(loss, variable).values))
+        model.optimizer.apply_gradients(zip(outer.gradient(penalized, trainable), trainable))
+        return penalized
+
     def dense_embedding_gradient(data):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(variable)
@@ -132,6 +144,8 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
             return lambda data: plain_step(model, data)
         if name == "embedding gradient":
             return embedding_gradient
+        if name == DOUBLE_BACKWARD:
+            return double_backward
         if name == RECIPE_GRAPH:
             return published_recipe_in_graph
         return variants.adversarial_step(model, layer, name)
@@ -151,8 +165,6 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
 
     functions = {}
     for name in names:
-        if stack == "tf_keras" and name in UNSUPPORTED_ON_TF_KERAS:
-            continue
         # The published recipe is a Python function around compiled pieces.
         function = published_recipe_with_host_copies if name == RECIPE_HOST else compiled(step_of(name))
         # Each replica's results, to the host: the step has run.

@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks.step_cost import variants
 from benchmarks.step_cost.memory import ALLOCATOR, LIVE
-from benchmarks.step_cost.variants import EPSILON, RECIPE_GRAPH, RECIPE_HOST
+from benchmarks.step_cost.variants import DOUBLE_BACKWARD, EPSILON, RECIPE_GRAPH, RECIPE_HOST
 
 NAME = "torch"
 STACKS = {"keras3": "Keras 3 on PyTorch (KerasHub BERT)"}
@@ -101,6 +101,25 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
             loss = keras3.compute_loss(model, x, y, model(x, training=True), None)
         return torch.autograd.grad(loss, lookups.outputs)
 
+    def double_backward(data):
+        # The gradient penalty as written by hand: the loss plus half the
+        # squared norm of its gradient at the lookups' outputs (the matrix's
+        # rows per token occurrence), differentiated again (attention on the
+        # math kernel, which has a double backward, as keras_adv runs it),
+        # and the update.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        trainable = model.trainable_variables
+        with sdpa_kernel([SDPBackend.MATH]):
+            with tapped_lookups(layer, lambda index, ids, outputs: outputs) as lookups:
+                loss = keras3.compute_loss(model, x, y, model(x, training=True), None)
+            gradients = torch.autograd.grad(loss, lookups.outputs, create_graph=True)
+            penalized = loss + 0.5 * sum(torch.sum(torch.square(g)) for g in gradients)
+            weight_gradients = torch.autograd.grad(penalized, [v.value for v in trainable])
+        with torch.no_grad():
+            model.optimizer.apply(weight_gradients, trainable)
+        return penalized.detach()
+
     def published_recipe_in_graph(data):
         # The PyTorch FGM recipe on the Keras recipe's objective: the dense
         # gradient of the matrix (`autograd.grad`, not accumulated into
@@ -134,6 +153,8 @@ def step_functions(stack, model, embedding_name, data, names, strategy=None):
             step = lambda data: plain_step(model, data)
         elif name == "embedding gradient":
             step = embedding_gradient
+        elif name == DOUBLE_BACKWARD:
+            step = double_backward
         elif name == RECIPE_GRAPH:
             if not layer.trainable:  # A frozen matrix: the recipe has no update to perturb.
                 continue
