@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_adv import FGM, PGD, FreeLB, l2_normalize, project_to_ball
+from keras_adv import AWP, FGM, PGD, FreeLB, l2_normalize, project_to_ball
 from keras_adv.methods import get_method
 from tests import reference
 from tests.testing import TestCase
@@ -95,6 +95,36 @@ class TestFreeLBMath(TestCase):
 
     def test_by_name(self):
         assert get_method("freelb", steps=2, alpha=0.2) == FreeLB(epsilon=0.0, alpha=0.2, steps=2)
+
+
+class TestAWPMath(TestCase):
+    def _numpy_ascent(self, r, g, w, alpha, epsilon):
+        current = w if r is None else w + r
+        step = alpha * np.linalg.norm(current) * g / np.linalg.norm(g)
+        moved = step if r is None else r + step
+        return np.clip(moved, -epsilon * np.abs(w), epsilon * np.abs(w))
+
+    def test_ascend_matches_numpy_in_each_framework(self):
+        import keras
+        import tensorflow as tf
+
+        rng = np.random.RandomState(5)
+        w, g1, g2 = (rng.normal(size=(6, 4)) for _ in range(3))
+        method = AWP(alpha=0.4, epsilon=0.3)
+        expected = self._numpy_ascent(None, g1, w, 0.4, 0.3)
+        expected = self._numpy_ascent(expected, g2, w, 0.4, 0.3)
+        assert 0 < np.mean(np.abs(expected) == 0.3 * np.abs(w)) < 1  # Clipped in part.
+        for convert in (np.float32, tf.constant, keras.ops.convert_to_tensor):
+            w32, g1_32, g2_32 = (convert(a.astype("float32")) for a in (w, g1, g2))
+            r = method.ascend(None, g1_32, w32)
+            self.assertAllClose(np.asarray(method.ascend(r, g2_32, w32)), expected, rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.parametrize("bad", [0.0, np.inf, np.nan])
+    def test_no_step_without_a_usable_gradient_norm(self, bad):
+        w = np.ones((3, 2), "float32")
+        g = np.zeros((3, 2), "float32")
+        g[0, 1] = bad
+        self.assertBitEqual(np.asarray(AWP(epsilon=0.5).ascend(None, g, w)), np.zeros((3, 2), "float32"))
 
 
 class TestVATDivergences(TestCase):
