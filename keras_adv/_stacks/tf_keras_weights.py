@@ -8,8 +8,9 @@ substituted variable holds the value instead; it is set with
 leaving, also through an exception. This happens while a step is traced:
 the variables are neither read nor written by the pass, so nothing needs
 restoring, and a step that raises leaves them as they were. A weight read
-other than through its layer's attribute would be read unperturbed;
-`tf_tape.weight_pass` finds such a read and says so.
+other than through its layer's attribute would be read unperturbed; the
+perturbed pass finds such a read and says so (`tf_tape.weight_pass`, and
+`AdversarialTrainFunction._weight_attack` with eager execution disabled).
 """
 
 import contextlib
