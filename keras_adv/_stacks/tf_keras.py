@@ -19,7 +19,10 @@ from keras_adv._stacks.passes import AdversarialStep, history_name
 from keras_adv._stacks.tf_keras_weights import substituted_weights
 from keras_adv._stacks.tf_tape import taped_adversarial_passes, vat_noise
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise"]
+__all__ = [
+    "install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise",
+    "scaled_loss", "unscaled_gradients",
+]
 
 
 def _tf_keras():
@@ -33,13 +36,13 @@ def _loss_trackers(model):
     return model.compiled_loss.metrics
 
 
-def _scaled(optimizer, loss):
+def scaled_loss(optimizer, loss):
     # tf-keras's LossScaleOptimizer (mixed precision) scales the loss itself.
     scale = getattr(optimizer, "get_scaled_loss", None)
     return loss if scale is None else scale(loss)
 
 
-def _unscaled(optimizer, grads):
+def unscaled_gradients(optimizer, grads):
     unscale = getattr(optimizer, "get_unscaled_gradients", None)
     return grads if unscale is None else unscale(grads)
 
@@ -71,26 +74,26 @@ class AdversarialTrainStep(AdversarialStep):
         def clean_forward():
             y_pred = model(x, training=True)
             loss = model.compute_loss(x, y, y_pred, sample_weight)
-            return _scaled(optimizer, loss), loss, y_pred
+            return scaled_loss(optimizer, loss), loss, y_pred
 
         def perturbed_forward(shifted=()):
             with substituted_weights(model, shifted):
                 y_pred = model(x, training=True)
                 loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
-            return _scaled(optimizer, loss), loss, None
+            return scaled_loss(optimizer, loss), loss, None
 
         def divergence_forward(reference):
             y_pred = model(x, training=True)
             divergence = outputs.divergence(model, self.settings.method, reference, y_pred)
             # Summed across replicas, as `compute_loss` divides the loss.
             divergence = divergence / tf.distribute.get_strategy().num_replicas_in_sync
-            return _scaled(optimizer, divergence), divergence, None
+            return scaled_loss(optimizer, divergence), divergence, None
 
         taped = taped_adversarial_passes(
-            self, model, x, clean_forward, perturbed_forward, lambda loss: _scaled(optimizer, loss),
+            self, model, x, clean_forward, perturbed_forward, lambda loss: scaled_loss(optimizer, loss),
             divergence_forward,
         )
-        optimizer.apply_gradients(zip(_unscaled(optimizer, taped.gradients), taped.variables))
+        optimizer.apply_gradients(zip(unscaled_gradients(optimizer, taped.gradients), taped.variables))
 
         # Warm-up steps (`start_step`) add nothing to the mean.
         weight = tf.shape(tf.nest.flatten(x)[0])[0] * tf.cast(taped.adversarial, tf.int32)

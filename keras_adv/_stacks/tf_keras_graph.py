@@ -15,7 +15,10 @@ lookups tapped (`lookup.py`); nothing writes the matrix, so a step is one
 when it fails, changes nothing that keras_adv wrote. AWP's passes call the
 model on perturbed copies of its weights (`tf_keras_weights.py`), which
 nothing writes either. The optimizer's own `get_updates` computes the weight
-gradients of clean + adversarial loss (or the adversarial loss only).
+gradients of clean + adversarial loss (or the adversarial loss only); AWP,
+which takes every clean weight gradient for its ascent anyway, hands it a
+term with that gradient instead of the clean loss, so that the clean
+backward runs once.
 `fit`'s History holds the clean `loss` and the compiled metrics; tf-keras's
 graph-mode loop names its outputs after the compiled metrics, so the
 adversarial loss is not among them.
@@ -44,7 +47,8 @@ from keras_adv._stacks.passes import (
 )
 from keras_adv._stacks.tf_keras_weights import substituted_weights
 from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start, sum_across_replicas
-from keras_adv._stacks.tf_tape import global_batch_noise, read_unperturbed, vat_noise
+from keras_adv._stacks.tf_keras import scaled_loss, unscaled_gradients
+from keras_adv._stacks.tf_tape import dense_gradients, global_batch_noise, read_unperturbed, vat_noise
 from keras_adv.methods import AWP, VAT, FreeLB
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction", "vat_noise"]
@@ -178,6 +182,19 @@ def _called_again(model, perturbed_updates, divergence_of=None):
         return model._prepare_total_loss([getattr(o, "_keras_mask", None) for o in outputs])
 
 
+def _held_gradients(gradients, weights):
+    """A loss whose gradient w.r.t. each of `weights` is its `gradients`
+    (held constant), exactly: `sum(g * w)`, over the rows of a sparse one."""
+    terms = []
+    for gradient, weight in zip(gradients, weights):
+        if isinstance(gradient, tf.IndexedSlices):
+            rows = tf.gather(weight, gradient.indices)
+            terms.append(tf.reduce_sum(tf.stop_gradient(gradient.values) * rows))
+        elif gradient is not None:
+            terms.append(tf.reduce_sum(tf.stop_gradient(gradient) * weight))
+    return tf.add_n(terms)
+
+
 class AdversarialTrainFunction(AdversarialStep):
     """Builds the adversarial train function of a `training_v1` model.
 
@@ -230,8 +247,8 @@ class AdversarialTrainFunction(AdversarialStep):
         clean_loss, iterations = model.total_loss, model.optimizer.iterations
         if isinstance(self.settings.method, AWP):
             perturbed_updates = []
-            adversarial_loss = self._weight_attack(model, clean_loss, perturbed_updates)
-            return self._update_loss(clean_loss, adversarial_loss, perturbed_updates, iterations), perturbed_updates
+            adversarial_loss, clean_term = self._weight_attack(model, clean_loss, perturbed_updates)
+            return self._update_loss(clean_term, adversarial_loss, perturbed_updates, iterations), perturbed_updates
         lookups, lookup_gradients = _graph_lookups(self.layer, clean_loss)
         if not lookups.outputs:
             raise no_lookup_gradient_error(self.layer)
@@ -317,18 +334,17 @@ class AdversarialTrainFunction(AdversarialStep):
 
     def _weight_attack(self, model, clean_loss, perturbed_updates):
         """AWP's passes: the model called again on perturbed copies of the
-        selected weights (`tf_keras_weights.py`); returns the last one's loss."""
-        weights = model._collected_trainable_weights
+        selected weights (`tf_keras_weights.py`).
+
+        Returns:
+            `(the last pass's loss, the clean term)`: the clean term is a loss
+            whose gradient is the clean pass's (`_held_gradients`), so that
+            the optimizer does not run the clean backward a second time.
+        """
+        weights, optimizer = model._collected_trainable_weights, model.optimizer
         indices = selected_weights(self.settings.method, weights, model.name)
         selected = [weights[i] for i in indices]
         originals = [tf.convert_to_tensor(w) for w in selected]
-
-        def gradients(loss, sources):
-            # All weights' slots, the selected ones filled: what `weight_attack` indexes.
-            full = [None] * len(weights)
-            for i, gradient in zip(indices, tf.gradients(loss, sources)):
-                full[i] = gradient
-            return full
 
         def perturbed_pass(perturbations):
             # The update differentiates this pass at the perturbed weights:
@@ -341,23 +357,29 @@ class AdversarialTrainFunction(AdversarialStep):
             for variable, unreached in zip(selected, tf.gradients(loss, selected, stop_gradients=originals)):
                 if unreached is not None:
                     raise NotImplementedError(read_unperturbed(variable))
-            return Pass(loss, gradients(loss, values), None, None)
+            # All weights' slots, the selected ones filled: what `weight_attack` indexes.
+            gradients = [None] * len(weights)
+            for i, gradient in zip(indices, tf.gradients(loss, values)):
+                gradients[i] = gradient
+            return Pass(loss, gradients, None, None)
 
-        epsilon = epsilon_now(self.settings, model.optimizer.iterations)
+        # Every weight's clean gradient, taken as the optimizer takes it (loss
+        # scaling included): it starts the ascent, and the update reads it.
+        clean_gradients = unscaled_gradients(optimizer, tf.gradients(scaled_loss(optimizer, clean_loss), weights))
+        epsilon = epsilon_now(self.settings, optimizer.iterations)
         if epsilon is not None:
             epsilon = tf.cast(epsilon, tf.float32)
-        clean = Pass(clean_loss, gradients(clean_loss, selected), None, None)
         last, _ = weight_attack(
-            self, clean, indices, originals, perturbed_pass, add=None,
-            dense=lambda grads: [tf.zeros(w.shape, w.dtype) if g is None else tf.convert_to_tensor(g)
-                                 for g, w in zip(grads, selected)],
-            epsilon=epsilon, reduce=sum_across_replicas if _replicas() > 1 else None,
+            self, Pass(clean_loss, clean_gradients, None, None), indices, originals, perturbed_pass, add=None,
+            dense=lambda gradients: dense_gradients(gradients, selected), epsilon=epsilon,
+            reduce=sum_across_replicas if _replicas() > 1 else None,
         )
-        return last.loss
+        return last.loss, _held_gradients(clean_gradients, weights)
 
     def _update_loss(self, clean_loss, adversarial_loss, perturbed_updates, iterations):
         """The loss the optimizer differentiates: clean + adversarial, or the
-        adversarial alone (FreeLB's, the mean of its passes, always)."""
+        adversarial alone (FreeLB's, the mean of its passes, always).
+        `clean_loss` is any loss with the clean pass's gradient."""
         settings = self.settings
         replaces_clean = settings.objective == "adversarial" or isinstance(settings.method, FreeLB)
         if not settings.start_step:

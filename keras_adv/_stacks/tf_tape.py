@@ -34,8 +34,8 @@ AWP_START_STEP_ACROSS_REPLICAS = (
 )
 
 __all__ = [
-    "TapedStep", "taped_adversarial_passes", "taped_pass", "weight_pass", "read_unperturbed", "vat_noise",
-    "global_batch_noise",
+    "TapedStep", "taped_adversarial_passes", "taped_pass", "weight_pass", "read_unperturbed", "dense_gradients",
+    "vat_noise", "global_batch_noise",
 ]
 
 
@@ -189,7 +189,7 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
             epsilon = tf.cast(epsilon, tf.float32)
         last, grads = weight_attack(
             step, clean, indices, originals, perturbed_pass,
-            add_gradients, dense=lambda gradients: _dense(gradients, selected), epsilon=epsilon,
+            add_gradients, dense=lambda gradients: dense_gradients(gradients, selected), epsilon=epsilon,
             reduce=sum_across_replicas if across_replicas else None,
         )
         return last.loss, grads, clean.predictions
@@ -281,7 +281,7 @@ def global_batch_noise(seed, step_count, outputs):
     ]
 
 
-def _dense(gradients, weights):
+def dense_gradients(gradients, weights):
     # The embedding's gradient comes as IndexedSlices (or None where the
     # loss does not use a weight); AWP's norms and clipping are elementwise
     # over the whole weight.
