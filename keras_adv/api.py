@@ -1,9 +1,10 @@
 """The one-line API: turn adversarial training on or off for a compiled model."""
 
-from keras_adv import _stacks
+from keras_adv import _stacks, arguments
 from keras_adv.embedding import find_embedding_layer
 from keras_adv._stacks.outputs import divergence_kind
 from keras_adv._stacks.passes import Settings, selected_weights
+from keras_adv._stacks.schedule import first_value
 from keras_adv.methods import AWP, FGSM, VAT, FreeLB, GradientPenalty, get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
@@ -120,13 +121,12 @@ def adversarial_training(
     if schedule is not None:
         # The method is built with the schedule's first value (1.0 where a
         # ramp starts at 0); each step then passes the schedule's own value.
-        epsilon = _first_value(schedule) or 1.0
+        epsilon = first_value(schedule) or 1.0
     adversary = get_method(method, epsilon=epsilon, steps=steps, alpha=alpha)
-    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-        raise ValueError(
-            f"`start_step` must be a non-negative int (the optimizer updates to "
-            f"train plainly first), got {start_step!r}."
-        )
+    start_step = arguments.count("start_step", start_step, minimum=0)
+    relative_epsilon = arguments.flag("relative_epsilon", relative_epsilon)
+    if per_example is not None:
+        per_example = arguments.flag("per_example", per_example)
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}. Expected one of {OBJECTIVES}.")
     if not stack.is_compiled(model):
@@ -148,9 +148,6 @@ def adversarial_training(
         layer = find_embedding_layer(model, embedding_name)
     if per_example is None:  # Not stated: the method's own mode.
         per_example = isinstance(adversary, (FreeLB, VAT))
-    for name, value in (("relative_epsilon", relative_epsilon), ("per_example", per_example)):
-        if not isinstance(value, bool):
-            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
     if relative_epsilon and isinstance(adversary, FGSM):
         raise ValueError(
             "`relative_epsilon` measures epsilon against the L2 norm of what is "
@@ -200,50 +197,21 @@ def _check_awp(model, method, embedding_name, relative_epsilon, per_example):
 
 
 def remove_adversarial_training(model):
-    """Makes `model.fit` train plainly again.
+    """Makes `model.fit` train plainly again: an off switch.
+
+    On a model without adversarial training (never given to
+    `adversarial_training`, or switched off already) it does nothing.
 
     Args:
-        model: A model given to `adversarial_training` before.
+        model: A Keras model.
 
     Returns:
         `model`.
 
     Raises:
-        ValueError: If adversarial training is not on for `model`.
+        TypeError: If `model` is not a Keras model.
     """
     stack = _stacks.stack_for(model)
-    if not stack.is_installed(model):
-        raise ValueError(
-            f"Adversarial training is not on for model '{model.name}'; "
-            f"there is nothing to remove."
-        )
-    stack.uninstall(model)
+    if stack.is_installed(model):
+        stack.uninstall(model)
     return model
-
-
-def _first_value(schedule):
-    """A schedule's epsilon at step 0, checked as a constant epsilon would be."""
-    import numpy as np
-
-    try:
-        value = schedule(0)
-        if getattr(value, "graph", None) is not None and not hasattr(value, "numpy"):
-            # A graph tensor (eager execution disabled): a step count of 0
-            # needs no variable, so a session of its own evaluates it.
-            import tensorflow as tf
-
-            with tf.compat.v1.Session(graph=value.graph) as session:
-                value = session.run(value)
-        value = float(np.asarray(value))
-    except Exception as error:  # Whatever the callable raised, said at the call.
-        raise TypeError(
-            f"`epsilon` is callable, so it is taken as a schedule of the optimizer's "
-            f"step count, but calling it with 0 failed: {error!r}. Pass a float, or a "
-            f"callable such as a `keras.optimizers.schedules.LearningRateSchedule`."
-        ) from error
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(
-            f"The `epsilon` schedule gives {value!r} at step 0; epsilon must be a "
-            f"finite number >= 0 at every step."
-        )
-    return value

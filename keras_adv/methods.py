@@ -18,12 +18,13 @@ training stack, tf-keras included, without importing Keras 3 for it.
 """
 
 import dataclasses
-import math
 import numbers
 import re
 import types
 
 import numpy as np
+
+from keras_adv import arguments
 
 __all__ = [
     "FGM", "FGSM", "PGD", "FreeLB", "GradientPenalty", "VAT", "AWP", "l2_normalize", "project_to_ball",
@@ -37,6 +38,7 @@ def _math_for(x):
         return types.SimpleNamespace(
             sqrt=np.sqrt, sum=np.sum, square=np.square, isfinite=np.isfinite,
             where=np.where, logical_and=np.logical_and, greater=np.greater,
+            less_equal=np.less_equal, equal=np.equal,
             ones_like=np.ones_like, zeros_like=np.zeros_like, sign=np.sign,
             abs=np.abs, clip=np.clip, norm=np.linalg.norm,
         )
@@ -46,6 +48,7 @@ def _math_for(x):
         return types.SimpleNamespace(
             sqrt=tf.sqrt, sum=tf.reduce_sum, square=tf.square, isfinite=tf.math.is_finite,
             where=tf.where, logical_and=tf.logical_and, greater=tf.greater,
+            less_equal=tf.less_equal, equal=tf.equal,
             ones_like=tf.ones_like, zeros_like=tf.zeros_like, sign=tf.sign,
             abs=tf.abs, clip=tf.clip_by_value, log_softmax=tf.nn.log_softmax,
             log_sigmoid=tf.math.log_sigmoid, exp=tf.exp, log=tf.math.log, cast=tf.cast,
@@ -102,33 +105,22 @@ def project_to_ball(perturbation, radius, per_example=False):
     """
     ops = _math_for(perturbation)
     norm = _norm(perturbation, ops, per_example)
-    outside = ops.greater(norm, radius)
-    safe_norm = ops.where(outside, norm, ops.ones_like(norm))
-    return ops.where(outside, perturbation * (radius / safe_norm), perturbation)
+    # Asked as "inside?", so that a NaN radius (a bad schedule value where
+    # XLA cannot raise) gives NaN, never a silently unprojected perturbation.
+    inside = ops.less_equal(norm, radius)
+    safe_norm = ops.where(inside, ops.ones_like(norm), norm)
+    return ops.where(inside, perturbation, perturbation * (radius / safe_norm))
 
 
-def _check_positive_finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"`{name}` must be a positive float, got {value!r} "
-            f"({type(value).__name__})."
-        )
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite float, got {value!r}.")
+def _convert(method, check, *names):
+    """Checks each named field of the frozen `method` and stores it as the
+    Python number `check` makes of it (`arguments`)."""
+    for name in names:
+        object.__setattr__(method, name, check(name, getattr(method, name)))
 
 
-def _check_non_negative_finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a float >= 0, got {value!r} ({type(value).__name__}).")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
-
-
-def _check_steps(steps):
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise TypeError(f"`steps` must be a positive int, got {steps!r} ({type(steps).__name__}).")
-    if steps < 1:
-        raise ValueError(f"`steps` must be at least 1, got {steps}.")
+def _steps(name, value):
+    return arguments.count(name, value, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +130,7 @@ class _OneStep:
     epsilon: float = 1.0
 
     def __post_init__(self):
-        _check_positive_finite("epsilon", self.epsilon)
+        _convert(self, arguments.positive, "epsilon")
 
     @property
     def steps(self):
@@ -210,9 +202,8 @@ class PGD:
     steps: int = 3
 
     def __post_init__(self):
-        _check_positive_finite("epsilon", self.epsilon)
-        _check_positive_finite("alpha", self.alpha)
-        _check_steps(self.steps)
+        _convert(self, arguments.positive, "epsilon", "alpha")
+        _convert(self, _steps, "steps")
 
     def ascend(self, perturbation, gradient, per_example=False, epsilon=None):
         """Returns the perturbation after one projected ascent step.
@@ -256,10 +247,9 @@ class FreeLB:
     init_magnitude: float = 0.0
 
     def __post_init__(self):
-        _check_non_negative_finite("epsilon", self.epsilon)
-        _check_positive_finite("alpha", self.alpha)
-        _check_steps(self.steps)
-        _check_non_negative_finite("init_magnitude", self.init_magnitude)
+        _convert(self, arguments.non_negative, "epsilon", "init_magnitude")
+        _convert(self, arguments.positive, "alpha")
+        _convert(self, _steps, "steps")
 
     def initial(self, noise, mask):
         """`delta_0` from uniform `noise` in [-1, 1] and the non-padding `mask`
@@ -279,8 +269,8 @@ class FreeLB:
         radius = self.epsilon if epsilon is None else epsilon
         if isinstance(radius, numbers.Real):
             return step if radius == 0 else project_to_ball(step, radius, per_example)
-        ops = _math_for(step)  # A schedule's value: 0 means no ball there too.
-        return ops.where(ops.greater(radius, 0), project_to_ball(step, radius, per_example), step)
+        ops = _math_for(step)  # A schedule's value: 0 means no ball there too (and NaN stays NaN).
+        return ops.where(ops.equal(radius, 0), step, project_to_ball(step, radius, per_example))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +292,7 @@ class GradientPenalty:
     weight: float = 1.0
 
     def __post_init__(self):
-        _check_positive_finite("weight", self.weight)
+        _convert(self, arguments.positive, "weight")
 
     @property
     def steps(self):
@@ -355,14 +345,10 @@ class VAT:
     divergence: object = None
 
     def __post_init__(self):
-        _check_positive_finite("epsilon", self.epsilon)
-        _check_positive_finite("xi", self.xi)
-        if isinstance(self.power_iterations, bool) or not isinstance(self.power_iterations, numbers.Integral) \
-                or self.power_iterations < 1:
-            raise ValueError(f"`power_iterations` must be a positive int, got {self.power_iterations!r}.")
-        _check_non_negative_finite("weight", self.weight)
-        if not isinstance(self.symmetric, bool):
-            raise TypeError(f"`symmetric` must be True or False, got {self.symmetric!r}.")
+        _convert(self, arguments.positive, "epsilon", "xi")
+        _convert(self, _steps, "power_iterations")
+        _convert(self, arguments.non_negative, "weight")
+        _convert(self, arguments.flag, "symmetric")
         if self.symmetric and callable(self.divergence):
             raise ValueError(
                 "`symmetric=True` adds the reverse KL of a named divergence; with a "
@@ -459,9 +445,8 @@ class AWP:
     weights: object = None
 
     def __post_init__(self):
-        _check_positive_finite("alpha", self.alpha)
-        _check_positive_finite("epsilon", self.epsilon)
-        _check_steps(self.steps)
+        _convert(self, arguments.positive, "alpha", "epsilon")
+        _convert(self, _steps, "steps")
         if not (self.weights is None or isinstance(self.weights, str) or callable(self.weights)):
             raise TypeError(
                 f"`weights` must be a regular expression (str) matched against the "

@@ -307,16 +307,46 @@ class WarmUpAndScheduleTests(TestCase):
 
     def test_bad_start_step_and_schedule(self):
         model = compile_sgd(linear_text_model(), lr=LR)
-        for bad in (-1, 2.5, True):
-            with pytest.raises(ValueError, match="start_step"):
+        with pytest.raises(ValueError, match="start_step"):
+            keras_adv.adversarial_training(model, "emb", 0.5, start_step=-1)
+        for bad in (2.5, True):
+            with pytest.raises(TypeError, match="start_step"):
                 keras_adv.adversarial_training(model, "emb", 0.5, start_step=bad)
         with pytest.raises(ValueError, match="epsilon"):
             keras_adv.adversarial_training(model, "emb", lambda step: -1.0)
         with pytest.raises(TypeError, match="schedule of the optimizer's step count"):
             keras_adv.adversarial_training(model, "emb", lambda: 0.5)
+        with pytest.raises(TypeError, match="must be a real number"):
+            keras_adv.adversarial_training(model, "emb", lambda step: "0.5")
         # A ramp may start at 0.
         ramp = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.5])
         keras_adv.adversarial_training(model, "emb", ramp)
+
+
+class BadScheduleTests(TestCase):
+    """Each step checks its own epsilon where it uses it: a schedule that is
+    fine at step 0 and goes bad later raises at that step, naming it."""
+
+    @pytest.mark.parametrize(
+        "later,error",
+        [(-0.5, "gave.*-0.5.*at step.*1.*finite number >= 0"), (float("nan"), "gave.*nan.*at step.*1")],
+        ids=["negative", "nan"],
+    )
+    @pytest.mark.parametrize("method", ["fgm", "pgd"])
+    def test_a_bad_value_later_raises_at_its_step(self, later, error, method):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=16, seed=5)
+        if later < 0:
+            turning_bad = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.7, later])
+        else:  # NaN from step 1 on (a NaN in the decay's own table would be NaN at 0 too).
+            sign = keras.optimizers.schedules.PiecewiseConstantDecay([0], [1.0, -1.0])
+
+            def turning_bad(step):
+                return 0.7 * sign(step) ** 0.5
+        keras_adv.adversarial_training(model, "emb", turning_bad, method=method)
+        name = "PiecewiseConstantDecay" if later < 0 else "turning_bad"
+        with pytest.raises(Exception, match=f"(?s)epsilon schedule {name} {error}"):
+            model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
 
 
 class GradientPenaltyTests(TestCase):

@@ -32,6 +32,7 @@ import collections
 import dataclasses
 import random
 
+from keras_adv._stacks.schedule import scheduled_epsilon
 from keras_adv.methods import VAT, FreeLB
 
 __all__ = [
@@ -287,11 +288,12 @@ def history_name(settings):
 
 
 def epsilon_now(settings, step_count):
-    """This step's epsilon under `settings.epsilon_schedule` (a tensor of the
-    framework of `step_count`), or None without a schedule."""
+    """This step's epsilon under `settings.epsilon_schedule` (a float32 scalar
+    of the framework of `step_count`, checked: `schedule.scheduled_epsilon`),
+    or None without a schedule."""
     if settings.epsilon_schedule is None:
         return None
-    return settings.epsilon_schedule(step_count)
+    return scheduled_epsilon(settings.epsilon_schedule, step_count)
 
 
 def no_lookup_error(layer):

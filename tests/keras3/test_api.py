@@ -47,6 +47,13 @@ class TestBadInput(TestCase):
             (dict(method="fgx"), ValueError, "'awp', 'fgm', 'fgsm', 'freelb', 'gradient_penalty', 'pgd'"),
             (dict(method="fgsm", steps=2), ValueError, "`steps` is PGD's: FGSM takes one step"),
             (dict(per_example="yes"), TypeError, "per_example"),
+            # Every other kind of value gets the same message.
+            (dict(per_example=np.array([True, False])), TypeError, "`per_example` must be True or False"),
+            (dict(epsilon=np.array([0.5, 0.5])), TypeError, "`epsilon` must be a positive float .a Python or numpy scalar"),
+            (dict(epsilon=np.array(True)), TypeError, "`epsilon` must be a positive float .a Python or numpy scalar"),
+            (dict(start_step=1.5), TypeError, "`start_step` must be an int >= 0 .a Python or numpy scalar"),
+            (dict(start_step=np.float64(1.0)), TypeError, "`start_step` must be an int >= 0"),
+            (dict(relative_epsilon=1), TypeError, "`relative_epsilon` must be True or False"),
             (dict(method="fgsm", relative_epsilon=True), ValueError, "FGSM's epsilon is the step of every single entry"),
             (dict(objective="clean"), ValueError, "'sum', 'adversarial'"),
         ],
@@ -123,9 +130,17 @@ class TestBadInput(TestCase):
         with pytest.raises(ValueError, match="does not depend on the lookups of embedding layer 'unused'"):
             model.fit(x, {"main": np.zeros((8, 3)), "aux": np.zeros((8, 3))}, verbose=0)
 
-    def test_remove_when_not_on(self):
-        with pytest.raises(ValueError, match="not on"):
-            keras_adv.remove_adversarial_training(self.model)
+    def test_remove_when_not_on_is_a_no_op(self):
+        # An off switch: on a model that never had it, or twice, nothing happens.
+        x, y = batch()
+        expected, _ = reference.plain_sgd_step(params_of(self.model), x, y, 0.1)
+        assert keras_adv.remove_adversarial_training(self.model) is self.model
+        keras_adv.adversarial_training(self.model, "emb", 0.7)
+        keras_adv.remove_adversarial_training(self.model)
+        assert keras_adv.remove_adversarial_training(self.model) is self.model
+        _fit_one_step(self.model)
+        for actual, want in zip(params_of(self.model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
 
     @pytest.mark.parametrize("backend", ["numpy"])
     def test_unsupported_backend_names_what_is_supported(self, backend):
@@ -148,6 +163,40 @@ class TestBadInput(TestCase):
         ).stdout
         assert f"NotImplementedError: keras_adv does not support the Keras 3 '{backend}' backend" in out
         assert "Keras 3 with the TensorFlow, JAX or PyTorch backend" in out
+
+
+class TestScalarArguments(TestCase):
+    """Every real scalar of the right kind counts as its Python value, as in Keras."""
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            dict(epsilon=np.float32(0.7)),
+            dict(epsilon=np.array(0.7)),
+            dict(epsilon=keras.ops.convert_to_tensor(0.7)),  # The backend's scalar tensor.
+            dict(epsilon=0.7, start_step=np.int64(0)),
+            dict(epsilon=0.7, per_example=np.bool_(False)),
+            dict(epsilon=0.7, relative_epsilon=np.array(False)),
+        ],
+        ids=["numpy float32", "0-d array", "backend tensor", "numpy start_step", "numpy bool", "0-d bool array"],
+    )
+    def test_numpy_and_backend_scalars_give_the_python_result(self, kwargs):
+        model = compile_sgd(linear_text_model())
+        x, y = batch()
+        expected, _, _ = reference.adversarial_sgd_step(params_of(model), x, y, 0.1, "fgm", 0.7, "sum")
+        keras_adv.adversarial_training(model, "emb", **kwargs)
+        _fit_one_step(model)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_method_objects_hold_python_numbers(self):
+        pgd = keras_adv.PGD(epsilon=np.array(0.5), alpha=np.float32(0.25), steps=np.int64(2))
+        assert pgd == keras_adv.PGD(epsilon=0.5, alpha=0.25, steps=2)
+        assert type(pgd.epsilon) is float and type(pgd.steps) is int
+        vat = keras_adv.VAT(power_iterations=np.int32(2), symmetric=np.bool_(True))
+        assert vat.power_iterations == 2 and vat.symmetric is True
+        with pytest.raises(TypeError, match="`steps` must be an int >= 1 .a Python or numpy scalar"):
+            keras_adv.PGD(steps=np.float64(2.0))
 
 
 class TestLifeCycle(TestCase):

@@ -1,7 +1,7 @@
 """The closed-form checks (tests/closed_form.py) on Keras 3, on the backend of the process."""
 
 from tests.closed_form import (
-    AWPTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    AWPTests, BadScheduleTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
     PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
 )
 
@@ -39,4 +39,8 @@ class TestAWP(AWPTests):
 
 
 class TestVAT(VATTests):
+    pass
+
+
+class TestBadSchedule(BadScheduleTests):
     pass

@@ -1,7 +1,7 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras with eager execution disabled."""
 
 from tests.closed_form import (
-    AWPTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    AWPTests, BadScheduleTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
     PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
 )
 from tests.testing import TestCase
@@ -87,3 +87,7 @@ class TestAWPPassCount(TestCase):
         assert plain > 0
         for objective in ("sum", "adversarial"):
             assert self._matmuls_per_step(dict(objective=objective)) == 2 * plain, objective
+
+
+class TestBadSchedule(BadScheduleTests):
+    pass
