@@ -3,6 +3,7 @@
 from keras_adv.api import adversarial_training
 from keras_adv.api import remove_adversarial_training
 from keras_adv.bert4keras_setup import prepare_bert4keras
+from keras_adv.custom_loop import add_gradients
 from keras_adv.custom_loop import perturbed_embedding
 from keras_adv.embedding import embedding_candidates
 from keras_adv.embedding import find_embedding
@@ -23,6 +24,7 @@ __all__ = [
     "remove_adversarial_training",
     "prepare_bert4keras",
     "perturbed_embedding",
+    "add_gradients",
     "find_embedding",
     "embedding_candidates",
     "AWP",

@@ -64,3 +64,13 @@ class TestJaxStep(TestCase):
             model.fit(x, y, verbose=0)
         with pytest.raises(Exception):
             np.asarray(model.get_weights()[0])
+
+
+class TestNoCustomLoopBlock(TestCase):
+    def test_perturbed_embedding_is_refused_with_what_works(self):
+        import jax.numpy as jnp
+
+        model = linear_text_model()
+        with pytest.raises(NotImplementedError, match="stateless_call.*never written"):
+            with keras_adv.perturbed_embedding(model, "emb", jnp.ones((20, 4)), 0.5):
+                pass
