@@ -12,6 +12,11 @@ choice of a configuration:
    validation scores alone;
 3. the test: plain and the chosen configurations are scored on the test
    split, from their kept weights. The test split is not read before this.
+
+Each training step is timed on its own. A run's first step also traces and
+compiles the train function, and in a process's first run TensorFlow's own
+first-use work lands there too: one-time work that would favour whichever
+configuration runs later, so it is reported apart from the steady steps.
 """
 
 import dataclasses
@@ -47,7 +52,7 @@ class RunResult:
     seed: int
     peak_memory_mib: float
     memory_kind: str  # "GPU" or "RSS"
-    train_seconds: float
+    step_seconds: list  # Wall time of each training step, in order, every epoch's.
     validation: Scores
     history: dict  # Keras History, per epoch
     test: Scores | None = None  # Set after the choice, for plain and the chosen configurations only.
@@ -56,6 +61,20 @@ class RunResult:
     def method(self):
         """The configuration's label."""
         return self.spec.label
+
+    @property
+    def first_step_seconds(self):
+        """The run's first training step, which also traces and compiles the
+        train function: one-time work, kept out of `train_seconds`."""
+        return self.step_seconds[0]
+
+    @property
+    def train_seconds(self):
+        """The steady training time: every training step but the first,
+        summed (0 for a run of one step). Every configuration of an ablation
+        takes the same steps, so the sums compare method against method
+        whatever order the configurations ran in."""
+        return float(sum(self.step_seconds[1:]))
 
 
 @dataclasses.dataclass
@@ -183,6 +202,32 @@ def _progress_callback(keras, bar, label, stop):
     return EpochProgress()
 
 
+def _step_timer(keras):
+    """A Keras callback that records each training step's wall time in its
+    `seconds` list, from `on_train_batch_begin` to `on_train_batch_end`.
+
+    The span holds the train function's call and nothing else: no
+    validation, no epoch-end work. Its end is read after the step has
+    finished computing, on a GPU too: before calling a callback that is
+    neither async-safe nor declared to take tensor logs, as this one,
+    Keras 3 and tf-keras fetch the step's logs from the device.
+    """
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+            self._started = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seconds.append(time.perf_counter() - self._started)
+
+    return StepTimer()
+
+
 def _scores(model, embedding_name, x, y, num_classes, attack_epsilons, attack_epsilon):
     predictions = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1)
     matrix = metrics.confusion_matrix(y, predictions, num_classes)
@@ -214,15 +259,16 @@ def _train_one(config, data, spec, seed, bar, stop):
     embedding_name = models.EMBEDDING_NAMES[config.model]
     if spec.name != "plain":
         keras_adv.adversarial_training(model, **spec.options(embedding_name))
+    # The timer comes first, so that it reads the clock before the other
+    # callbacks' batch-end work.
+    timer = _step_timer(keras)
     with PeakMemory() as memory:
-        start = time.perf_counter()
         history = model.fit(
             data.x_train, data.y_train,
             validation_data=(data.x_validation, data.y_validation),
             epochs=config.epochs, batch_size=config.batch_size, verbose=0,
-            callbacks=[_progress_callback(keras, bar, f"{spec.label} seed {seed}", stop)],
+            callbacks=[timer, _progress_callback(keras, bar, f"{spec.label} seed {seed}", stop)],
         )
-        seconds = time.perf_counter() - start
     # The sweep's figure needs only the table's attack on validation.
     validation = _scores(
         model, embedding_name, data.x_validation, data.y_validation, data.dataset.num_classes,
@@ -230,7 +276,7 @@ def _train_one(config, data, spec, seed, bar, stop):
     )
     result = RunResult(
         spec=spec, seed=seed, peak_memory_mib=memory.peak_mib, memory_kind=memory.kind,
-        train_seconds=seconds, validation=validation,
+        step_seconds=timer.seconds, validation=validation,
         history={k: [float(v) for v in values] for k, values in history.history.items()},
     )
     return result, model.get_weights()

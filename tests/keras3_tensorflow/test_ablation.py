@@ -274,7 +274,8 @@ def _runs(spec, validation, test=None):
     """`RunResult`s of `spec`, one per seed, with these macro-F1s."""
     return [
         runner.RunResult(
-            spec=spec, seed=seed, peak_memory_mib=500.0, memory_kind="RSS", train_seconds=1.0,
+            # A first step of 2 s, then a steady 1 s: 0.25 + 0.75.
+            spec=spec, seed=seed, peak_memory_mib=500.0, memory_kind="RSS", step_seconds=[2.0, 0.25, 0.75],
             validation=_scores(v), history={"val_accuracy": [0.5, 0.6]},
             test=None if test is None else _scores(test[seed]),
         )
@@ -365,6 +366,30 @@ class TestSelection:
         assert run.validation.accuracy == pytest.approx(run.history["val_accuracy"][-1])
 
 
+class TestTrainTime:
+    def test_the_first_step_and_its_tracing_are_kept_out_of_the_train_time(self, tmp_path):
+        from tqdm.auto import tqdm
+
+        # 80 examples in batches of 32 for 2 epochs: steps of 32, 32, 16, 32, 32, 16.
+        config = make_config(dict(
+            seeds=1, epochs=2, train_limit=80, eval_limit=32, max_length=24, batch_size=32,
+            methods=["plain"], attack_epsilons=[0.0], out=str(tmp_path),
+        ))
+        data = runner.prepare_data(config)
+        started = time.perf_counter()
+        run, _ = runner._train_one(config, data, config.configurations[0], 0, tqdm(disable=True), None)
+        elapsed = time.perf_counter() - started
+        steps = run.step_seconds
+        assert len(steps) == 6
+        # The first step traces and compiles the train function; no later one
+        # does, neither the smaller last batch nor the next epoch's first.
+        assert steps[0] > max(steps[1:])
+        assert run.first_step_seconds == steps[0]
+        assert run.train_seconds == pytest.approx(sum(steps[1:]))
+        # Wall times within the run's own: validation and scoring are in neither.
+        assert 0 < run.first_step_seconds + run.train_seconds < elapsed
+
+
 class TestStatistics:
     def test_paired_interval_against_a_hand_computed_one(self):
         chosen, plain = [0.80, 0.83, 0.81, 0.86], [0.78, 0.80, 0.82, 0.81]
@@ -405,7 +430,9 @@ class TestReport:
         config = make_config(dict(seeds=4, out=str(tmp_path)))
         text = report.write_report(self._ablation(4), config, "toy")
         assert "on the test split (mean ± std over 4 seeds)" in text
-        assert "| text classification (char-cnn) | toy | plain | 500 ± 0 | 1.0 ± 0.0 |" in text
+        assert "| text classification (char-cnn) | toy | plain | 500 ± 0 | 1.0 ± 0.0 | 2.0 ± 0.0 |" in text
+        assert "| train time (s) | first step (s) |" in text
+        assert "Train time (s): the summed wall time of each run's training steps after its first" in text
         assert "| toy | fgm eps=0.3 |" in text and "| toy | fgm eps=0.1 |" not in text
         # Differences 2, 4, 0, 6 pp: mean 3, sd 2.582, t(0.975, 3) 3.1824 -> [-1.1, +7.1].
         assert "| fgm eps=0.3 | +3.0 [-1.1, +7.1] | +3.0 [-1.1, +7.1] | +0.0 [+0.0, +0.0] |" in text
@@ -413,11 +440,17 @@ class TestReport:
         assert "| fgm | 0.1 | 4 | 71.0 ± 0.0 | 50.0 ± 0.0 |  |" in text
         saved = json.load(open(tmp_path / "results.json", encoding="utf-8"))
         assert saved["chosen"] == {"fgm": "fgm eps=0.3"}
+        assert saved["measures"] == report.MEASURES
+        assert (saved["runs"][0]["train_seconds"], saved["runs"][0]["first_step_seconds"]) == (1.0, 2.0)
+        assert (saved["test"][0]["train_seconds"], saved["test"][0]["first_step_seconds"]) == (1.0, 2.0)
+        history = json.load(open(tmp_path / "history.json", encoding="utf-8"))
+        assert history[0]["step_seconds"] == [2.0, 0.25, 0.75]
         assert saved["differences_to_plain"]["fgm eps=0.3"]["macro_f1"]["high"] == pytest.approx(
             0.03 + 3.182446305284263 * np.std([0.02, 0.04, 0.0, 0.06], ddof=1) / 2
         )
         rows = list(csv.DictReader(open(tmp_path / "results.csv", encoding="utf-8")))
         assert [r["test_macro_f1"] == "" for r in rows] == [False] * 4 + [True] * 4 + [False] * 4
+        assert {(r["train_seconds"], r["first_step_seconds"]) for r in rows} == {("1.0", "2.0")}
         for name in ("sweep.png", "ablation.png"):
             assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
