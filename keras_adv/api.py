@@ -5,7 +5,7 @@ from keras_adv.embedding import find_embedding_layer
 from keras_adv._stacks.outputs import divergence_kind
 from keras_adv._stacks.passes import Settings, selected_weights
 from keras_adv._stacks.schedule import first_value
-from keras_adv.methods import AWP, FGSM, VAT, FreeLB, GradientPenalty, get_method
+from keras_adv.methods import AWP, VAT, FreeLB, GradientPenalty, get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
 
@@ -148,24 +148,21 @@ def adversarial_training(
         layer = find_embedding_layer(model, embedding_name)
     if per_example is None:  # Not stated: the method's own mode.
         per_example = isinstance(adversary, (FreeLB, VAT))
-    if relative_epsilon and isinstance(adversary, FGSM):
-        raise ValueError(
-            "`relative_epsilon` measures epsilon against the L2 norm of what is "
-            "perturbed, which suits FGM and PGD; FGSM's epsilon is the step of "
-            "every single entry. Pass an absolute epsilon to FGSM, or use FGM."
-        )
-    # Why each method has no choice of `objective` and no relative epsilon.
+    # Why each method has no choice of `objective` (and the penalty no relative size).
     fixed_update = {
         FreeLB: "FreeLB updates from the sum of its K passes' gradients (each of L / K), "
-                "so `objective` has nothing to choose, and its lengths are absolute.",
+                "so `objective` has nothing to choose.",
         VAT: "VAT adds its divergence term to the clean loss, so `objective` has nothing "
-             "to choose, and its epsilon is absolute.",
-        GradientPenalty: "The gradient penalty perturbs nothing: it has no epsilon to make "
-                         "relative and no perturbed pass for `objective` to choose; its "
-                         "update is that of the penalised loss.",
+             "to choose.",
     }.get(type(adversary))
-    if fixed_update and (relative_epsilon or objective != "sum"):
-        raise ValueError(f"{fixed_update} Drop `objective` and `relative_epsilon`.")
+    if fixed_update and objective != "sum":
+        raise ValueError(f"{fixed_update} Drop `objective`.")
+    if isinstance(adversary, GradientPenalty) and (relative_epsilon or objective != "sum"):
+        raise ValueError(
+            "The gradient penalty perturbs nothing: it has no size to make relative and no "
+            "perturbed pass for `objective` to choose; its update is that of the penalised "
+            "loss. Drop `objective` and `relative_epsilon`."
+        )
     if isinstance(adversary, (FreeLB, VAT)) and not per_example:
         raise ValueError(
             f"{type(adversary).__name__} perturbs each example's embedded sequence; it has "

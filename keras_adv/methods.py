@@ -32,8 +32,9 @@ __all__ = [
 ]
 
 
-def _math_for(x):
-    """The functions the methods need, from the framework that owns `x`."""
+def math_for(x):
+    """The functions the methods (and the order of passes) need, from the
+    framework that owns `x`."""
     if isinstance(x, (np.ndarray, np.generic, numbers.Number)):
         return types.SimpleNamespace(
             sqrt=np.sqrt, sum=np.sum, square=np.square, isfinite=np.isfinite,
@@ -83,7 +84,7 @@ def l2_normalize(gradient, per_example=False):
     Returns:
         A tensor of the same shape and dtype.
     """
-    ops = _math_for(gradient)
+    ops = math_for(gradient)
     norm = _norm(gradient, ops, per_example)
     usable = ops.logical_and(ops.isfinite(norm), ops.greater(norm, 0))
     safe_norm = ops.where(usable, norm, ops.ones_like(norm))
@@ -103,7 +104,7 @@ def project_to_ball(perturbation, radius, per_example=False):
         `perturbation` where its L2 norm is at most `radius`, else
         `perturbation * radius / norm`.
     """
-    ops = _math_for(perturbation)
+    ops = math_for(perturbation)
     norm = _norm(perturbation, ops, per_example)
     # Asked as "inside?", so that a NaN radius (a bad schedule value where
     # XLA cannot raise) gives NaN, never a silently unprojected perturbation.
@@ -177,7 +178,7 @@ class FGSM(_OneStep):
     def ascend(self, perturbation, gradient, per_example=False, epsilon=None):
         """Returns `epsilon * sign(gradient)` (entries, so per example or not alike)."""
         del perturbation, per_example
-        ops = _math_for(gradient)
+        ops = math_for(gradient)
         signs = ops.where(ops.isfinite(gradient), ops.sign(gradient), ops.zeros_like(gradient))
         return (self.epsilon if epsilon is None else epsilon) * signs
 
@@ -255,7 +256,7 @@ class FreeLB:
         """`delta_0` from uniform `noise` in [-1, 1] and the non-padding `mask`
         (1.0 or 0.0), both `[examples, features]`: each example's entries
         scaled by `init_magnitude / sqrt(its non-padding entries)`."""
-        ops = _math_for(noise)
+        ops = math_for(noise)
         entries = ops.sum(mask, axis=-1, keepdims=True)
         safe = ops.where(ops.greater(entries, 0), entries, ops.ones_like(entries))
         return noise * mask * (self.init_magnitude / ops.sqrt(safe))
@@ -269,7 +270,7 @@ class FreeLB:
         radius = self.epsilon if epsilon is None else epsilon
         if isinstance(radius, numbers.Real):
             return step if radius == 0 else project_to_ball(step, radius, per_example)
-        ops = _math_for(step)  # A schedule's value: 0 means no ball there too (and NaN stays NaN).
+        ops = math_for(step)  # A schedule's value: 0 means no ball there too (and NaN stays NaN).
         return ops.where(ops.equal(radius, 0), step, project_to_ball(step, radius, per_example))
 
 
@@ -302,7 +303,7 @@ class GradientPenalty:
     def penalty(self, gradient):
         """`weight / 2 * ||gradient||^2`, over the whole tensor (the touched
         rows, or every example's row: the sum of the examples' squares)."""
-        ops = _math_for(gradient)
+        ops = math_for(gradient)
         return (0.5 * self.weight) * ops.sum(ops.square(gradient))
 
 
@@ -381,7 +382,7 @@ class VAT:
         distribution `kind` of `DIVERGENCES` (or this object's callable)."""
         if callable(self.divergence):
             return self.divergence(clean, perturbed)
-        ops = _math_for(perturbed)
+        ops = math_for(perturbed)
         forward = _kl(clean, perturbed, kind, ops)
         if self.symmetric:
             forward = forward + _kl(perturbed, clean, kind, ops)
@@ -469,7 +470,7 @@ class AWP:
         Args:
             epsilon: This step's box (a schedule's value), or None for `self.epsilon`.
         """
-        ops = _math_for(gradient)
+        ops = math_for(gradient)
         current = weight if perturbation is None else weight + perturbation
         # `alpha * ||current|| * l2_normalize(gradient)`, the scalars first:
         # every weight matrix of the model passes through here each step,

@@ -117,6 +117,78 @@ class OneStepClosedFormTests(TestCase):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
 
 
+class RelativeSizeTests(TestCase):
+    """`relative_epsilon=True` for every method that has a size, in each
+    mode: the sizes are fractions of what is perturbed (the touched rows'
+    norm, each example's norm; FGSM's the root-mean-square entry), one SGD
+    step against tests/reference.py."""
+
+    @pytest.mark.parametrize(
+        "method,options",
+        [("fgsm", dict(epsilon=0.5)), ("fgm", dict(epsilon=0.3)), ("pgd", dict(epsilon=0.2, alpha=0.15, steps=3))],
+    )
+    def test_per_example_sizes_are_in_units_of_each_example(self, method, options):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=method, per_example=True, relative_epsilon=True, **options
+        )
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _, _ = reference.per_example_adversarial_sgd_step(
+            before, x, y, LR, method, objective="sum", relative_epsilon=True, **options
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # The examples' units differ, so no one absolute size gives this step.
+        norms = reference.example_norms(before[0], x).ravel()
+        assert norms.max() / norms.min() > 1.1 and abs(norms.mean() - 1) > 0.3
+
+    def test_fgsm_on_the_matrix_steps_by_the_root_mean_square_entry(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method="fgsm", relative_epsilon=True, epsilon=0.5)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _ = reference.adversarial_sgd_step(
+            before, x, y, LR, "fgsm", 0.5, "sum", relative_epsilon=True
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        assert abs(reference.relative_units(before[0], x, False, root_mean_square=True) - 1) > 0.3
+
+    def test_free_lb_alpha_and_epsilon_are_in_units_of_each_example(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        method = keras_adv.FreeLB(epsilon=0.2, alpha=0.15, steps=3)
+        keras_adv.adversarial_training(model, "emb", method=method, relative_epsilon=True)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _ = reference.free_lb_sgd_step(
+            before, x, y, LR, alpha=0.15, steps=3, epsilon=0.2, relative_epsilon=True
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        absolute, _, _ = reference.free_lb_sgd_step(before, x, y, LR, alpha=0.15, steps=3, epsilon=0.2)
+        assert np.abs(absolute[0] - expected[0]).max() > 1e-4
+
+    def test_vat_xi_and_epsilon_are_in_units_of_each_example(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        method = keras_adv.VAT(epsilon=0.5, xi=0.1, weight=2.0)
+        keras_adv.adversarial_training(model, "emb", method=method, relative_epsilon=True)
+        noise = vat_noise_of(model, x)
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _, _ = reference.vat_sgd_step(
+            before, x, y, LR, noise, 0.5, 0.1, 1, 2.0, relative_epsilon=True
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        absolute, _, _ = reference.vat_sgd_step(before, x, y, LR, noise, 0.5, 0.1, 1, 2.0)
+        assert max(np.abs(a - e).max() for a, e in zip(absolute, expected)) > 1e-4
+
+
 class EquivalenceTests(TestCase):
     def _fit_one_step(self, model, x, y):
         model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
@@ -476,9 +548,8 @@ class FreeLBTests(TestCase):
 
     def test_bad_options(self):
         model = compile_sgd(linear_text_model(), lr=LR)
-        for options in (dict(objective="adversarial"), dict(relative_epsilon=True)):
-            with pytest.raises(ValueError, match="FreeLB"):
-                keras_adv.adversarial_training(model, "emb", method="freelb", **options)
+        with pytest.raises(ValueError, match="FreeLB"):
+            keras_adv.adversarial_training(model, "emb", method="freelb", objective="adversarial")
         with pytest.raises(ValueError, match="no matrix mode"):
             keras_adv.adversarial_training(model, "emb", method="freelb", per_example=False)
         with pytest.raises(ValueError, match="init_magnitude"):
@@ -780,9 +851,8 @@ class VATTests(TestCase):
 
     def test_bad_options(self):
         model = compile_sgd(linear_text_model(), lr=LR)
-        for options in (dict(objective="adversarial"), dict(relative_epsilon=True)):
-            with pytest.raises(ValueError, match="VAT adds its divergence term"):
-                keras_adv.adversarial_training(model, "emb", method="vat", **options)
+        with pytest.raises(ValueError, match="VAT adds its divergence term"):
+            keras_adv.adversarial_training(model, "emb", method="vat", objective="adversarial")
         with pytest.raises(ValueError, match="no matrix mode"):
             keras_adv.adversarial_training(model, "emb", method="vat", per_example=False)
         with pytest.raises(ValueError, match="VAT takes no `alpha`"):

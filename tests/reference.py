@@ -63,7 +63,7 @@ def perturbation(params, x, y, method, epsilon, alpha=None, steps=1, sample_weig
     `relative_epsilon`, epsilon and alpha in units of the touched rows' norm."""
     E, W, b = params
     if relative_epsilon:
-        unit = touched_rows_norm(E, x)
+        unit = relative_units(E, x, False, root_mean_square=method == "fgsm")
         epsilon, alpha = epsilon * unit, None if alpha is None else alpha * unit
     r = np.zeros_like(E)
     for _ in range(steps if method == "pgd" else 1):
@@ -137,23 +137,46 @@ def _per_example_normalize(g):
 
 def _per_example_project(r, radius):
     flat = r.reshape(len(r), -1)
+    radius = np.reshape(radius, (-1, 1)) if np.ndim(radius) else radius  # One per example.
     norms = np.sqrt((flat**2).sum(axis=1, keepdims=True))
     return np.where(norms > radius, flat * radius / np.where(norms > radius, norms, 1.0), flat).reshape(r.shape)
 
 
-def per_example_perturbation(params, x, y, method, epsilon, alpha=None, steps=1):
-    """The final perturbation R (B x T x d) of each example's lookups."""
+def example_norms(E, x):
+    """Each example's `||E[x_i]||` (no padding in the linear model), `B x 1 x 1`:
+    the unit of a relative size per example."""
+    return np.sqrt((E[x] ** 2).sum(axis=(1, 2)))[:, None, None]
+
+
+def relative_units(E, x, per_example, root_mean_square=False):
+    """The unit of a relative size: the touched rows' norm (a number) or each
+    example's (`B x 1 x 1`); for a sign method, the root-mean-square entry."""
+    if per_example:
+        norms, entries = example_norms(E, x), x.shape[1] * E.shape[1]
+    else:
+        norms, entries = touched_rows_norm(E, x), len(np.unique(x)) * E.shape[1]
+    return norms / np.sqrt(entries) if root_mean_square else norms
+
+
+def per_example_perturbation(params, x, y, method, epsilon, alpha=None, steps=1, relative_epsilon=False):
+    """The final perturbation R (B x T x d) of each example's lookups; with
+    `relative_epsilon`, epsilon and alpha in units of each example's norm
+    (FGSM: of its root-mean-square entry)."""
     R = np.zeros(x.shape + (params[0].shape[1],))
+    if relative_epsilon:
+        unit = relative_units(params[0], x, True, root_mean_square=method == "fgsm")
+        epsilon, alpha = epsilon * unit, None if alpha is None else alpha * unit
     for _ in range(steps if method == "pgd" else 1):
         _, _, g = lookup_gradients(params, x, y, R)
         R = _ascend(method, R, g, epsilon, alpha, _per_example_normalize, _per_example_project)
     return R
 
 
-def per_example_adversarial_sgd_step(params, x, y, lr, method, epsilon, objective, alpha=None, steps=1):
+def per_example_adversarial_sgd_step(params, x, y, lr, method, epsilon, objective, alpha=None, steps=1,
+                                     relative_epsilon=False):
     """One per-example adversarial SGD step: (new params, clean loss, adversarial loss, R)."""
     clean_loss, clean_grads, _ = lookup_gradients(params, x, y)
-    R = per_example_perturbation(params, x, y, method, epsilon, alpha, steps)
+    R = per_example_perturbation(params, x, y, method, epsilon, alpha, steps, relative_epsilon)
     adversarial_loss, adversarial_grads, _ = lookup_gradients(params, x, y, R)
     update = adversarial_grads if objective == "adversarial" else [
         c + a for c, a in zip(clean_grads, adversarial_grads)
@@ -161,9 +184,12 @@ def per_example_adversarial_sgd_step(params, x, y, lr, method, epsilon, objectiv
     return [p - lr * g for p, g in zip(params, update)], clean_loss, adversarial_loss, R
 
 
-def fgsm_perturbation(params, x, y, epsilon):
-    """FGSM on the touched rows of the matrix: epsilon * sign(dE)."""
+def fgsm_perturbation(params, x, y, epsilon, relative_epsilon=False):
+    """FGSM on the touched rows of the matrix: epsilon * sign(dE); with
+    `relative_epsilon`, epsilon in units of the touched rows' root-mean-square entry."""
     _, (dE, _, _) = gradients(params, x, y)
+    if relative_epsilon:
+        epsilon = epsilon * relative_units(params[0], x, False, root_mean_square=True)
     return epsilon * np.sign(dE)
 
 
@@ -203,15 +229,18 @@ def _unflatten(flat, like):
     return out
 
 
-def free_lb_sgd_step(params, x, y, lr, alpha, steps, epsilon=0.0):
+def free_lb_sgd_step(params, x, y, lr, alpha, steps, epsilon=0.0, relative_epsilon=False):
     """One SGD step of FreeLB from a zero start: the mean of the K passes'
-    gradients, pass t at the per-example perturbation of the ascent so far.
+    gradients, pass t at the per-example perturbation of the ascent so far;
+    with `relative_epsilon`, alpha and epsilon in units of each example's norm.
 
     Returns:
         (params after the step, the first pass's loss, the K passes' mean loss).
     """
     E = params[0]
     R = np.zeros(x.shape + (E.shape[1],))
+    unit = example_norms(E, x) if relative_epsilon else 1.0
+    alpha, radius = alpha * unit, epsilon * unit
     total = [np.zeros_like(p) for p in params]
     losses = []
     for t in range(steps):
@@ -221,7 +250,7 @@ def free_lb_sgd_step(params, x, y, lr, alpha, steps, epsilon=0.0):
         if t < steps - 1:
             R = R + alpha * _per_example_normalize(de)
             if epsilon > 0:
-                R = _per_example_project(R, epsilon)
+                R = _per_example_project(R, radius)
     return [p - lr * g for p, g in zip(params, total)], losses[0], float(np.mean(losses))
 
 
@@ -274,9 +303,10 @@ def _divergence_and_logit_gradient(p, logits, symmetric):
 
 
 def vat_sgd_step(params, x, y, lr, noise, epsilon, xi, power_iterations, weight, symmetric=False,
-                 sample_weight=None):
+                 sample_weight=None, relative_epsilon=False):
     """One SGD step of VAT per example on the linear model, from the given
-    standard normal `noise` (B x T x d, the step's own draw).
+    standard normal `noise` (B x T x d, the step's own draw); with
+    `relative_epsilon`, xi and epsilon in units of each example's norm.
 
     Returns:
         (new params, clean loss, the divergence at the perturbation).
@@ -293,6 +323,8 @@ def vat_sgd_step(params, x, y, lr, noise, epsilon, xi, power_iterations, weight,
         de = np.repeat((dlogits @ W.T)[:, None, :] / length, length, axis=1)
         return divergence, dlogits, pooled_r, de
 
+    if relative_epsilon:
+        xi, epsilon = xi * example_norms(E, x), epsilon * example_norms(E, x)
     d = xi * _per_example_normalize(noise)
     for _ in range(power_iterations):
         _, _, _, de = at(d)

@@ -74,6 +74,10 @@ class TouchedRows:
         squares = ops.where(self._first_of_token, ops.sum(ops.square(rows), axis=1), 0.0)
         return ops.stop_gradient(ops.sqrt(ops.sum(squares)))
 
+    def entries(self):
+        """How many entries `unit()` is the norm of: the touched rows' (each token once)."""
+        return ops.sum(ops.cast(self._first_of_token, "float32")) * self.dim
+
     def _row_of(self, ids):
         position = ops.searchsorted(self._sorted_ids, ids, side="left")
         position = ops.minimum(position, self.num_rows - 1)
@@ -128,6 +132,13 @@ class ExampleRows:
         """Each example's `||e_i||` over its non-padding positions, `[B, 1]`."""
         clean = self._flat(self._clean)
         return ops.stop_gradient(ops.sqrt(ops.sum(ops.square(clean), axis=1, keepdims=True)))
+
+    def entries(self):
+        """How many entries each example's `unit()` is the norm of: its
+        non-padding positions times the width, `[B, 1]`."""
+        counts = [ops.sum(ops.reshape(mask, (shape[0], -1)), axis=1, keepdims=True) * shape[-1]
+                  for mask, shape in zip(self.masks, self.shapes)]
+        return sum(counts[1:], counts[0])
 
     def rows(self, ids_list, gradients):
         """The gradient of each example's embedded sequence, `[B, M]`, float32."""

@@ -33,10 +33,10 @@ import dataclasses
 import random
 
 from keras_adv._stacks.schedule import scheduled_epsilon
-from keras_adv.methods import VAT, FreeLB
+from keras_adv.methods import FGSM, VAT, FreeLB, math_for
 
 __all__ = [
-    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "free_lb", "virtual_adversarial",
+    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "relative_unit", "free_lb", "virtual_adversarial",
     "weight_attack",
     "selected_weights", "update_gradients", "epsilon_now",
     "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
@@ -149,7 +149,9 @@ def ascent(step, space, first, perturbed_pass, epsilon=None, start=None):
     """
     method, relative = step.settings.method, step.settings.relative_epsilon
     if relative:
-        unit = space.unit()
+        unit = relative_unit(method, space)
+        if start is not None:  # The random start, in the method's units.
+            start = start / _safe(unit)
     count = method.steps - 1 if isinstance(method, FreeLB) else method.steps
     passes, perturbation = [first], start
     for i in range(count):
@@ -160,6 +162,23 @@ def ascent(step, space, first, perturbed_pass, epsilon=None, start=None):
         )
         passes.append(perturbed_pass(unit * perturbation if relative else perturbation, i == count - 1))
     return passes
+
+
+def relative_unit(method, space):
+    """What a relative size is a fraction of: the L2 norm of what is
+    perturbed (the touched rows, or each example's non-padding sequence), or
+    for a sign method (FGSM), whose size is every entry's step, the
+    root-mean-square entry of it."""
+    unit = space.unit()
+    if isinstance(method, FGSM):
+        return unit / (space.entries() ** 0.5 + 1e-12)
+    return unit
+
+
+def _safe(unit):
+    """`unit` where it is not 0 (an example of padding only), else 1."""
+    ops = math_for(unit)
+    return ops.where(ops.greater(unit, 0), unit, ops.ones_like(unit))
 
 
 def free_lb(step, first_pass, space_of, perturbed_pass, add, epsilon=None):
@@ -208,11 +227,14 @@ def virtual_adversarial(step, space, noises, divergence_pass, epsilon=None):
         epsilon: This step's epsilon (a schedule's value), or None.
     """
     method = step.settings.method
+    # With relative sizes, `xi` and `epsilon` are fractions of each
+    # example's own norm; the directions themselves are unit-free.
+    unit = relative_unit(method, space) if step.settings.relative_epsilon else 1.0
     direction = method.direction(space.rows(None, noises))
     for _ in range(method.power_iterations):
-        probe = divergence_pass(direction, False)
+        probe = divergence_pass(unit * direction, False)
         direction = method.direction(space.rows(probe.lookups.ids, probe.lookup_gradients))
-    return divergence_pass(method.perturbation(direction, epsilon), True)
+    return divergence_pass(unit * method.perturbation(direction, epsilon), True)
 
 
 def weight_attack(step, clean, indices, originals, perturbed_pass, add, dense=None, epsilon=None,

@@ -100,6 +100,10 @@ class TouchedRows:
         squares = tf.where(self._first_of_token, tf.reduce_sum(tf.square(rows), axis=1), 0.0)
         return tf.stop_gradient(tf.sqrt(tf.reduce_sum(squares)))
 
+    def entries(self):
+        """How many entries `unit()` is the norm of: the touched rows' (each token once)."""
+        return tf.reduce_sum(tf.cast(self._first_of_token, tf.float32)) * self.dim
+
     def _row_of(self, ids):
         """The row of each id in `ids` (flat), and whether it is a touched token."""
         position = tf.searchsorted(self._sorted_ids, ids, side="left")
@@ -188,6 +192,13 @@ class ExampleRows:
         the unit of a relative epsilon, a constant of the step."""
         clean = self._flat(self._clean)
         return tf.stop_gradient(tf.sqrt(tf.reduce_sum(tf.square(clean), axis=1, keepdims=True)))
+
+    def entries(self):
+        """How many entries each example's `unit()` is the norm of: its
+        non-padding positions times the width, `[B, 1]`."""
+        counts = [tf.reduce_sum(tf.reshape(mask, [shape[0], -1]), axis=1, keepdims=True)
+                  * tf.cast(shape[-1], tf.float32) for mask, shape in zip(self.masks, self.shapes)]
+        return tf.add_n(counts)
 
     def rows(self, ids_list, gradients):
         """The gradient of each example's embedded sequence, `[B, M]`, float32."""

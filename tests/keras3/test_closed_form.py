@@ -1,7 +1,7 @@
 """The closed-form checks (tests/closed_form.py) on Keras 3, on the backend of the process."""
 
 from tests.closed_form import (
-    AWPTests, BadScheduleTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    AWPTests, BadScheduleTests, RelativeSizeTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
     PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
 )
 
@@ -43,4 +43,8 @@ class TestVAT(VATTests):
 
 
 class TestBadSchedule(BadScheduleTests):
+    pass
+
+
+class TestRelativeSize(RelativeSizeTests):
     pass

@@ -1,7 +1,7 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras with eager execution disabled."""
 
 from tests.closed_form import (
-    AWPTests, BadScheduleTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
+    AWPTests, BadScheduleTests, RelativeSizeTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
     PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
 )
 from tests.testing import TestCase
@@ -90,4 +90,8 @@ class TestAWPPassCount(TestCase):
 
 
 class TestBadSchedule(BadScheduleTests):
+    pass
+
+
+class TestRelativeSize(RelativeSizeTests):
     pass
