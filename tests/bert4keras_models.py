@@ -102,3 +102,35 @@ def awp_step_on_written_weights(model, x, y, lr, alpha, epsilon, objective):
     if objective == "adversarial":
         return [value - lr * g for value, g in zip(originals, perturbed)]
     return [value - lr * (g + p) for value, g, p in zip(originals, clean, perturbed)]
+
+
+# The `extend_with_*` wrappers of bert4keras's examples, each with settings
+# that act within three steps.
+BERT4KERAS_WRAPPERS = {
+    "weight_decay": dict(weight_decay_rate=0.1, exclude_from_weight_decay=["bias"]),
+    "piecewise_linear_lr": dict(lr_schedule={1: 1.0, 3: 0.1}),
+    "gradient_accumulation": dict(grad_accum_steps=2),  # Updates at steps 0 and 2.
+    "exponential_moving_average": dict(ema_momentum=0.9),
+}
+
+
+def bert4keras_optimizer(name, lr=0.01):
+    """A new bert4keras optimizer (after `keras_adv.prepare_bert4keras()`):
+    `"adam"`, `"adafactor"`, or `"wrapped adam"`, Adam inside every one of
+    `BERT4KERAS_WRAPPERS` (as its examples stack them)."""
+    import tensorflow as tf
+    from bert4keras import optimizers
+
+    if name == "adam":
+        return optimizers.Adam(lr)
+    if name == "adafactor":
+        # With a number for its rate, bert4keras's AdaFactor makes a variable
+        # on every read of it, which an eager tf-keras `fit` refuses on one
+        # device too (upstream); without one it follows its own schedule.
+        return optimizers.AdaFactor(learning_rate=None if tf.executing_eagerly() else lr)
+    assert name == "wrapped adam", name
+    optimizer, options = optimizers.Adam, {}
+    for wrapper, settings in BERT4KERAS_WRAPPERS.items():
+        optimizer = getattr(optimizers, f"extend_with_{wrapper}")(optimizer, name=f"Adam_{wrapper}")
+        options.update(settings)
+    return optimizer(learning_rate=lr, **options)

@@ -171,3 +171,59 @@ class MirroredParityTests(TestCase):
         for variable, copies in zip(model.weights, before):
             for replica, was in zip(replica_values(variable, mirrored), copies):
                 self.assertBitEqual(replica, was)
+
+
+# bert4keras's optimizers, each with a method (AWP and per-example ones too):
+# their step count, which the passes read, is what broke them under
+# MirroredStrategy in eager mode (issue 25). "wrapped adam" has every wrapper
+# of its examples (tests/bert4keras_models.py).
+BERT4KERAS_CASES = [
+    ("adam", "fgm", dict(epsilon=0.7)),
+    ("adam", "awp", dict(epsilon=0.1, alpha=0.5, steps=1)),
+    ("adafactor", "fgm", dict(epsilon=0.7, per_example=True)),
+    ("wrapped adam", "fgm", dict(epsilon=0.7)),
+]
+
+
+class Bert4kerasOptimizerParityTests(TestCase):
+    """bert4keras's optimizers under MirroredStrategy (tf-keras, eager or not):
+    every replica's weights and optimizer state, and History, as on one device."""
+
+    history_has_adversarial_loss = True  # Not in tf-keras's graph-mode History.
+
+    def _train(self, strategy, optimizer, method, options):
+        """The weights before, every replica's model and optimizer weights
+        after STEPS steps, and History."""
+        from tests.bert4keras_models import bert4keras_optimizer
+
+        self.setup_method(None)
+        x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
+        with strategy.scope():
+            model = linear_text_model()
+            model.compile(
+                optimizer=bert4keras_optimizer(optimizer),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        before = model.get_weights()
+        keras_adv.adversarial_training(model, None if method == "awp" else "emb", method=method, **options)
+        history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+        # The optimizer's weights: its step count and slots (Adam's moments,
+        # EMA's averages, the accumulated gradients), read before the next
+        # model's `clear_session`.
+        after = [replica_values(v, strategy) for v in model.weights + model.optimizer.weights]
+        return before, after, history.history
+
+    @pytest.mark.parametrize("optimizer,method,options", BERT4KERAS_CASES)
+    def test_bert4keras_optimizer_gives_the_single_device_result(self, optimizer, method, options):
+        mirrored = mirrored_strategy()
+        _, copies, history = self._train(mirrored, optimizer, method, options)
+        before, single, single_history = self._train(tf.distribute.get_strategy(), optimizer, method, options)
+        assert len(copies) == len(single) > len(before)  # The optimizer's weights are compared too.
+        for replicas, [want] in zip(copies, single):
+            for replica in replicas:
+                self.assertAllClose(replica, want, rtol=1e-5, atol=2e-6)
+        # The weights moved (with gradient accumulation, at its second update).
+        assert max(np.abs(w[0] - b).max() for w, b in zip(single, before)) > 1e-3
+        names = ["loss", "adversarial_loss"] if self.history_has_adversarial_loss else ["loss"]
+        for name in names:
+            self.assertAllClose(history[name], single_history[name], rtol=1e-5)

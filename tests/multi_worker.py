@@ -2,8 +2,9 @@
 
 `train_on_two_workers(...)` starts this module as two processes, each one
 worker of the cluster (TF_CONFIG), which train the linear model with the one
-line on the same global batches and save their final weights; every worker
-is stopped within a bounded time. Run as a script, it is one worker.
+line on the same global batches and save their final weights and History;
+every worker is stopped within a bounded time. Run as a script, it is one
+worker.
 """
 
 import json
@@ -29,7 +30,8 @@ def _free_ports(count):
 
 
 def train_on_two_workers(out_dir, method, objective, global_batch, steps):
-    """Returns each worker's final weights (a list of lists of arrays).
+    """Returns each worker's final weights (a list of lists of arrays) and
+    each worker's History (a list of dicts).
 
     Raises:
         AssertionError: If a worker fails or runs past `TIMEOUT_S`.
@@ -40,7 +42,8 @@ def train_on_two_workers(out_dir, method, objective, global_batch, steps):
         for index in range(2)
     ]
     args = [out_dir, method, objective, str(global_batch), str(steps)]
-    return run_two_processes("tests.multi_worker", [args, args], envs, out_dir)
+    weights = run_two_processes("tests.multi_worker", [args, args], envs, out_dir)
+    return weights, [_load_history(out_dir, index) for index in range(2)]
 
 
 def run_two_processes(module, argv, envs, out_dir):
@@ -76,6 +79,16 @@ def save_weights(out_dir, index, model):
     np.savez(os.path.join(out_dir, f"worker{index}.npz"), **weights)
 
 
+def save_history(out_dir, index, history):
+    with open(os.path.join(out_dir, f"worker{index}.history.json"), "w") as f:
+        json.dump(history, f)
+
+
+def _load_history(out_dir, index):
+    with open(os.path.join(out_dir, f"worker{index}.history.json")) as f:
+        return json.load(f)
+
+
 def _load(out_dir, index):
     with np.load(os.path.join(out_dir, f"worker{index}.npz")) as saved:
         return [saved[f"w{i}"] for i in range(len(saved.files))]
@@ -97,8 +110,10 @@ def _work(out_dir, method, objective, global_batch, steps):
         model = compile_sgd(linear_text_model(), lr=0.5)
     keras_adv.adversarial_training(model, "emb", 0.7, method=method, objective=objective)
     x, y = batch(size=global_batch * steps, seed=3)
-    model.fit(x, y, batch_size=global_batch, epochs=1, shuffle=False, verbose=0)
-    save_weights(out_dir, json.loads(os.environ["TF_CONFIG"])["task"]["index"], model)
+    history = model.fit(x, y, batch_size=global_batch, epochs=1, shuffle=False, verbose=0)
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    save_weights(out_dir, index, model)
+    save_history(out_dir, index, history.history)
 
 
 if __name__ == "__main__":

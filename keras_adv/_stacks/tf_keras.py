@@ -6,7 +6,10 @@ added at the embedding lookups (`lookup.py`): the matrix is never written.
 AWP's passes read perturbed copies of the weights (`tf_keras_weights.py`):
 no weight is written either.
 The clean pass updates the compiled loss trackers as in plain training; the
-perturbed passes leave them as they were. With a loss-scale optimizer
+perturbed passes leave them as they were. The step returns metric results,
+the same on every replica, and `install` has `fit` take them from one
+replica (`_ONE_REPLICA`), so that History holds the single-device values
+under MultiWorkerMirroredStrategy too. With a loss-scale optimizer
 (mixed precision) the passes differentiate the scaled loss and the weight
 gradients are unscaled before the update, as `optimizer.minimize` does.
 """
@@ -47,6 +50,23 @@ def unscaled_gradients(optimizer, grads):
     return grads if unscale is None else unscale(grads)
 
 
+def _create_step_count_eagerly(optimizer):
+    """Creates the optimizer's step count outside the traced step.
+
+    The passes read `optimizer.iterations` (epsilon schedules, the warm-up,
+    noise seeds) before `apply_gradients` runs. A legacy optimizer
+    (bert4keras's, `tf_keras.optimizers.legacy`) creates that variable on its
+    first read. Created inside the traced step under MirroredStrategy, its
+    replicas' copies are initialised from the first one's there, which
+    `tf.function` cannot lift out of the step, so the first step fails ("You
+    must feed a value for placeholder tensor 'cond/else/...'"). Its own
+    `apply_gradients` creates it under `tf.init_scope()` for this reason;
+    this does the same, and reads an existing one as it is.
+    """
+    with tf.init_scope():
+        return optimizer.iterations
+
+
 def _unscaled_for_distribution(loss):
     # Under a strategy, `compute_loss` divides the loss by the replica count
     # (so that summed gradients are the global batch's); tf-keras's own loss
@@ -62,6 +82,8 @@ class AdversarialTrainStep(AdversarialStep):
         # Made in the model's strategy scope, so that replicas sum into it.
         with strategy.scope():
             self.adversarial_loss = _tf_keras().metrics.Mean(name=history_name(settings))
+        # The model's `distribute_reduction_method` before the line (`install`).
+        self.reduction_before = "auto"
 
     def __call__(self, model, data):
         tf_keras = _tf_keras()
@@ -70,6 +92,7 @@ class AdversarialTrainStep(AdversarialStep):
         # only once a loss has been computed).
         self._reset_with(model.compiled_loss._total_loss_mean)
         optimizer = model.optimizer
+        _create_step_count_eagerly(optimizer)
 
         def clean_forward():
             y_pred = model(x, training=True)
@@ -131,13 +154,42 @@ def is_installed(model):
     return installed_step(model, "train_step", AdversarialTrainStep) is not None
 
 
+# How `fit` reduces across replicas the logs that the step returns. They are
+# metric results, which every replica already holds for the global batch
+# (tf-keras aggregates metric state across replicas, workers included). The
+# default, "auto", is a SUM on every strategy but TPUStrategy: under
+# MultiWorkerMirroredStrategy it adds up the workers' equal copies (N workers,
+# N times the value), in plain training too (its per-batch logs). Plain
+# History escapes it only because `fit` reads the epoch's values again from
+# `model.metrics` when the logs name nothing else; the adversarial loss is not
+# among them (a metric there would join `evaluate`'s results), so the logs
+# are taken from one replica instead.
+_ONE_REPLICA = "first"
+
+
+def _take_logs_from_one_replica(model, replaced_step):
+    """Has `fit` take the step's logs from one replica, unless the user chose
+    a reduction. Returns the reduction `uninstall` puts back."""
+    if replaced_step is not None:  # The line called again: it set the reduction.
+        return replaced_step.reduction_before
+    before = model.distribute_reduction_method
+    if before == "auto":
+        model.distribute_reduction_method = _ONE_REPLICA
+    return before
+
+
 def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
     strategy = model.distribute_strategy
     distribution.check_strategy(strategy, multi_worker=True)
     step = AdversarialTrainStep(layer, settings, strategy)
+    replaced = installed_step(model, "train_step", AdversarialTrainStep)
     install_step(model, "train_step", step, _tf_keras().Model.train_step)
+    step.reduction_before = _take_logs_from_one_replica(model, replaced)
 
 
 def uninstall(model):
+    step = installed_step(model, "train_step", AdversarialTrainStep)
     uninstall_step(model, "train_step")
+    if model.distribute_reduction_method == _ONE_REPLICA and step.reduction_before == "auto":
+        model.distribute_reduction_method = "auto"
