@@ -14,9 +14,11 @@ $(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(INSTALLED)
 
-# The main job: the ablation on the shipped default dataset (plain vs FGM at
-# epsilon 0.1, 0.3 and 1.0, 3 seeds; the epsilon chosen on validation, then
-# tested beside plain); prints the report and writes runs/ablation/.
+# The main job: the ablation on the shipped default dataset (plain vs FGM on
+# the matrix and per example, each on its own grid of relative sizes, grown
+# past an edge where the best sits on it, 3 seeds; each size chosen on
+# validation, then tested beside plain); prints the report and writes
+# runs/ablation/.
 demo: $(INSTALLED)
 	$(PYTHON) -m keras_adv ablation
 

