@@ -95,7 +95,7 @@ class MirroredParityTests(TestCase):
         expected = single_model.get_weights()
         for replicas, want in zip(copies, expected):
             for replica in replicas:  # Every replica agrees.
-                self.assertAllClose(replica, want, rtol=1e-5, atol=2e-6)
+                self.assertAllClose(replica, want, rtol=1e-5, atol=5e-6)  # Summed in another order across replicas.
         self.assertAllClose(history["loss"], single["loss"], rtol=1e-5)
         name = "vat_divergence" if method == "vat" else "adversarial_loss"
         if self.history_has_adversarial_loss:
@@ -221,7 +221,7 @@ class Bert4kerasOptimizerParityTests(TestCase):
         assert len(copies) == len(single) > len(before)  # The optimizer's weights are compared too.
         for replicas, [want] in zip(copies, single):
             for replica in replicas:
-                self.assertAllClose(replica, want, rtol=1e-5, atol=2e-6)
+                self.assertAllClose(replica, want, rtol=1e-5, atol=5e-6)  # Summed in another order across replicas.
         # The weights moved (with gradient accumulation, at its second update).
         assert max(np.abs(w[0] - b).max() for w, b in zip(single, before)) > 1e-3
         names = ["loss", "adversarial_loss"] if self.history_has_adversarial_loss else ["loss"]
