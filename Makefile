@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-keras3 test-keras3-jax test-keras3-torch test-keras3-jax-data-parallel test-keras3-mirrored test-tf-keras test-tf-keras-graph test-tf-keras-mirrored test-tf-keras-graph-mirrored benchmark
+.PHONY: demo test test-keras3 test-keras3-jax test-keras3-torch test-ablation test-keras3-jax-data-parallel test-keras3-mirrored test-tf-keras test-tf-keras-graph test-tf-keras-mirrored test-tf-keras-graph-mirrored benchmark
 
 $(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -29,7 +29,7 @@ demo: $(INSTALLED)
 # TensorFlow loads (tests/tf_keras*/conftest.py sets them), graph mode is
 # global to a process, and the mirrored and data-parallel folders split the
 # CPU into two devices before TensorFlow or JAX initialises.
-TEST_PROCESSES := test-keras3-jax test-keras3 test-keras3-torch test-tf-keras test-tf-keras-graph \
+TEST_PROCESSES := test-ablation test-keras3 test-keras3-jax test-keras3-torch test-tf-keras test-tf-keras-graph \
 	test-keras3-mirrored test-tf-keras-mirrored test-keras3-jax-data-parallel test-tf-keras-graph-mirrored
 
 test: $(INSTALLED)
@@ -37,6 +37,11 @@ test: $(INSTALLED)
 
 test-keras3: $(INSTALLED)
 	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest tests/keras3 tests/keras3_tensorflow tests/test_methods.py
+
+# The ablation runner's tests (their end-to-end runs are the suite's longest)
+# in a process of their own, on Keras 3 with TensorFlow, as `make demo` runs.
+test-ablation: $(INSTALLED)
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest tests/ablation
 
 test-keras3-jax: $(INSTALLED)
 	KERAS_BACKEND=jax $(PYTHON) -m pytest tests/keras3 tests/keras3_jax

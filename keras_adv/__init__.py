@@ -13,6 +13,7 @@ from keras_adv.methods import FGSM
 from keras_adv.methods import FreeLB
 from keras_adv.methods import GradientPenalty
 from keras_adv.methods import PGD
+from keras_adv.methods import RELATIVE_DEFAULTS
 from keras_adv.methods import VAT
 from keras_adv.methods import l2_normalize
 from keras_adv.methods import project_to_ball
@@ -36,5 +37,6 @@ __all__ = [
     "VAT",
     "l2_normalize",
     "project_to_ball",
+    "RELATIVE_DEFAULTS",
     "__version__",
 ]

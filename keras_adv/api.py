@@ -21,7 +21,7 @@ def adversarial_training(
     steps=None,
     alpha=None,
     objective="sum",
-    relative_epsilon=False,
+    relative_epsilon=None,
     per_example=None,
     start_step=0,
 ):
@@ -54,9 +54,12 @@ def adversarial_training(
             by every method but AWP, which perturbs weights and refuses it.
         epsilon: Positive float, the L2 norm (FGM) or radius (PGD) of the
             perturbation over the whole batch or, with `per_example`, of each
-            example's, or FGSM's step of every entry (default 1.0); or a schedule,
-            a callable of the optimizer's step count (a Keras
-            `LearningRateSchedule`, say) giving each step's epsilon.
+            example's, or FGSM's step of every entry; or a schedule, a
+            callable of the optimizer's step count (a Keras
+            `LearningRateSchedule`, say) giving each step's epsilon. None
+            (the default): the method's default size, relative to what it
+            perturbs (`relative_epsilon`; FGM 0.01 on the matrix, 0.003 per
+            example; `keras_adv.RELATIVE_DEFAULTS` has every method's).
         method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"`,
             `"gradient_penalty"`, `"vat"` or `"awp"`, or a `keras_adv.FGM`,
             `keras_adv.FGSM`, `keras_adv.PGD`, `keras_adv.FreeLB`,
@@ -74,17 +77,29 @@ def adversarial_training(
             `alpha` to 1.0, `steps` to 1.
         steps: PGD's number of steps K (default 3; FreeLB's passes, 3; AWP's
             steps, 1; VAT's power iterations, 1); FGM and FGSM take none.
-        alpha: PGD's step length (default 0.3; FreeLB's, 0.1; AWP's, 1.0,
-            relative to each weight's norm); FGM, FGSM and VAT take none.
+        alpha: PGD's step length (default relative 0.003 on the matrix,
+            0.001 per example; absolute 0.3; FreeLB's relative 0.002,
+            absolute 0.1; AWP's 1.0, relative to each weight's norm); FGM,
+            FGSM and VAT take none.
         objective: `"sum"` (clean + adversarial gradients, the default) or
             `"adversarial"` (adversarial gradient only).
-        relative_epsilon: If True, `epsilon` (and PGD's `alpha`) are
-            fractions of the L2 norm `n` of the batch's touched embedding
-            rows (each distinct token's row once; with `per_example`, of each
-            example's embedded sequence); not for FGSM. FGM adds
-            `r = epsilon * n * g / ||g||`, so `epsilon=0.1` moves the rows by
-            a tenth of their own size whatever the scale of the model's
-            embeddings.
+        relative_epsilon: If True, the sizes (`epsilon`, PGD's and
+            FreeLB's `alpha`, VAT's `xi`) are fractions of the L2 norm `n`
+            of what is perturbed: the batch's touched embedding rows (each
+            distinct token's row once) or, with `per_example`, each
+            example's embedded sequence over its non-padding positions.
+            FGM adds `r = epsilon * n * g / ||g||`, so `epsilon=0.01` moves
+            the rows by 1% of their own size whatever the scale of the
+            model's embeddings. FGSM's step is in units of the
+            root-mean-square entry (`n / sqrt(entries)`), which gives it
+            FGM's norm. The gradient penalty becomes `weight * n * ||g||`,
+            the first-order gain of FGM at relative size `weight`. If False,
+            sizes are absolute, as in the published recipes (bert4keras's
+            `epsilon=0.5`). None (the default): relative when no size is
+            given (neither `epsilon` nor `alpha`, and the method named by a
+            string), so the defaults train on any model; absolute otherwise,
+            and for a method object's own sizes. AWP's sizes are relative
+            to each weight already.
         per_example: If True, each example's embedded sequence (the
             lookup's output, `T x d`) gets its own perturbation, normalised
             (FGM) or projected (PGD) over its non-padding positions (Miyato
@@ -122,11 +137,17 @@ def adversarial_training(
         # The method is built with the schedule's first value (1.0 where a
         # ramp starts at 0); each step then passes the schedule's own value.
         epsilon = first_value(schedule) or 1.0
-    adversary = get_method(method, epsilon=epsilon, steps=steps, alpha=alpha)
-    start_step = arguments.count("start_step", start_step, minimum=0)
-    relative_epsilon = arguments.flag("relative_epsilon", relative_epsilon)
+    if relative_epsilon is not None:
+        relative_epsilon = arguments.flag("relative_epsilon", relative_epsilon)
     if per_example is not None:
         per_example = arguments.flag("per_example", per_example)
+    if relative_epsilon is None:  # Relative where the user gave no size.
+        relative_epsilon = isinstance(method, str) and method.lower() != "awp" and epsilon is None \
+            and alpha is None
+    adversary = get_method(
+        method, epsilon=epsilon, steps=steps, alpha=alpha, relative=relative_epsilon, per_example=per_example
+    )
+    start_step = arguments.count("start_step", start_step, minimum=0)
     if objective not in OBJECTIVES:
         raise ValueError(f"Unknown objective {objective!r}. Expected one of {OBJECTIVES}.")
     if not stack.is_compiled(model):
@@ -148,21 +169,17 @@ def adversarial_training(
         layer = find_embedding_layer(model, embedding_name)
     if per_example is None:  # Not stated: the method's own mode.
         per_example = isinstance(adversary, (FreeLB, VAT))
-    # Why each method has no choice of `objective` (and the penalty no relative size).
+    # Why each method has no choice of `objective`.
     fixed_update = {
         FreeLB: "FreeLB updates from the sum of its K passes' gradients (each of L / K), "
                 "so `objective` has nothing to choose.",
         VAT: "VAT adds its divergence term to the clean loss, so `objective` has nothing "
              "to choose.",
+        GradientPenalty: "The gradient penalty perturbs nothing: its update is that of the "
+                         "penalised loss, with no perturbed pass for `objective` to choose.",
     }.get(type(adversary))
     if fixed_update and objective != "sum":
         raise ValueError(f"{fixed_update} Drop `objective`.")
-    if isinstance(adversary, GradientPenalty) and (relative_epsilon or objective != "sum"):
-        raise ValueError(
-            "The gradient penalty perturbs nothing: it has no size to make relative and no "
-            "perturbed pass for `objective` to choose; its update is that of the penalised "
-            "loss. Drop `objective` and `relative_epsilon`."
-        )
     if isinstance(adversary, (FreeLB, VAT)) and not per_example:
         raise ValueError(
             f"{type(adversary).__name__} perturbs each example's embedded sequence; it has "

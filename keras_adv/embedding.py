@@ -41,6 +41,12 @@ def _display_name(variable):
 
 def _embedding_matrix(layer):
     matrix = getattr(layer, "embeddings", None)
+    if getattr(layer, "lora_enabled", False):
+        # Keras's LoRA makes `embeddings` a tensor computed from the frozen
+        # matrix `_embeddings` and the factors: the matrix variable is
+        # `_embeddings` (named "embeddings"), what names and lists it. (The
+        # Keras 3 stacks then refuse the layer, `keras3.check_embedding`.)
+        matrix = getattr(layer, "_embeddings", matrix)
     if matrix is None or len(getattr(matrix, "shape", ())) != 2:
         return None
     return matrix

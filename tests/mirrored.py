@@ -36,11 +36,11 @@ CASES = [
     ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4), "adversarial"),
     ("fgm", dict(epsilon=0.7, per_example=True), "sum"),
     ("pgd", dict(epsilon=0.2, alpha=0.15, steps=4, per_example=True, relative_epsilon=True), "sum"),
-    ("fgsm", dict(epsilon=0.05), "adversarial"),
+    ("fgsm", dict(epsilon=0.1, relative_epsilon=True), "adversarial"),
     # With a random start: each replica takes its share of the global
-    # batch's noise, as VAT's.
-    (keras_adv.FreeLB(alpha=0.3, steps=3, init_magnitude=0.5), {}, "sum"),
-    ("vat", dict(epsilon=1.5, steps=2), "sum"),
+    # batch's noise, as VAT's. Relative sizes: each example's own norm.
+    (keras_adv.FreeLB(alpha=0.15, epsilon=0.2, steps=3, init_magnitude=0.5), dict(relative_epsilon=True), "sum"),
+    ("vat", dict(epsilon=0.7, steps=2, relative_epsilon=True), "sum"),
 ]
 
 
@@ -120,12 +120,13 @@ class MirroredParityTests(TestCase):
         if self.history_has_adversarial_loss:
             self.assertAllClose(history["adversarial_loss"], single_history["adversarial_loss"], rtol=1e-5)
 
-    def test_gradient_penalty_per_example_gives_the_single_device_result(self):
+    @pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+    def test_gradient_penalty_per_example_gives_the_single_device_result(self, relative):
         results = []
         for strategy in (mirrored_strategy(), tf.distribute.get_strategy()):
-            penalty = dict(per_example=True)
+            penalty = dict(per_example=True, relative_epsilon=relative)
             model, history = self._train(
-                strategy, keras_adv.GradientPenalty(weight=30.0), penalty, "sum", True
+                strategy, keras_adv.GradientPenalty(weight=0.5 if relative else 30.0), penalty, "sum", True
             )
             results.append((model.get_weights(), history))
         (mirrored, history), (single, single_history) = results

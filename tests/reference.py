@@ -193,9 +193,11 @@ def fgsm_perturbation(params, x, y, epsilon, relative_epsilon=False):
     return epsilon * np.sign(dE)
 
 
-def gradient_penalty_sgd_step(params, x, y, lr, weight, per_example=False):
+def gradient_penalty_sgd_step(params, x, y, lr, weight, per_example=False, relative=False):
     """One SGD step on `L + weight / 2 * ||g||^2`, `g` the gradient of `L`
-    w.r.t. the matrix (or, per example, w.r.t. the lookups' outputs).
+    w.r.t. the matrix (or, per example, w.r.t. the lookups' outputs); with
+    `relative`, on `L + weight * sum(n * ||g||)`, `n` the norm of the touched
+    rows (or of each example's sequence) before the step, held constant.
 
     The penalised loss's gradient is taken by central differences of its
     hand-written value: a route independent of any autodiff.
@@ -203,11 +205,17 @@ def gradient_penalty_sgd_step(params, x, y, lr, weight, per_example=False):
     Returns:
         (params after the step, clean loss, penalty).
     """
+    unit = relative_units(params[0], x, per_example) if relative else None
 
     def penalized(flat):
         loss, grads, de = lookup_gradients(_unflatten(flat, params), x, y)
         g = de if per_example else grads[0]
-        return loss + 0.5 * weight * np.sum(g**2), loss, 0.5 * weight * np.sum(g**2)
+        if relative:
+            norms = np.sqrt((g**2).sum(axis=(1, 2), keepdims=True)) if per_example else np.sqrt(np.sum(g**2))
+            penalty = weight * np.sum(unit * norms)
+        else:
+            penalty = 0.5 * weight * np.sum(g**2)
+        return loss + penalty, loss, penalty
 
     flat = np.concatenate([p.reshape(-1) for p in params])
     step = 1e-6

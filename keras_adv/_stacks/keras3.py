@@ -6,6 +6,7 @@ reports the adversarial loss.
 """
 
 import keras
+from keras import ops
 
 from keras_adv._stacks.instance_patch import install_step, uninstall_step
 from keras_adv._stacks.passes import history_name
@@ -13,16 +14,39 @@ from keras_adv._stacks.passes import history_name
 __all__ = [
     "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss",
     "perturbed_loss", "perturbed_outputs", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
+    "update_count", "check_embedding", "LORA_EMBEDDING_NOT_SUPPORTED",
 ]
+
+LORA_EMBEDDING_NOT_SUPPORTED = (
+    "keras_adv cannot train embedding layer '{name}' adversarially: LoRA is enabled on it "
+    "(`enable_lora`), so its `embeddings` is a tensor computed from a frozen matrix and "
+    "two low-rank factors, not the matrix variable that keras_adv reads. Keep LoRA off the "
+    "embedding: with KerasHub, `backbone.enable_lora(rank)` (its default target layers) "
+    "freezes the token embedding without adding LoRA to it, and every method still perturbs "
+    "its lookups while the LoRA factors train. Or use AWP (`method='awp'`), which perturbs "
+    "weights, not an embedding."
+)
 
 
 def is_compiled(model):
     return bool(getattr(model, "compiled", False)) and model.optimizer is not None
 
 
+def check_embedding(layer):
+    """Refuses an embedding layer whose matrix is not a variable (Keras's
+    LoRA), at the call and again in the step (LoRA enabled after the call).
+
+    Raises:
+        NotImplementedError: If LoRA is enabled on `layer`.
+    """
+    if layer is not None and getattr(layer, "lora_enabled", False):
+        raise NotImplementedError(LORA_EMBEDDING_NOT_SUPPORTED.format(name=layer.name))
+
+
 def install_train_step(model, step):
     """Binds `step` as the model's `train_step` and tracks its loss metric
     (made in the model's strategy scope on TensorFlow, where replicas sum into it)."""
+    check_embedding(step.layer)
     install_step(model, "train_step", step, keras.Model.train_step)
     _detach_metric(model)  # An earlier call's, maybe of another name.
     metric_name = history_name(step.settings)
@@ -49,6 +73,24 @@ def compute_loss(model, x, y, y_pred, sample_weight):
     # `_compute_loss` handles `compute_loss` overrides written before the
     # `training` argument.
     return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+
+
+def update_count(optimizer, optimizer_variables=None):
+    """`optimizer.iterations` (the updates the optimizer has made), a tensor
+    of the backend: what `start_step`, an epsilon schedule and the noise's
+    seed count, on every backend (the TensorFlow step reads the same property).
+
+    With `gradient_accumulation_steps` Keras computes it from its counter of
+    batches (the counter floor-divided by the steps), so it is no variable:
+    a JAX step reads it in a stateless scope over its state
+    (`optimizer_variables`, in the order of `optimizer.variables`), as Keras
+    reads its own optimizer state there.
+    """
+    if optimizer_variables is None:
+        return ops.convert_to_tensor(optimizer.iterations)
+    mapping = list(zip(optimizer.variables, optimizer_variables))
+    with keras.StatelessScope(state_mapping=mapping):
+        return ops.convert_to_tensor(optimizer.iterations)
 
 
 def batch_size(x):

@@ -24,7 +24,8 @@ from keras_adv._stacks.lookup import Lookups, tapped_lookups
 from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
     AdversarialStep, Pass, attack, epsilon_now, free_lb, no_lookup_error,
-    no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
+    no_lookup_gradient_error, penalty_term, selected_weights, update_gradients, virtual_adversarial,
+    weight_attack,
 )
 from keras_adv.methods import AWP, VAT, FreeLB
 
@@ -46,10 +47,15 @@ class AdversarialTrainStep(AdversarialStep):
 
     def __call__(self, model, state, data):
         trainable, non_trainable, optimizer_variables, metrics_variables = state
+        keras3.check_embedding(self.layer)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         settings, layer = self.settings, self.layer
         optimizer = model.optimizer
-        iterations = _value_in(optimizer_variables, optimizer.variables, optimizer.iterations)
+        # Under `gradient_accumulation_steps` it is computed from the batch
+        # counter, no variable of the state; read outside the state it found
+        # the counter emptied (Keras's JAX `fit` purges the variables while it
+        # runs): "'NoneType' object is not callable".
+        iterations = keras3.update_count(optimizer, optimizer_variables)
         if layer is not None:  # AWP perturbs weights, not an embedding.
             matrix = _value_in(
                 list(trainable) + list(non_trainable),
@@ -219,7 +225,7 @@ class AdversarialTrainStep(AdversarialStep):
                 unscaled, y_pred, updated, metrics, (ids, outputs, _) = aux
                 masks = padding_masks(layer, ids, x) if settings.per_example else None
                 space = perturbation_space(settings.per_example, ids, outputs, matrix, masks)
-                penalty = settings.method.penalty(space.rows(ids, lookup_grads))
+                penalty = penalty_term(settings, space, space.rows(ids, lookup_grads))
                 total = loss + scaled(ops.cast(penalty, loss.dtype))
                 return total, (penalty, unscaled, y_pred, updated, metrics)
 

@@ -50,6 +50,7 @@ class AdversarialTrainStep(AdversarialStep):
     """A Keras 3 TensorFlow `train_step` with embedding-space adversarial training."""
 
     def __call__(self, model, data):
+        keras3.check_embedding(self.layer)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # XLA has no copy-on-read mode, nor this op; a layer not built yet
         # makes its matrix in this step, fresh.

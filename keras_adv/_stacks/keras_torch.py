@@ -18,7 +18,8 @@ from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.ops_rows import padding_masks, perturbation_space, random_start
 from keras_adv._stacks.passes import (
     AdversarialStep, Pass, attack, epsilon_now, free_lb, no_lookup_error,
-    no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
+    no_lookup_gradient_error, penalty_term, selected_weights, update_gradients, virtual_adversarial,
+    weight_attack,
 )
 from keras_adv.methods import AWP, VAT, FreeLB
 
@@ -49,10 +50,12 @@ class AdversarialTrainStep(AdversarialStep):
     def __call__(self, model, data):
         if model.jit_compile:  # A `compile(jit_compile=True)` after the call.
             raise NotImplementedError(TORCH_COMPILE_NOT_SUPPORTED)
+        keras3.check_embedding(self.layer)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         settings, optimizer = self.settings, model.optimizer
         trainable = model.trainable_weights[:]
-        adversarial = int(optimizer.iterations.value) >= settings.start_step
+        # A tensor, not a variable, under `gradient_accumulation_steps`.
+        adversarial = int(keras3.update_count(optimizer)) >= settings.start_step
 
         def clean_forward():
             y_pred = model(x, training=True)
@@ -96,7 +99,7 @@ class AdversarialTrainStep(AdversarialStep):
                     lookup_gradients=not last,
                 )
 
-            epsilon = epsilon_now(settings, optimizer.iterations.value)
+            epsilon = epsilon_now(settings, keras3.update_count(optimizer))
             last = attack(self, space, clean, perturbed_pass, epsilon)
             gradients = update_gradients(settings.objective, clean.gradients, last.gradients, _add)
             adversarial_loss = last.loss
@@ -113,7 +116,7 @@ class AdversarialTrainStep(AdversarialStep):
         """FreeLB's K passes from its random start, every one's weight
         gradients (of L / K) summed: `(first Pass, gradients, mean loss)`."""
         method, layer = self.settings.method, self.layer
-        steps, step_count = method.steps, int(optimizer.iterations.value)
+        steps, step_count = method.steps, int(keras3.update_count(optimizer))
 
         def random_start_at(index, ids):
             shape = tuple(ids.shape) + (layer.embeddings.shape[1],)
@@ -148,7 +151,7 @@ class AdversarialTrainStep(AdversarialStep):
                 lookup_gradients=not last, scale=1 / steps,
             )
 
-        epsilon = epsilon_now(self.settings, optimizer.iterations.value)
+        epsilon = epsilon_now(self.settings, keras3.update_count(optimizer))
         return free_lb(self, first_pass, space_of, perturbed_pass, _add, epsilon)
 
     def _virtual_adversarial(self, model, clean_forward, trainable, x):
@@ -174,10 +177,10 @@ class AdversarialTrainStep(AdversarialStep):
                 lookup_gradients=not last, scale=method.weight if last else None,
             )
 
-        step_count = int(optimizer.iterations.value)
+        step_count = int(keras3.update_count(optimizer))
         noises = [vat_noise(self.seed, step_count, index, tuple(output.shape), output.device)
                   for index, output in enumerate(clean.lookups.outputs)]
-        epsilon = epsilon_now(self.settings, optimizer.iterations.value)
+        epsilon = epsilon_now(self.settings, keras3.update_count(optimizer))
         last = virtual_adversarial(self, space, noises, divergence_pass, epsilon)
         gradients = update_gradients("sum", clean.gradients, last.gradients, _add)
         return clean, gradients, last.loss
@@ -197,7 +200,7 @@ class AdversarialTrainStep(AdversarialStep):
                 trainable,
             )
 
-        epsilon = epsilon_now(settings, model.optimizer.iterations.value)
+        epsilon = epsilon_now(settings, keras3.update_count(model.optimizer))
         last, gradients = weight_attack(
             self, clean, indices, [v.value.detach() for v in selected], perturbed_pass, _add,
             dense=lambda gradients: _dense(gradients, selected), epsilon=epsilon,
@@ -228,7 +231,7 @@ class AdversarialTrainStep(AdversarialStep):
         space = perturbation_space(
             settings.per_example, ids, outputs, self.layer.embeddings.value, masks
         )
-        penalty = settings.method.penalty(space.rows(ids, lookup_grads))
+        penalty = penalty_term(settings, space, space.rows(ids, lookup_grads))
         total = loss + optimizer.scale_loss(penalty.to(loss.dtype))
         grads = torch.autograd.grad(total, [w.value for w in weights], allow_unused=True)
         return Pass(reported.detach(), list(grads), lookups, None, predictions), penalty.detach()

@@ -11,8 +11,8 @@ FreeLB has no separate clean pass: its first pass runs at its random start
 gradients (of `L / K`), and the update is their sum (`free_lb`).
 
 A method that perturbs nothing (`GradientPenalty`, `steps == 0`) runs the
-clean pass alone, adds `method.penalty(rows)` of the gradient w.r.t. its
-lookups to the loss, and updates from that loss's gradient (a second-order
+clean pass alone, adds `penalty_term` of the gradient w.r.t. its lookups
+to the loss, and updates from that loss's gradient (a second-order
 one: each stack differentiates the lookups' gradient again).
 
 A stack supplies `perturbed_pass(perturbation, last) -> Pass`: the model run
@@ -36,7 +36,8 @@ from keras_adv._stacks.schedule import scheduled_epsilon
 from keras_adv.methods import FGSM, VAT, FreeLB, math_for
 
 __all__ = [
-    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "relative_unit", "free_lb", "virtual_adversarial",
+    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "relative_unit", "penalty_term", "free_lb",
+    "virtual_adversarial",
     "weight_attack",
     "selected_weights", "update_gradients", "epsilon_now",
     "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
@@ -173,6 +174,14 @@ def relative_unit(method, space):
     if isinstance(method, FGSM):
         return unit / (space.entries() ** 0.5 + 1e-12)
     return unit
+
+
+def penalty_term(settings, space, gradient):
+    """The gradient penalty's term of `gradient` (the lookups' gradient as
+    the `space`'s rows): absolute, or with `relative_epsilon` scale-free, in
+    units of the norm of what is perturbed (`GradientPenalty.penalty`)."""
+    unit = relative_unit(settings.method, space) if settings.relative_epsilon else None
+    return settings.method.penalty(gradient, unit, per_example=space.per_example)
 
 
 def _safe(unit):

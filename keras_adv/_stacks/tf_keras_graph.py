@@ -43,7 +43,7 @@ from keras_adv._stacks.outputs import divergence
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import (
     PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, ascent, attack, epsilon_now, no_lookup_gradient_error,
-    selected_weights, virtual_adversarial, weight_attack,
+    penalty_term, selected_weights, virtual_adversarial, weight_attack,
 )
 from keras_adv._stacks.tf_keras_weights import substituted_weights
 from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start, sum_across_replicas
@@ -271,7 +271,7 @@ class AdversarialTrainFunction(AdversarialStep):
         if settings.method.steps == 0:
             # The gradient penalty: the optimizer's `tf.gradients` of this loss
             # runs back through the lookups' gradient (a second-order one).
-            penalty = settings.method.penalty(space.rows(lookups.ids, lookup_gradients))
+            penalty = penalty_term(settings, space, space.rows(lookups.ids, lookup_gradients))
             if settings.start_step:
                 penalty *= tf.cast(tf.greater_equal(iterations, settings.start_step), penalty.dtype)
             return clean_loss + tf.cast(penalty, clean_loss.dtype), []

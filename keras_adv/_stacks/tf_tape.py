@@ -11,7 +11,8 @@ import tensorflow as tf
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import (
     PENALTY_ACROSS_REPLICAS, Pass, attack, epsilon_now, free_lb, no_lookup_error,
-    no_lookup_gradient_error, selected_weights, update_gradients, virtual_adversarial, weight_attack,
+    no_lookup_gradient_error, penalty_term, selected_weights, update_gradients, virtual_adversarial,
+    weight_attack,
 )
 from keras_adv._stacks.tf_rows import (
     ExampleRows, add_gradients, global_batch_draw, padding_masks, perturbation_space, random_start,
@@ -167,7 +168,7 @@ def taped_adversarial_passes(step, model, inputs, clean_forward, perturbed_forwa
             ]
             masks = padding_masks(layer, lookups.ids, inputs) if settings.per_example else None
             space = perturbation_space(settings.per_example, lookups, layer, masks)
-            penalty = settings.method.penalty(space.rows(lookups.ids, lookup_grads))
+            penalty = penalty_term(settings, space, space.rows(lookups.ids, lookup_grads))
             total = scaled + scale_loss(tf.cast(penalty, scaled.dtype))
         return penalty, outer.gradient(total, trainable()), predictions
 

@@ -55,8 +55,8 @@ def _parser():
     ablation.add_argument("--epsilon", type=float,
                           help="one epsilon for the adversarial methods, instead of a sweep")
     ablation.add_argument("--relative-epsilon", action="store_true", default=None,
-                          help="epsilon (and PGD's alpha) as fractions of the norm of what is perturbed: "
-                          "the touched embedding rows, or each example's sequence per example")
+                          help="sizes as fractions of the norm of what is perturbed: the touched "
+                          "embedding rows, or each example's sequence per example (as the default grids are)")
     ablation.add_argument("--labeled-fraction", type=float, metavar="FRACTION",
                           help="semi-supervised: keep the labels of this fraction of the training "
                           "split; VAT also trains on the rest, unlabelled, and the other methods on "
@@ -67,8 +67,9 @@ def _parser():
     ablation.add_argument("--start-step", type=int,
                           help="train plainly for this many optimizer updates first (default 0)")
     ablation.add_argument("--objective", help="sum (default) or adversarial")
-    ablation.add_argument("--steps", type=int, help="PGD steps (default 3)")
-    ablation.add_argument("--alpha", type=float, help="PGD step length (default 0.3)")
+    ablation.add_argument("--steps", type=int, help="PGD's and FreeLB's steps (default 3)")
+    ablation.add_argument("--alpha", type=float, help="PGD's and FreeLB's step length (default: "
+                          "keras_adv's for the method, in the sweep's units)")
     ablation.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     ablation.add_argument("--epochs", type=int, help="epochs per run (default 2)")
     ablation.add_argument("--attack-epsilon", type=float, help="epsilon of the table's attack (default 1.0)")

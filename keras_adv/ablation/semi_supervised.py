@@ -2,7 +2,7 @@
 
 VAT's divergence term needs no label, so VAT trains on the whole training
 split, the unlabelled rows in the same batches as the labelled ones, by the
-library's documented recipe (README, VAT): an unlabelled row gets the label 0
+library's documented recipe (docs/methods.md, VAT): an unlabelled row gets the label 0
 and sample weight 0, so the clean loss ignores it, and a labelled row the
 weight `len(x_train) / len(x_labeled)`, because Keras divides a weighted loss
 by the number of examples in the batch, not by the sum of the weights. The

@@ -14,13 +14,14 @@ from tests.testing import TestCase
 OPTIONS = [
     dict(method="fgm", objective="sum"),
     dict(method="pgd", steps=3, alpha=0.3, objective="adversarial"),
-    dict(method="fgsm", epsilon=0.1),
+    dict(method="fgsm", epsilon=0.2, relative_epsilon=True),
     dict(method="fgm", per_example=True),
     dict(method="fgm", relative_epsilon=True, epsilon=0.1),
     dict(method=keras_adv.GradientPenalty(weight=30.0)),
-    dict(method="freelb", alpha=0.3, epsilon=0.2),
+    dict(method=keras_adv.GradientPenalty(weight=0.5), relative_epsilon=True),
+    dict(method="freelb", alpha=0.15, epsilon=0.1, relative_epsilon=True),
     dict(method="awp", epsilon=0.1, alpha=0.5, steps=2),
-    dict(method=keras_adv.VAT(epsilon=1.5, power_iterations=2, weight=2.0)),
+    dict(method=keras_adv.VAT(epsilon=0.7, xi=0.05, power_iterations=2, weight=2.0), relative_epsilon=True),
     dict(method="awp", epsilon=0.1, objective="adversarial", start_step=1),
 ]
 

@@ -1,4 +1,5 @@
-"""README.md's Python blocks that run under MirroredStrategy (tests/readme.py).
+"""The Python blocks of README.md and docs/*.md that run under
+MirroredStrategy (tests/readme.py).
 
 Each runs in a process of its own, over two logical CPUs: a block makes its
 own strategy, and two strategies in one process number their collective ops

@@ -1,5 +1,6 @@
-"""README.md's Python blocks that run on Keras 3 with TensorFlow
-(tests/readme.py), and the check that every block has a process to run it."""
+"""The Python blocks of README.md and docs/*.md that run on Keras 3 with
+TensorFlow (tests/readme.py), and the check that every block has a process
+to run it."""
 
 import pytest
 
@@ -8,9 +9,11 @@ from tests.testing import TestCase
 
 
 def test_every_python_block_says_where_it_runs():
-    blocks = readme.blocks()  # Raises for a block without a known directive.
+    blocks = readme.blocks()  # Raises for a block without a known directive, or a shared id.
     assert {block.runs for block in blocks} == set(readme.PROCESSES)
     assert len(blocks) >= 8
+    # The docs/ pages are read too, not only the README.
+    assert {"README.md", "docs/methods.md"} <= {block.source for block in blocks}
 
 
 class TestReadme(TestCase):

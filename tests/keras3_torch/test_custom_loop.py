@@ -1,5 +1,5 @@
 """`perturbed_embedding` in a PyTorch custom loop: `loss.backward()`, the
-matrix's dense `.grad`, the attack, and one update, as the README shows."""
+matrix's dense `.grad`, the attack, and one update, as docs/custom_loops.md shows."""
 
 import keras
 import numpy as np

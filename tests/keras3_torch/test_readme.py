@@ -1,4 +1,5 @@
-"""README.md's Python blocks that run on Keras 3 with PyTorch (tests/readme.py)."""
+"""The Python blocks of README.md and docs/*.md that run on Keras 3 with
+PyTorch (tests/readme.py)."""
 
 import pytest
 

@@ -1,5 +1,5 @@
-"""README.md's Python blocks that run on tf-keras with bert4keras
-(tests/readme.py). What the reader has and the suite cannot ship (a
+"""The Python blocks of README.md and docs/*.md that run on tf-keras with
+bert4keras (tests/readme.py). What the reader has and the suite cannot ship (a
 pretrained checkpoint and its data) is a tiny random stand-in."""
 
 import pytest
