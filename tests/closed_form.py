@@ -428,16 +428,20 @@ class GradientPenaltyTests(TestCase):
     history_name = "gradient_penalty"
 
     @pytest.mark.parametrize("per_example", [False, True], ids=["matrix", "per example"])
-    def test_weights_after_one_step(self, per_example):
+    @pytest.mark.parametrize("relative,weight", [(False, 30.0), (True, 0.5)], ids=["absolute", "relative"])
+    def test_weights_after_one_step(self, per_example, relative, weight):
+        # Relative: weight * n * ||g||, n the touched rows' (each example's)
+        # norm held constant, the first-order gain of FGM; scale-free.
         model = compile_sgd(linear_text_model(), lr=LR)
         x, y = batch()
         before = params_of(model)
         keras_adv.adversarial_training(
-            model, "emb", method=keras_adv.GradientPenalty(weight=30.0), per_example=per_example
+            model, "emb", method=keras_adv.GradientPenalty(weight=weight), per_example=per_example,
+            relative_epsilon=relative,
         )
         history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
         expected, clean_loss, penalty = reference.gradient_penalty_sgd_step(
-            before, x, y, LR, 30.0, per_example=per_example
+            before, x, y, LR, weight, per_example=per_example, relative=relative
         )
         for actual, want in zip(params_of(model), expected):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
@@ -460,28 +464,6 @@ class GradientPenaltyTests(TestCase):
         params, _, _ = reference.gradient_penalty_sgd_step(params, x[8:], y[8:], LR, 30.0)
         for actual, want in zip(params_of(model), params):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
-
-    @pytest.mark.parametrize("per_example", [False, True], ids=["matrix", "per example"])
-    def test_relative_weight_is_the_first_order_gain_of_fgm(self, per_example):
-        # weight * n * ||g||, n the touched rows' (each example's) norm held
-        # constant: scale-free, against the same central differences.
-        model = compile_sgd(linear_text_model(), lr=LR)
-        x, y = batch()
-        before = params_of(model)
-        keras_adv.adversarial_training(
-            model, "emb", method=keras_adv.GradientPenalty(weight=0.5), relative_epsilon=True,
-            per_example=per_example,
-        )
-        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
-        expected, _, penalty = reference.gradient_penalty_sgd_step(
-            before, x, y, LR, 0.5, per_example=per_example, relative=True
-        )
-        for actual, want in zip(params_of(model), expected):
-            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
-        plain, _ = reference.plain_sgd_step(before, x, y, LR)
-        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
-        if self.history_name:
-            self.assertAllClose(history[self.history_name][0], penalty, rtol=1e-5)
 
     def test_by_name_with_its_default_relative_weight(self):
         # No size given: the relative default (`keras_adv.RELATIVE_DEFAULTS`).

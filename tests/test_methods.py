@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_adv import AWP, FGM, PGD, FreeLB, l2_normalize, project_to_ball
+from keras_adv import AWP, FGM, PGD, VAT, FreeLB, l2_normalize, project_to_ball
 from keras_adv.methods import get_method
 from tests import reference
 from tests.testing import TestCase
@@ -55,6 +55,11 @@ class TestMath(TestCase):
         assert get_method("pgd") == PGD(1.0, 0.3, 3)
         assert get_method("pgd", epsilon=0.5, steps=2, alpha=0.1) == PGD(0.5, 0.1, 2)
         assert get_method(PGD(1.0)) == PGD(1.0)
+        # Relative: the unset sizes from RELATIVE_DEFAULTS, by mode; given ones kept.
+        assert get_method("fgm", relative=True) == FGM(0.01)
+        assert get_method("fgm", relative=True, per_example=True) == FGM(0.003)
+        assert get_method("pgd", epsilon=0.1, relative=True, per_example=True) == PGD(0.1, 0.001, 3)
+        assert get_method("vat", relative=True) == VAT(epsilon=0.1, xi=0.01)
 
     @pytest.mark.parametrize(
         "make,error,words",

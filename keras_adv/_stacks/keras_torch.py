@@ -54,8 +54,12 @@ class AdversarialTrainStep(AdversarialStep):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         settings, optimizer = self.settings, model.optimizer
         trainable = model.trainable_weights[:]
-        # A tensor, not a variable, under `gradient_accumulation_steps`.
-        adversarial = int(keras3.update_count(optimizer)) >= settings.start_step
+        # Read once per step (a host sync on a GPU): the update count, a
+        # tensor (not a variable under `gradient_accumulation_steps`), and
+        # its value, for the warm-up switch and the noise's seed.
+        iterations = keras3.update_count(optimizer)
+        step_count = int(iterations)
+        adversarial = step_count >= settings.start_step
 
         def clean_forward():
             y_pred = model(x, training=True)
@@ -72,13 +76,15 @@ class AdversarialTrainStep(AdversarialStep):
             gradients = clean.gradients
         elif adversarial and isinstance(settings.method, FreeLB):
             clean, gradients, adversarial_loss = self._free_lb(
-                clean_forward, perturbed_forward, trainable, optimizer, x
+                clean_forward, perturbed_forward, trainable, iterations, step_count, x
             )
         elif adversarial and isinstance(settings.method, VAT):
-            clean, gradients, adversarial_loss = self._virtual_adversarial(model, clean_forward, trainable, x)
+            clean, gradients, adversarial_loss = self._virtual_adversarial(
+                model, clean_forward, trainable, iterations, step_count, x
+            )
         elif adversarial and isinstance(settings.method, AWP):
             clean, gradients, adversarial_loss = self._weight_attack(
-                model, clean_forward, perturbed_forward, trainable
+                model, clean_forward, perturbed_forward, trainable, iterations
             )
         elif not adversarial:  # A warm-up step (`start_step`): the clean pass alone.
             clean = _weight_pass(clean_forward, trainable)
@@ -99,7 +105,7 @@ class AdversarialTrainStep(AdversarialStep):
                     lookup_gradients=not last,
                 )
 
-            epsilon = epsilon_now(settings, keras3.update_count(optimizer))
+            epsilon = epsilon_now(settings, iterations)
             last = attack(self, space, clean, perturbed_pass, epsilon)
             gradients = update_gradients(settings.objective, clean.gradients, last.gradients, _add)
             adversarial_loss = last.loss
@@ -112,11 +118,11 @@ class AdversarialTrainStep(AdversarialStep):
         with metric.reporting():
             return model.compute_metrics(x, y, clean.predictions, sample_weight=sample_weight)
 
-    def _free_lb(self, clean_forward, perturbed_forward, weights, optimizer, x):
+    def _free_lb(self, clean_forward, perturbed_forward, weights, iterations, step_count, x):
         """FreeLB's K passes from its random start, every one's weight
         gradients (of L / K) summed: `(first Pass, gradients, mean loss)`."""
         method, layer = self.settings.method, self.layer
-        steps, step_count = method.steps, int(keras3.update_count(optimizer))
+        steps = method.steps
 
         def random_start_at(index, ids):
             shape = tuple(ids.shape) + (layer.embeddings.shape[1],)
@@ -151,10 +157,10 @@ class AdversarialTrainStep(AdversarialStep):
                 lookup_gradients=not last, scale=1 / steps,
             )
 
-        epsilon = epsilon_now(self.settings, keras3.update_count(optimizer))
+        epsilon = epsilon_now(self.settings, iterations)
         return free_lb(self, first_pass, space_of, perturbed_pass, _add, epsilon)
 
-    def _virtual_adversarial(self, model, clean_forward, trainable, x):
+    def _virtual_adversarial(self, model, clean_forward, trainable, iterations, step_count, x):
         """VAT: the clean pass, the power iterations on the divergence from
         its outputs, and the divergence at the perturbation, weighted:
         `(clean Pass, gradients, divergence)`."""
@@ -177,15 +183,14 @@ class AdversarialTrainStep(AdversarialStep):
                 lookup_gradients=not last, scale=method.weight if last else None,
             )
 
-        step_count = int(keras3.update_count(optimizer))
         noises = [vat_noise(self.seed, step_count, index, tuple(output.shape), output.device)
                   for index, output in enumerate(clean.lookups.outputs)]
-        epsilon = epsilon_now(self.settings, keras3.update_count(optimizer))
+        epsilon = epsilon_now(self.settings, iterations)
         last = virtual_adversarial(self, space, noises, divergence_pass, epsilon)
         gradients = update_gradients("sum", clean.gradients, last.gradients, _add)
         return clean, gradients, last.loss
 
-    def _weight_attack(self, model, clean_forward, perturbed_forward, trainable):
+    def _weight_attack(self, model, clean_forward, perturbed_forward, trainable, iterations):
         """AWP: the perturbed passes read perturbed copies of the selected
         weights (the variables are never written): `(clean Pass, gradients,
         adversarial loss)`."""
@@ -200,7 +205,7 @@ class AdversarialTrainStep(AdversarialStep):
                 trainable,
             )
 
-        epsilon = epsilon_now(settings, keras3.update_count(model.optimizer))
+        epsilon = epsilon_now(settings, iterations)
         last, gradients = weight_attack(
             self, clean, indices, [v.value.detach() for v in selected], perturbed_pass, _add,
             dense=lambda gradients: _dense(gradients, selected), epsilon=epsilon,

@@ -176,10 +176,12 @@ class MethodSpec:
         """The `keras_adv` method object of this configuration."""
         if self.name == "gradient_penalty":
             return GradientPenalty(weight=self.epsilon)
-        if self.name in ("pgd", "freelb"):
-            return get_method(self.name, epsilon=self.epsilon, steps=self.steps, alpha=self.alpha,
-                              relative=bool(self.relative_epsilon), per_example=self.per_example or None)
-        return get_method(self.name, epsilon=self.epsilon)
+        # Steps and alpha are PGD's and FreeLB's (the others ignore them,
+        # `canonical`); the sizes left unset take keras_adv's defaults in
+        # the sweep's units (VAT's xi, PGD's and FreeLB's alpha).
+        lengths = dict(steps=self.steps, alpha=self.alpha) if self.name in ("pgd", "freelb") else {}
+        return get_method(self.name, epsilon=self.epsilon, relative=bool(self.relative_epsilon),
+                          per_example=self.per_example or None, **lengths)
 
     def options(self, embedding_name=None):
         """Keyword arguments of `keras_adv.adversarial_training`, with the

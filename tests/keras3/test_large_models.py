@@ -203,11 +203,17 @@ class TestBfloat16(TestCase):
         assert max(np.abs(e - (2 * p - b)).max() for e, p, b in zip(expected, plain, before)) > 0.05
 
 
+def _accumulating_model():
+    """The linear model with SGD applying the mean gradient of every 2 batches."""
+    model = linear_text_model()
+    model.compile(optimizer=keras.optimizers.SGD(LR, gradient_accumulation_steps=2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
 class TestGradientAccumulation(TestCase):
     def test_accumulated_steps_are_one_update_by_their_mean_gradient(self):
-        model = linear_text_model()
-        model.compile(optimizer=keras.optimizers.SGD(LR, gradient_accumulation_steps=2),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model = _accumulating_model()
         x, y = batch(size=8, seed=3)
         before = params_of(model)
         keras_adv.adversarial_training(model, "emb", 0.7)
@@ -230,9 +236,7 @@ class TestGradientAccumulation(TestCase):
         # 4 batches, 2 updates; the first update's batches are plain, the
         # second's adversarial with the schedule's value at update 1 (0.7;
         # a count of batches would give 0.2).
-        model = linear_text_model()
-        model.compile(optimizer=keras.optimizers.SGD(LR, gradient_accumulation_steps=2),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model = _accumulating_model()
         x, y = batch(size=16, seed=4)
         params = params_of(model)
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.7, 0.2])
