@@ -1,4 +1,4 @@
-"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD, FreeLB, VAT, gradient penalty), and adversarial weight perturbation (AWP), for Keras."""
+"""keras_adv: one-line embedding-space adversarial training (FGM, FGSM, PGD, FreeLB, VAT, gradient penalty), adversarial weight perturbation (AWP), R-Drop and NEFTune, for Keras."""
 
 from keras_adv.api import adversarial_training
 from keras_adv.api import remove_adversarial_training
@@ -12,7 +12,9 @@ from keras_adv.methods import FGM
 from keras_adv.methods import FGSM
 from keras_adv.methods import FreeLB
 from keras_adv.methods import GradientPenalty
+from keras_adv.methods import NEFTune
 from keras_adv.methods import PGD
+from keras_adv.methods import RDrop
 from keras_adv.methods import RELATIVE_DEFAULTS
 from keras_adv.methods import VAT
 from keras_adv.methods import l2_normalize
@@ -35,6 +37,8 @@ __all__ = [
     "GradientPenalty",
     "PGD",
     "VAT",
+    "RDrop",
+    "NEFTune",
     "l2_normalize",
     "project_to_ball",
     "RELATIVE_DEFAULTS",

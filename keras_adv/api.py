@@ -5,7 +5,7 @@ from keras_adv.embedding import find_embedding_layer
 from keras_adv._stacks.outputs import divergence_kind
 from keras_adv._stacks.passes import Settings, selected_weights
 from keras_adv._stacks.schedule import first_value
-from keras_adv.methods import AWP, VAT, FreeLB, GradientPenalty, get_method
+from keras_adv.methods import get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
 
@@ -142,8 +142,8 @@ def adversarial_training(
     if per_example is not None:
         per_example = arguments.flag("per_example", per_example)
     if relative_epsilon is None:  # Relative where the user gave no size.
-        relative_epsilon = isinstance(method, str) and method.lower() != "awp" and epsilon is None \
-            and alpha is None
+        relative_epsilon = isinstance(method, str) and epsilon is None and alpha is None \
+            and get_method(method).relative
     adversary = get_method(
         method, epsilon=epsilon, steps=steps, alpha=alpha, relative=relative_epsilon, per_example=per_example
     )
@@ -155,37 +155,11 @@ def adversarial_training(
             f"Model '{model.name}' is not compiled. Call `model.compile(...)` "
             f"first, then `adversarial_training`."
         )
-    if isinstance(adversary, AWP):
-        _check_awp(model, adversary, embedding_name, relative_epsilon, per_example)
-        layer = None
-    elif embedding_name is None:
-        raise ValueError(
-            f"Method {type(adversary).__name__} perturbs an embedding: name its layer, "
-            f"as in `adversarial_training(model, 'Embedding-Token', ...)` "
-            f"(`keras_adv.embedding_candidates(model)` lists them). Only AWP, which "
-            f"perturbs weights, takes no embedding name."
-        )
-    else:
-        layer = find_embedding_layer(model, embedding_name)
+    _check_options(model, adversary, embedding_name, relative_epsilon, per_example, objective)
+    layer = find_embedding_layer(model, embedding_name) if adversary.embedding else None
     if per_example is None:  # Not stated: the method's own mode.
-        per_example = isinstance(adversary, (FreeLB, VAT))
-    # Why each method has no choice of `objective`.
-    fixed_update = {
-        FreeLB: "FreeLB updates from the sum of its K passes' gradients (each of L / K), "
-                "so `objective` has nothing to choose.",
-        VAT: "VAT adds its divergence term to the clean loss, so `objective` has nothing "
-             "to choose.",
-        GradientPenalty: "The gradient penalty perturbs nothing: its update is that of the "
-                         "penalised loss, with no perturbed pass for `objective` to choose.",
-    }.get(type(adversary))
-    if fixed_update and objective != "sum":
-        raise ValueError(f"{fixed_update} Drop `objective`.")
-    if isinstance(adversary, (FreeLB, VAT)) and not per_example:
-        raise ValueError(
-            f"{type(adversary).__name__} perturbs each example's embedded sequence; it has "
-            f"no matrix mode. Drop per_example=False (or use PGD for the matrix)."
-        )
-    if isinstance(adversary, VAT):
+        per_example = bool(adversary.modes) and adversary.modes[0]
+    if adversary.compares_outputs:
         divergence_kind(model, adversary)  # The outputs' distribution, or a clear error.
     stack.install(
         model, layer,
@@ -194,20 +168,43 @@ def adversarial_training(
     return model
 
 
-def _check_awp(model, method, embedding_name, relative_epsilon, per_example):
-    """AWP's arguments: what only the embedding methods take is refused."""
-    given = [name for name, value in (
-        ("embedding_name", embedding_name is not None), ("relative_epsilon", relative_epsilon),
-        ("per_example", per_example is not None),
-    ) if value]
-    if given:
+def _check_options(model, method, embedding_name, relative_epsilon, per_example, objective):
+    """Refuses what `method` cannot honour, saying what would work."""
+    name = type(method).__name__
+    if not method.embedding:
+        given = [option for option, value in (
+            ("embedding_name", embedding_name is not None), ("relative_epsilon", relative_epsilon),
+            ("per_example", per_example is not None),
+        ) if value]
+        if given:
+            what = ("the model's weights (chosen by `AWP(weights=...)`)" if method.plan == "weight_attack"
+                    else "nothing: it compares two training passes' outputs")
+            raise ValueError(
+                f"{name} perturbs {what}, not an embedding, so it takes no "
+                f"{', '.join(f'`{n}`' for n in given)}. Call "
+                f"`adversarial_training(model, method={name.lower()!r}, ...)`."
+            )
+        if method.plan == "weight_attack" and model.built:  # Else at the first step, once the weights exist.
+            selected_weights(method, model.trainable_variables, model.name)
+    elif embedding_name is None:
         raise ValueError(
-            f"AWP perturbs the model's weights (chosen by `AWP(weights=...)`), not an "
-            f"embedding, so it takes no {', '.join(f'`{n}`' for n in given)}. Call "
-            f"`adversarial_training(model, method='awp', ...)`."
+            f"Method {name} perturbs an embedding: name its layer, "
+            f"as in `adversarial_training(model, 'Embedding-Token', ...)` "
+            f"(`keras_adv.embedding_candidates(model)` lists them). Only AWP and R-Drop, "
+            f"which perturb no embedding, take no embedding name."
         )
-    if model.built:  # Else at the first step, once the weights exist.
-        selected_weights(method, model.trainable_variables, model.name)
+    if relative_epsilon and not method.relative:
+        raise ValueError(
+            f"{name}'s sizes are absolute (`alpha` scales noise of a fixed form), so it "
+            f"takes no `relative_epsilon`. Drop it."
+        )
+    if method.fixed_update and objective != "sum":
+        raise ValueError(f"{method.fixed_update} Drop `objective`.")
+    if per_example is not None and method.embedding and per_example not in method.modes:
+        raise ValueError(
+            f"{name} perturbs each example's embedded sequence; it has "
+            f"no matrix mode. Drop per_example=False (or use PGD for the matrix)."
+        )
 
 
 def remove_adversarial_training(model):

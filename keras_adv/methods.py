@@ -5,12 +5,13 @@ Each method turns the gradient of the loss with respect to what it perturbs
 sequence, one row per example) into a perturbation of it. A training stack
 calls `ascend` once per gradient evaluation, `method.steps` times in all; the
 stack decides where the gradients come from and where the perturbation is
-applied (the order of passes is `_stacks/passes.py`'s). Three methods differ:
-`GradientPenalty` perturbs nothing (`steps == 0`): it turns the same gradient
-into a term of the loss, which the stack differentiates a second time. `VAT`
-follows the gradient of a divergence from the clean outputs, not of the loss
+applied (each method names its step plan, `_stacks/passes.py`). Some differ:
+`GradientPenalty` perturbs nothing: it turns the same gradient into a term
+of the loss, which the stack differentiates a second time. `VAT` follows the
+gradient of a divergence from the clean outputs, not of the loss
 (`direction`, `perturbation`, `per_example_divergence`). `AWP` perturbs each
-selected weight, from that weight's gradient (`ascend` per weight).
+selected weight, from that weight's gradient (`ascend` per weight). `RDrop`
+compares two training passes; `NEFTune` adds noise, no gradient's.
 
 The math runs in the framework of the tensors it gets (TensorFlow, numpy, or
 `keras.ops` for the other Keras 3 backends), so the same objects serve every
@@ -27,7 +28,8 @@ import numpy as np
 from keras_adv import arguments
 
 __all__ = [
-    "FGM", "FGSM", "PGD", "FreeLB", "GradientPenalty", "VAT", "AWP", "l2_normalize", "project_to_ball",
+    "FGM", "FGSM", "PGD", "FreeLB", "GradientPenalty", "VAT", "AWP", "RDrop", "NEFTune", "l2_normalize",
+    "project_to_ball",
     "get_method", "RELATIVE_DEFAULTS",
 ]
 
@@ -124,8 +126,35 @@ def _steps(name, value):
     return arguments.count(name, value, minimum=1)
 
 
+class _Method:
+    """What every method says about itself, read by `adversarial_training`
+    and the step plans (`_stacks/passes.py`) instead of its type.
+
+    Attributes:
+        plan: The name of its step plan (`passes.PLANS`).
+        reports: The History entry of the term it adds (None: only its loss).
+        modes: The `per_example` values it takes, its default first; empty
+            for a method that perturbs no embedding.
+        embedding: Whether it perturbs an embedding (its layer is named).
+        relative: Whether `relative_epsilon` applies to its sizes.
+        fixed_update: Why `objective` has nothing to choose, or None.
+        compares_outputs: Whether its term compares output distributions
+            (read from the compiled loss, or stated by `divergence`).
+        size: The name of its main size, what a sweep varies.
+    """
+
+    plan = "attack"
+    reports = "adversarial_loss"
+    modes = (False, True)
+    embedding = True
+    relative = True
+    fixed_update = None
+    compares_outputs = False
+    size = "epsilon"
+
+
 @dataclasses.dataclass(frozen=True)
-class _OneStep:
+class _OneStep(_Method):
     """A method that builds its perturbation from one gradient, of size `epsilon`."""
 
     epsilon: float = 1.0
@@ -184,7 +213,7 @@ class FGSM(_OneStep):
 
 
 @dataclasses.dataclass(frozen=True)
-class PGD:
+class PGD(_Method):
     """Projected Gradient Descent (ascent) on the loss, in an L2 ball.
 
     `r_0 = 0`, `r_t = project(r_{t-1} + alpha * g_t / ||g_t||, epsilon)`
@@ -223,7 +252,7 @@ class PGD:
 
 
 @dataclasses.dataclass(frozen=True)
-class FreeLB:
+class FreeLB(_Method):
     """FreeLB (Zhu et al. 2020): K ascent steps whose weight gradients all train.
 
     Per example, on the embedding output: `delta_0` is uniform in [-1, 1] at
@@ -247,6 +276,11 @@ class FreeLB:
     steps: int = 3
     init_magnitude: float = 0.0
 
+    plan = "free_lb"
+    modes = (True,)
+    fixed_update = "FreeLB updates from the sum of its K passes' gradients (each of L / K), " \
+                   "so `objective` has nothing to choose."
+
     def __post_init__(self):
         _convert(self, arguments.non_negative, "epsilon", "init_magnitude")
         _convert(self, arguments.positive, "alpha")
@@ -256,10 +290,7 @@ class FreeLB:
         """`delta_0` from uniform `noise` in [-1, 1] and the non-padding `mask`
         (1.0 or 0.0), both `[examples, features]`: each example's entries
         scaled by `init_magnitude / sqrt(its non-padding entries)`."""
-        ops = math_for(noise)
-        entries = ops.sum(mask, axis=-1, keepdims=True)
-        safe = ops.where(ops.greater(entries, 0), entries, ops.ones_like(entries))
-        return noise * mask * (self.init_magnitude / ops.sqrt(safe))
+        return _scaled_noise(noise, mask, self.init_magnitude)
 
     def ascend(self, perturbation, gradient, per_example=True, epsilon=None):
         """`delta + alpha * g / ||g||` per example, projected onto the ball of
@@ -275,7 +306,7 @@ class FreeLB:
 
 
 @dataclasses.dataclass(frozen=True)
-class GradientPenalty:
+class GradientPenalty(_Method):
     """The gradient penalty on the embedding: no perturbation, a smoother loss.
 
     The loss becomes `L + weight / 2 * ||g||^2`, `g = dL/dE` on the rows of
@@ -299,6 +330,12 @@ class GradientPenalty:
     """
 
     weight: float = 1.0
+
+    plan = "penalized"
+    reports = "gradient_penalty"
+    size = "weight"
+    fixed_update = "The gradient penalty perturbs nothing: its update is that of the " \
+                   "penalised loss, with no perturbed pass for `objective` to choose."
 
     def __post_init__(self):
         _convert(self, arguments.positive, "weight")
@@ -335,7 +372,7 @@ DIVERGENCES = ("categorical", "categorical_logits", "bernoulli", "bernoulli_logi
 
 
 @dataclasses.dataclass(frozen=True)
-class VAT:
+class VAT(_Method):
     """Virtual adversarial training (Miyato et al. 2017), and SMART's
     symmetric smoothness term (Jiang et al. 2020). Per example, no labels.
 
@@ -369,22 +406,23 @@ class VAT:
     symmetric: bool = False
     divergence: object = None
 
+    plan = "virtual_adversarial"
+    reports = "vat_divergence"
+    modes = (True,)
+    fixed_update = "VAT adds its divergence term to the clean loss, so `objective` has nothing to choose."
+    compares_outputs = True
+
     def __post_init__(self):
         _convert(self, arguments.positive, "epsilon", "xi")
         _convert(self, _steps, "power_iterations")
         _convert(self, arguments.non_negative, "weight")
         _convert(self, arguments.flag, "symmetric")
+        _check_divergence(self.divergence)
         if self.symmetric and callable(self.divergence):
             raise ValueError(
                 "`symmetric=True` adds the reverse KL of a named divergence; with a "
                 "callable `divergence` keras_adv cannot reverse it. Make the callable "
                 "symmetric itself, and drop `symmetric`."
-            )
-        if not (self.divergence is None or callable(self.divergence) or self.divergence in DIVERGENCES):
-            raise ValueError(
-                f"`divergence` must be None (read from the compiled loss), one of "
-                f"{DIVERGENCES}, or a callable (clean_outputs, perturbed_outputs) -> "
-                f"per-example divergences; got {self.divergence!r}."
             )
 
     @property
@@ -413,6 +451,24 @@ class VAT:
         return forward
 
 
+def _scaled_noise(noise, mask, magnitude):
+    """`noise` at the non-padding entries of each example (`mask`, both
+    `[examples, features]`), scaled by `magnitude / sqrt(its entries)`."""
+    ops = math_for(noise)
+    entries = ops.sum(mask, axis=-1, keepdims=True)
+    safe = ops.where(ops.greater(entries, 0), entries, ops.ones_like(entries))
+    return noise * mask * (magnitude / ops.sqrt(safe))
+
+
+def _check_divergence(divergence):
+    if not (divergence is None or callable(divergence) or divergence in DIVERGENCES):
+        raise ValueError(
+            f"`divergence` must be None (read from the compiled loss), one of "
+            f"{DIVERGENCES}, or a callable (clean_outputs, perturbed_outputs) -> "
+            f"per-example divergences; got {divergence!r}."
+        )
+
+
 def _log_probabilities(outputs, kind, ops):
     """The log-probabilities of each outcome: `[..., classes]` for a
     categorical output, `[..., outputs, 2]`-like pairs (`log q`, `log 1-q`)
@@ -434,12 +490,14 @@ def _kl(p_outputs, q_outputs, kind, ops):
     total = 0.0
     for log_p, log_q in zip(_log_probabilities(p_outputs, kind, ops), _log_probabilities(q_outputs, kind, ops)):
         total = total + ops.exp(log_p) * (log_p - log_q)
-    batch = ops.shape(total)[0]
-    return ops.sum(ops.reshape(total, (batch, -1)), axis=1)
+    # A sum over the trailing axes, not over a reshape to [batch, -1]: logits
+    # sharded along the vocabulary (ModelParallel) stay sharded.
+    rank = len(total.shape)
+    return ops.sum(total, axis=tuple(range(1, rank))) if rank > 1 else total
 
 
 @dataclasses.dataclass(frozen=True)
-class AWP:
+class AWP(_Method):
     """Adversarial Weight Perturbation (Wu et al. 2020), as Kaggle NLP solutions use it.
 
     Perturbs weights, not the embedding's output: from the gradient `g` of
@@ -468,6 +526,11 @@ class AWP:
     epsilon: float = 0.01
     steps: int = 1
     weights: object = None
+
+    plan = "weight_attack"
+    modes = ()
+    embedding = False
+    relative = False
 
     def __post_init__(self):
         _convert(self, arguments.positive, "alpha", "epsilon")
@@ -510,9 +573,104 @@ class AWP:
         return ops.clip(moved, -box, box)
 
 
+@dataclasses.dataclass(frozen=True)
+class RDrop(_Method):
+    """R-Drop (Liang et al. 2021): two training passes, kept close.
+
+    Each step runs the model twice in training mode, each pass with its own
+    dropout masks, and the loss becomes
+    `(L1 + L2) / 2 + alpha / 2 * D(p1, p2)`, `D` the symmetric KL divergence
+    `(KL(p1 || p2) + KL(p2 || p1)) / 2` of the two passes' output
+    distributions (mean over examples). That is half of Liang et al.'s
+    `L1 + L2 + alpha * D`, as in bert4keras's R-Drop example: `alpha` means
+    theirs, while the loss keeps the scale of one pass (on a model without
+    dropout, the two passes agree and a step is a plain one). It perturbs no
+    embedding, and does nothing without training-mode randomness.
+
+    Args:
+        alpha: Float >= 0, the divergence's weight (Liang et al. use 0.1 to 5).
+        divergence: As VAT's: None to read the outputs' distribution from the
+            compiled loss, one of `DIVERGENCES`, or a callable
+            `(outputs, other_outputs) -> per-example divergences`, taken as
+            `D` itself (make it symmetric).
+    """
+
+    alpha: float = 1.0
+    divergence: object = None
+
+    plan = "twin_passes"
+    reports = "rdrop_divergence"
+    size = "alpha"
+    modes = ()
+    embedding = False
+    relative = False
+    fixed_update = "R-Drop updates from its two passes' mean loss and their divergence, so " \
+                   "`objective` has nothing to choose."
+    compares_outputs = True
+
+    def __post_init__(self):
+        _convert(self, arguments.non_negative, "alpha")
+        _check_divergence(self.divergence)
+
+    @property
+    def steps(self):
+        """Number of perturbed passes: none (the second pass is a training pass)."""
+        return 0
+
+    def per_example_divergence(self, outputs, others, kind):
+        """`D(p1, p2)` of each example, `[batch]`: the mean of the two KL
+        divergences, for a distribution `kind` of `DIVERGENCES` (or this
+        object's callable)."""
+        if callable(self.divergence):
+            return self.divergence(outputs, others)
+        ops = math_for(others)
+        return 0.5 * (_kl(outputs, others, kind, ops) + _kl(others, outputs, kind, ops))
+
+
+@dataclasses.dataclass(frozen=True)
+class NEFTune(_Method):
+    """NEFTune (Jain et al. 2023): uniform noise at the embedding lookups while training.
+
+    In every training step each example's embedded sequence gets noise
+    uniform in `[-1, 1]` at its non-padding positions, scaled by
+    `alpha / sqrt(L * d)` (`L` its non-padding length, `d` the embedding's
+    width; a model with several lookups scales each lookup's on its own),
+    and the model trains on that noisy pass alone. Evaluation and
+    prediction see no noise. The step costs what a plain one does.
+
+    Args:
+        alpha: Positive float, the noise's scale (the paper's 5, 10 or 15;
+            TRL's `neftune_noise_alpha`), absolute.
+    """
+
+    alpha: float = 5.0
+
+    plan = "noisy_pass"
+    reports = None
+    size = "alpha"
+    modes = (True,)
+    relative = False
+    fixed_update = "NEFTune trains on its noisy pass alone (there is no clean pass), so " \
+                   "`objective` has nothing to choose."
+
+    def __post_init__(self):
+        _convert(self, arguments.positive, "alpha")
+
+    @property
+    def steps(self):
+        """Number of gradient evaluations that build the noise: none."""
+        return 0
+
+    def initial(self, noise, mask):
+        """The noise from uniform `noise` in [-1, 1] and the non-padding
+        `mask` (1.0 or 0.0), both `[examples, features]`: each example's
+        entries scaled by `alpha / sqrt(its non-padding entries)`."""
+        return _scaled_noise(noise, mask, self.alpha)
+
+
 _METHODS = {
     "fgm": FGM, "fgsm": FGSM, "pgd": PGD, "freelb": FreeLB, "gradient_penalty": GradientPenalty,
-    "vat": VAT, "awp": AWP,
+    "vat": VAT, "awp": AWP, "rdrop": RDrop, "neftune": NEFTune,
 }
 
 # What `get_method`'s `epsilon`, `steps` and `alpha` set on each method's
@@ -525,6 +683,8 @@ _ARGUMENTS = {
     "vat": dict(epsilon="epsilon", steps="power_iterations"),
     "awp": dict(epsilon="epsilon", steps="steps", alpha="alpha"),
     "gradient_penalty": {},
+    "rdrop": dict(alpha="alpha"),
+    "neftune": dict(alpha="alpha"),
 }
 
 # The default sizes in relative units (`relative_epsilon`: fractions of the
@@ -565,19 +725,22 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None, relative=False, 
 
     Args:
         method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"`,
-            `"gradient_penalty"`, `"vat"` or `"awp"` (case-insensitive), or a
-            method object, returned as is (its parameters live on it).
+            `"gradient_penalty"`, `"vat"`, `"awp"`, `"rdrop"` or `"neftune"`
+            (case-insensitive), or a method object, returned as is (its
+            parameters live on it).
         epsilon: The perturbation's norm (FGM), radius (PGD, FreeLB), step
             of every entry (FGSM), norm (VAT) or box (AWP).
         steps, alpha: PGD's (FreeLB's, AWP's) number of steps and step
             length; VAT's `steps` are its power iterations, and it takes no
-            `alpha`; FGM, FGSM and the gradient penalty take neither.
+            `alpha`; FGM, FGSM and the gradient penalty take neither. R-Drop
+            and NEFTune take `alpha` only (their one size).
         relative: Whether the sizes are relative (for the defaults' units).
         per_example: The mode (for the relative defaults); None: the
             method's own (per example for FreeLB and VAT only).
 
     Returns:
-        An `FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty`, `VAT` or `AWP` instance.
+        An `FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty`, `VAT`, `AWP`,
+        `RDrop` or `NEFTune` instance.
 
     Raises:
         ValueError: For an unknown method name, a bad parameter, or one that
@@ -601,7 +764,7 @@ def get_method(method, *, epsilon=None, steps=None, alpha=None, relative=False, 
     if refused:
         raise ValueError(_not_taken(name, refused))
     if per_example is None:
-        per_example = name in ("freelb", "vat")
+        per_example = _METHODS[name].modes[:1] == (True,)
     sizes = RELATIVE_DEFAULTS.get(name, {}).get(per_example, {}) if relative else {}
     fields = {_ARGUMENTS[name][k]: v for k, v in given.items()}
     return _METHODS[name](**{**sizes, **fields})
@@ -622,6 +785,11 @@ def _not_taken(name, refused):
             "VAT takes no `alpha`: its probing direction has size `xi` and its "
             "perturbation size `epsilon`. Pass method=keras_adv.VAT(epsilon, xi, "
             "power_iterations, weight, symmetric) for its own parameters."
+        )
+    if name in ("rdrop", "neftune"):
+        return (
+            f"{_METHODS[name].__name__} takes no {', '.join(refused)}: its one size is `alpha`. "
+            f"Pass alpha=..., or method=keras_adv.{_METHODS[name].__name__}(...)."
         )
     one = len(refused) == 1
     return (

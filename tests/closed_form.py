@@ -11,7 +11,7 @@ import pytest
 
 import keras_adv
 from tests import reference
-from tests.models import DIM, batch, compile_sgd, linear_text_model, params_of
+from tests.models import DIM, MASKS, batch, compile_sgd, linear_text_model, masked_text_model, params_of
 from tests.testing import TestCase
 
 LR = 0.5
@@ -710,9 +710,10 @@ class AWPTests(TestCase):
             keras_adv.AWP(weights=3)
 
 
-def vat_noise_of(model, x, step_count=0):
-    """The noise the installed VAT step draws at `step_count` for a batch
-    like `x`, as numpy (the stack's own `vat_noise`, with the step's seed)."""
+def vat_noise_of(model, x, step_count=0, kind="normal"):
+    """The noise the installed step draws at `step_count` for a batch like
+    `x` (VAT's normal, or FreeLB's and NEFTune's uniform), as numpy (the
+    stack's own `noise`, with the step's seed)."""
     import tensorflow as tf
 
     from keras_adv import _stacks
@@ -720,7 +721,7 @@ def vat_noise_of(model, x, step_count=0):
 
     [step] = [bound.__func__ for bound in vars(model).values()
               if isinstance(getattr(bound, "__func__", None), AdversarialStep)]
-    noise = _stacks.stack_for(model).vat_noise(step.seed, step_count, 0, x.shape + (DIM,))
+    noise = _stacks.stack_for(model).noise(kind, step.seed, step_count, 0, x.shape + (DIM,))
     if not hasattr(noise, "__array__") or not tf.executing_eagerly():  # A graph tensor.
         noise = tf.compat.v1.keras.backend.get_session().run(noise)
     return np.asarray(noise, dtype="float64")
@@ -871,3 +872,104 @@ class VATTests(TestCase):
         with pytest.raises(ValueError, match="divergence"):
             keras_adv.VAT(divergence="poisson")
 
+
+
+class NEFTuneTests(TestCase):
+    """NEFTune against tests/reference.py's `neftune_sgd_step`, fed the step's own noise."""
+
+    # tf-keras's graph-mode History reports its model's own (clean) loss.
+    history_has_noisy_loss = True
+
+    def test_weights_after_one_step(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method="neftune", alpha=5.0)
+        noise = vat_noise_of(model, x, kind="uniform")
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, noisy_loss = reference.neftune_sgd_step(before, x, y, LR, noise, 5.0)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        # The loss it reports is the pass it trains on; it adds no History entry.
+        if self.history_has_noisy_loss:
+            self.assertAllClose(history["loss"][0], noisy_loss, rtol=1e-5)
+        assert set(history) == {"loss"}
+        # The noise moved the step well beyond the tolerance.
+        plain, _ = reference.plain_sgd_step(before, x, y, LR)
+        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+
+    def test_each_step_draws_its_own_noise_and_evaluation_sees_none(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch(size=16, seed=4)
+        params = params_of(model)
+        keras_adv.adversarial_training(model, "emb", method=keras_adv.NEFTune(alpha=10.0), start_step=1)
+        noise = vat_noise_of(model, x[8:], step_count=1, kind="uniform")
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
+        params, _ = reference.neftune_sgd_step(params, x[8:], y[8:], LR, noise, 10.0)
+        for actual, want in zip(params_of(model), params):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        loss, _, _ = reference.forward(params, x, y)
+        self.assertAllClose(model.evaluate(x, y, batch_size=16, verbose=0), loss, rtol=1e-5)
+
+    def test_bad_options(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        with pytest.raises(ValueError, match="NEFTune trains on its noisy pass alone"):
+            keras_adv.adversarial_training(model, "emb", method="neftune", objective="adversarial")
+        with pytest.raises(ValueError, match="no matrix mode"):
+            keras_adv.adversarial_training(model, "emb", method="neftune", per_example=False)
+        with pytest.raises(ValueError, match="takes no `relative_epsilon`"):
+            keras_adv.adversarial_training(model, "emb", method="neftune", relative_epsilon=True)
+        with pytest.raises(ValueError, match="NEFTune takes no `epsilon`"):
+            keras_adv.adversarial_training(model, "emb", 0.1, method="neftune")
+        with pytest.raises(ValueError, match="name its layer"):
+            keras_adv.adversarial_training(model, method="neftune")
+        with pytest.raises(ValueError, match="alpha"):
+            keras_adv.NEFTune(alpha=0.0)
+
+
+class RDropTests(TestCase):
+    """R-Drop against tests/reference.py's `rdrop_sgd_step`, on a model whose
+    dropout masks are known (tests/models.py's `AlternatingMask`)."""
+
+    history_has_divergence = True  # Not tf-keras's graph-mode History.
+
+    @pytest.mark.parametrize("alpha", [0.0, 4.0])
+    def test_weights_after_one_step(self, alpha):
+        model = compile_sgd(masked_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, method="rdrop", alpha=alpha)
+        history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+        expected, first_loss, divergence = reference.rdrop_sgd_step(before, x, y, LR, alpha, MASKS)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        self.assertAllClose(history["loss"][0], first_loss, rtol=1e-5)
+        if self.history_has_divergence:
+            self.assertAllClose(history["rdrop_divergence"][0], divergence, rtol=1e-4)
+        # The masks made the passes differ, and the term moved the step.
+        assert divergence > 1e-3
+        if alpha:
+            unregularized, _, _ = reference.rdrop_sgd_step(before, x, y, LR, 0.0, MASKS)
+            assert max(np.abs(e - u).max() for e, u in zip(expected, unregularized)) > 1e-4
+
+    def test_without_dropout_it_is_a_plain_step(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        x, y = batch()
+        before = params_of(model)
+        keras_adv.adversarial_training(model, method=keras_adv.RDrop(alpha=4.0))
+        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        expected, _ = reference.plain_sgd_step(before, x, y, LR)
+        for actual, want in zip(params_of(model), expected):
+            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+
+    def test_bad_options(self):
+        model = compile_sgd(linear_text_model(), lr=LR)
+        with pytest.raises(ValueError, match="RDrop perturbs nothing.*takes no `embedding_name`"):
+            keras_adv.adversarial_training(model, "emb", method="rdrop")
+        with pytest.raises(ValueError, match="R-Drop updates from its two passes"):
+            keras_adv.adversarial_training(model, method="rdrop", objective="adversarial")
+        with pytest.raises(ValueError, match="RDrop takes no `steps`"):
+            keras_adv.adversarial_training(model, method="rdrop", steps=2)
+        with pytest.raises(ValueError, match="alpha"):
+            keras_adv.RDrop(alpha=-1.0)

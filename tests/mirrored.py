@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import keras_adv
 from tests import failing_step
-from tests.models import batch, compile_sgd, linear_text_model
+from tests.models import batch, compile_sgd, linear_text_model, masked_text_model
 from tests.testing import TestCase
 
 GLOBAL_BATCH, STEPS, LR = 8, 3, 0.5
@@ -41,6 +41,10 @@ CASES = [
     # batch's noise, as VAT's. Relative sizes: each example's own norm.
     (keras_adv.FreeLB(alpha=0.15, epsilon=0.2, steps=3, init_magnitude=0.5), dict(relative_epsilon=True), "sum"),
     ("vat", dict(epsilon=0.7, steps=2, relative_epsilon=True), "sum"),
+    # Each replica's share of the global batch's noise.
+    ("neftune", dict(alpha=5.0), "sum"),
+    # On a model whose two passes take known, different masks.
+    ("rdrop", dict(alpha=4.0), "sum"),
 ]
 
 
@@ -58,14 +62,19 @@ class MirroredParityTests(TestCase):
     history_has_adversarial_loss = True  # Not in tf-keras's graph-mode History.
     # The step switches from the warm-up with a `tf.cond` (not in graph mode).
     refuses_start_step_with_rows = True
+    # R-Drop's two passes take tests/models.py's known masks on each replica
+    # (not in graph mode, where each replica's clone calls the shared layer
+    # as it is built: there it runs on the model without dropout).
+    rdrop_masks_pair = True
 
     def _train(self, strategy, method, options, objective, line_in_scope):
         """Weights and History after STEPS steps of GLOBAL_BATCH examples."""
         self.setup_method(None)
         x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
-        embedding = None if method == "awp" else "emb"  # AWP perturbs weights.
+        embedding = None if method in ("awp", "rdrop") else "emb"  # They perturb no embedding.
         with strategy.scope():
-            model = compile_sgd(linear_text_model(), lr=LR)
+            masked = method == "rdrop" and self.rdrop_masks_pair
+            model = compile_sgd(masked_text_model() if masked else linear_text_model(), lr=LR)
             if line_in_scope:
                 keras_adv.adversarial_training(model, embedding, method=method, objective=objective, **options)
         if not line_in_scope:
@@ -97,9 +106,11 @@ class MirroredParityTests(TestCase):
             for replica in replicas:  # Every replica agrees.
                 self.assertAllClose(replica, want, rtol=1e-5, atol=5e-6)  # Summed in another order across replicas.
         self.assertAllClose(history["loss"], single["loss"], rtol=1e-5)
-        name = "vat_divergence" if method == "vat" else "adversarial_loss"
-        if self.history_has_adversarial_loss:
+        name = dict(vat="vat_divergence", rdrop="rdrop_divergence", neftune=None).get(method, "adversarial_loss")
+        if self.history_has_adversarial_loss and name is not None:
             self.assertAllClose(history[name], single[name], rtol=1e-5)
+        if method == "rdrop" and not self.rdrop_masks_pair:
+            return  # Without dropout R-Drop is a plain step.
         # The perturbation mattered: plain training lands elsewhere.
         self.setup_method(None)
         plain = compile_sgd(linear_text_model(), lr=LR)

@@ -84,3 +84,47 @@ def large_vocabulary_model():
 
 def large_vocabulary_batch(size=4):
     return batch(size=size, vocab=LARGE_VOCAB, length=LARGE_VOCAB_LENGTH)
+
+
+# Dropout made predictable, for R-Drop's closed form: the masks that training
+# calls take in turn (inverted dropout of half the features).
+MASKS = np.array([[2.0, 0.0, 2.0, 0.0], [0.0, 2.0, 2.0, 0.0]])
+
+
+class AlternatingMask(keras.layers.Layer):
+    """In training, the n-th call multiplies its inputs by `MASKS[n % 2]`;
+    otherwise the identity. In a compiled step the n-th call is the n-th
+    traced (in a TF1 graph, the model's own graph is the first), so R-Drop's
+    two passes get the two masks on every stack."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.training_calls = 0
+
+    def _next_mask(self):
+        mask = MASKS[self.training_calls % 2].astype("float32")
+        self.training_calls += 1
+        return keras.ops.convert_to_tensor(mask) if hasattr(keras, "ops") else mask
+
+    def call(self, inputs, training=None):
+        if training is None and not hasattr(keras, "ops"):  # tf-keras: its learning phase.
+            training = keras.backend.learning_phase()
+        if training is None or isinstance(training, (bool, int)):
+            return inputs * self._next_mask() if training else inputs
+        import tensorflow as tf  # A TF1 graph's learning phase, a tensor.
+
+        mask = self._next_mask()
+        return tf.cond(tf.cast(training, tf.bool), lambda: inputs * mask, lambda: inputs)
+
+
+def masked_text_model(vocab=VOCAB, dim=DIM, classes=CLASSES, length=LENGTH):
+    """`linear_text_model` with an `AlternatingMask` on the pooled embedding."""
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
+    embedded = keras.layers.Embedding(
+        vocab, dim, name="emb", embeddings_initializer=keras.initializers.RandomNormal(stddev=0.5)
+    )(tokens)
+    pooled = AlternatingMask(name="mask")(keras.layers.GlobalAveragePooling1D(name="pool")(embedded))
+    logits = keras.layers.Dense(
+        classes, name="dense", bias_initializer=keras.initializers.RandomNormal(stddev=0.1)
+    )(pooled)
+    return keras.Model(tokens, logits, name="masked_text")

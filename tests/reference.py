@@ -344,3 +344,48 @@ def vat_sgd_step(params, x, y, lr, noise, epsilon, xi, power_iterations, weight,
     vat_grads = [dE, pooled_r.T @ dlogits, dlogits.sum(axis=0)]
     update = [c + weight * v for c, v in zip(clean_grads, vat_grads)]
     return [q - lr * g for q, g in zip(params, update)], clean_loss, divergence
+
+
+def neftune_sgd_step(params, x, y, lr, noise, alpha):
+    """One SGD step of NEFTune on the linear model (no padding): the lookups
+    read `E[x] + alpha / sqrt(T d) * noise`, `noise` uniform in [-1, 1]
+    (B x T x d, the step's own draw), and the update is that pass's gradient.
+
+    Returns:
+        (new params, the noisy pass's loss).
+    """
+    E = params[0]
+    loss, grads, _ = lookup_gradients(params, x, y, alpha / np.sqrt(x.shape[1] * E.shape[1]) * noise)
+    return [p - lr * g for p, g in zip(params, grads)], loss
+
+
+def rdrop_sgd_step(params, x, y, lr, alpha, masks):
+    """One SGD step of R-Drop on the linear model with the pooled embedding
+    multiplied by `masks[0]` in the first pass and `masks[1]` in the second:
+    the loss `(L1 + L2) / 2 + alpha / 2 * D`, `D` the mean over examples of
+    `(KL(p1 || p2) + KL(p2 || p1)) / 2`, differentiated by hand.
+
+    Returns:
+        (new params, the first pass's loss, D).
+    """
+    E, W, b = params
+    batch, length = x.shape
+    pooled = E[x].mean(axis=1)
+    hidden = [pooled * mask for mask in masks]
+    probs = [_softmax(h @ W + b) for h in hidden]
+    logs = [np.log(p) for p in probs]
+    kl = [(probs[0] * (logs[0] - logs[1])).sum(axis=1), (probs[1] * (logs[1] - logs[0])).sum(axis=1)]
+    losses = [-np.log(p[np.arange(batch), y]).mean() for p in probs]
+    onehot = np.eye(W.shape[1])[y]
+    dlogits = []
+    for me, other in ((0, 1), (1, 0)):
+        # d KL(p||q)/d logits(p) = p (log p - log q - KL); d KL(q||p)/d logits(p) = p - q.
+        dkl = probs[me] * (logs[me] - logs[other] - kl[me][:, None]) + probs[me] - probs[other]
+        dlogits.append((probs[me] - onehot) / (2 * batch) + alpha / 2 * dkl / (2 * batch))
+    dW = sum(h.T @ d for h, d in zip(hidden, dlogits))
+    db = sum(d.sum(axis=0) for d in dlogits)
+    dpooled = sum((d @ W.T) * mask for d, mask in zip(dlogits, masks))
+    dE = np.zeros_like(E)
+    np.add.at(dE, x.reshape(-1), np.repeat(dpooled[:, None, :] / length, length, axis=1).reshape(-1, E.shape[1]))
+    divergence = float(((kl[0] + kl[1]) / 2).mean())
+    return [p - lr * g for p, g in zip(params, [dE, dW, db])], losses[0], divergence

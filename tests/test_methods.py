@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_adv import AWP, FGM, PGD, VAT, FreeLB, l2_normalize, project_to_ball
+from keras_adv import AWP, FGM, PGD, VAT, FreeLB, NEFTune, RDrop, l2_normalize, project_to_ball
 from keras_adv.methods import get_method
 from tests import reference
 from tests.testing import TestCase
@@ -168,8 +168,65 @@ class TestVATDivergences(TestCase):
         self.assertAllClose(self._divergence("bernoulli_logits", a, b), want, rtol=1e-5)
         self.assertAllClose(self._divergence("bernoulli", p, q), want, rtol=1e-4)
 
+    def test_per_token_outputs_sum_over_every_position(self):
+        # A causal LM's [batch, positions, vocabulary] logits: each example's
+        # divergence sums its positions' (summed over the trailing axes).
+        rng = np.random.RandomState(4)
+        a, b = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+        want = sum(self._divergence("categorical_logits", a[:, t], b[:, t]) for t in range(3))
+        self.assertAllClose(self._divergence("categorical_logits", a, b), want, rtol=1e-5)
+
     def test_symmetric_with_a_callable_is_refused(self):
         from keras_adv import VAT
 
         with pytest.raises(ValueError, match="symmetric"):
             VAT(symmetric=True, divergence=lambda clean, perturbed: clean)
+
+
+class TestRDropMath(TestCase):
+    def test_divergence_is_the_mean_of_both_kl_divergences(self):
+        import tensorflow as tf
+
+        rng = np.random.RandomState(6)
+        a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+        p = np.exp(a) / np.exp(a).sum(axis=1, keepdims=True)
+        q = np.exp(b) / np.exp(b).sum(axis=1, keepdims=True)
+        want = 0.5 * ((p * np.log(p / q)).sum(axis=1) + (q * np.log(q / p)).sum(axis=1))
+        got = RDrop().per_example_divergence(tf.constant(a, tf.float32), tf.constant(b, tf.float32),
+                                             "categorical_logits")
+        self.assertAllClose(np.asarray(got), want, rtol=1e-5)
+        # Symmetric: the passes' order does not matter.
+        swapped = RDrop().per_example_divergence(tf.constant(b, tf.float32), tf.constant(a, tf.float32),
+                                                 "categorical_logits")
+        self.assertAllClose(np.asarray(swapped), want, rtol=1e-5)
+
+    def test_by_name_and_bad_parameters(self):
+        assert get_method("rdrop", alpha=0.5) == RDrop(alpha=0.5)
+        assert get_method("rdrop") == RDrop(alpha=1.0)
+        with pytest.raises(ValueError, match="alpha"):
+            RDrop(alpha=-1.0)
+        with pytest.raises(ValueError, match="epsilon"):
+            get_method("rdrop", epsilon=0.1)
+        with pytest.raises(ValueError, match="divergence"):
+            RDrop(divergence="hinge")
+
+
+class TestNEFTuneMath(TestCase):
+    def test_noise_is_scaled_by_alpha_over_the_root_of_each_examples_entries(self):
+        rng = np.random.RandomState(7)
+        noise = rng.uniform(-1.0, 1.0, size=(3, 12))
+        mask = np.ones((3, 12))
+        mask[1, 6:] = 0.0  # Padding: no noise there, and not counted.
+        mask[2, :] = 0.0  # All padding: zeros, not NaN.
+        got = NEFTune(alpha=5.0).initial(noise, mask)
+        self.assertAllClose(got[0], noise[0] * 5.0 / math.sqrt(12))
+        self.assertAllClose(got[1], np.concatenate([noise[1, :6] * 5.0 / math.sqrt(6), np.zeros(6)]))
+        self.assertAllClose(got[2], np.zeros(12))
+
+    def test_by_name_and_bad_parameters(self):
+        assert get_method("neftune", alpha=10.0) == NEFTune(alpha=10.0)
+        assert get_method("neftune") == NEFTune(alpha=5.0)
+        with pytest.raises(ValueError, match="alpha"):
+            NEFTune(alpha=0.0)
+        with pytest.raises(ValueError, match="steps"):
+            get_method("neftune", steps=2)

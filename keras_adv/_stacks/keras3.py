@@ -5,6 +5,8 @@ hooks of the model; they are kept here, in one place. So is the metric that
 reports the adversarial loss.
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -12,9 +14,8 @@ from keras_adv._stacks.instance_patch import install_step, uninstall_step
 from keras_adv._stacks.passes import history_name
 
 __all__ = [
-    "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss",
-    "perturbed_loss", "perturbed_outputs", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
-    "update_count", "check_embedding", "LORA_EMBEDDING_NOT_SUPPORTED",
+    "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss", "forward", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
+    "update_count", "check_embedding", "reporting", "LORA_EMBEDDING_NOT_SUPPORTED",
 ]
 
 LORA_EMBEDDING_NOT_SUPPORTED = (
@@ -50,12 +51,11 @@ def install_train_step(model, step):
     install_step(model, "train_step", step, keras.Model.train_step)
     _detach_metric(model)  # An earlier call's, maybe of another name.
     metric_name = history_name(step.settings)
+    if metric_name is None:  # The method adds nothing but its loss (NEFTune).
+        return
     strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only.
-    if strategy is None:
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model._metrics.append(AdversarialLossMean(metric_name))
-    else:
-        with strategy.scope():
-            model._metrics.append(AdversarialLossMean(metric_name))
 
 
 def uninstall_train_step(model):
@@ -98,39 +98,35 @@ def batch_size(x):
     return next(i for i in keras.tree.flatten(x) if i is not None).shape[0]
 
 
-def perturbed_loss(model, x, y, sample_weight, state_mapping=()):
-    """A perturbed pass of a stateful backend (TensorFlow, PyTorch): `(y_pred, loss)`.
+def forward(model, x, y, sample_weight, divergence, track_loss, clean=False, reference=None, substitutes=()):
+    """A pass of a stateful backend (TensorFlow, PyTorch): `(loss to
+    differentiate, loss, predictions)`.
 
-    `state_mapping` lists `(variable, value)` pairs read as `value` in the
-    pass (AWP's perturbed weights).
-
-    The pass runs stateless, so that its metric updates are dropped (the loss
-    trackers see the clean pass only; regularizers run inside and see the
-    perturbed pass), while its updates of the model's non-trainable state
-    (batch-norm statistics, dropout seeds) are kept, as every pass of the
-    PyTorch recipes keeps them.
+    The clean pass runs as Keras's own step does, and `track_loss(loss)`
+    updates the loss tracker. The others run stateless, reading each
+    `(variable, value)` of `substitutes` as `value` (AWP's perturbed
+    weights); with a `reference` (the clean outputs), the loss is
+    `divergence(reference, outputs)`. Stateless, their metric updates are
+    dropped (the loss trackers see the clean pass only; regularizers run
+    inside and see the perturbed pass), while their updates of the model's
+    non-trainable state (batch-norm statistics, dropout seeds) are kept, as
+    every pass of the PyTorch recipes keeps them.
     """
-    def forward():
+    if clean:
         y_pred = model(x, training=True)
-        return y_pred, compute_loss(model, x, y, y_pred, sample_weight)
-
-    return _stateless(model, forward, state_mapping)
-
-
-def perturbed_outputs(model, x):
-    """The outputs of a perturbed pass (VAT's), without a loss: stateless as
-    `perturbed_loss`, its non-trainable updates kept."""
-    return _stateless(model, lambda: model(x, training=True))
-
-
-def _stateless(model, forward, state_mapping=()):
-    with keras.StatelessScope(state_mapping=state_mapping, collect_losses=True) as scope:
-        result = forward()
+        loss = compute_loss(model, x, y, y_pred, sample_weight)
+        track_loss(loss)
+        return model.optimizer.scale_loss(loss), loss, y_pred
+    with keras.StatelessScope(state_mapping=substitutes, collect_losses=True) as scope:
+        y_pred = model(x, training=True)
+        loss = compute_loss(model, x, y, y_pred, sample_weight) if reference is None else None
     for variable in model.non_trainable_variables:
         value = scope.get_current_value(variable)
         if value is not None:
             variable.assign(value)
-    return result
+    if reference is not None:
+        loss = divergence(reference, y_pred)
+    return model.optimizer.scale_loss(loss), loss, y_pred
 
 
 class AdversarialLossMean(keras.metrics.Mean):
@@ -154,17 +150,22 @@ class AdversarialLossMean(keras.metrics.Mean):
     def result(self):
         return {self.name: super().result()} if self._reporting else {}
 
-    def reporting(self):
-        metric = self
 
-        class _Reporting:
-            def __enter__(self):
-                metric._reporting = True
-
-            def __exit__(self, *exc_info):
-                metric._reporting = False
-
-        return _Reporting()
+@contextlib.contextmanager
+def reporting(model, value, weight):
+    """Inside the block, where the step computes its logs, the model's
+    `AdversarialLossMean` reports its mean, `value` added with `weight` (the
+    batch size, 0 in a warm-up step); nothing for a method that adds no term."""
+    metric = adversarial_loss_metric(model)
+    if metric is None:
+        yield
+        return
+    metric.update_state(value, sample_weight=weight)
+    metric._reporting = True
+    try:
+        yield
+    finally:
+        metric._reporting = False
 
 
 def adversarial_loss_metric(model):

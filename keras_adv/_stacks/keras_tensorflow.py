@@ -3,7 +3,7 @@
 The model instance gets an adversarial `train_step` (Keras's `fit`,
 `steps_per_execution`, `jit_compile`, distribution strategies and callbacks
 all go through it). The step follows `keras/src/backend/tensorflow/trainer.py`
-and runs the passes of `passes.py`, the perturbed ones adding the
+and runs the plans of `passes.py` on tapes (`tf_tape.py`), the perturbed ones adding the
 perturbation at the embedding lookups (`lookup.py`): the matrix is never
 written, so it holds exactly what the optimizer update gives, and a step that
 raises leaves it as it was.
@@ -13,27 +13,29 @@ non-trainable state (batch-norm statistics, dropout seeds), as in the
 PyTorch recipes; loss-tracking metrics see only the clean pass.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
 from keras_adv._stacks import distribution, keras3, outputs
 from keras_adv._stacks.instance_patch import installed_step
-from keras_adv._stacks.passes import AdversarialStep
-from keras_adv._stacks.tf_tape import taped_adversarial_passes, vat_noise
+from keras_adv._stacks.passes import AdversarialStep, planned_step
+from keras_adv._stacks.tf_tape import TapePasses, noise
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise"]
-
-
-def _loss_tracker(model):
-    return model._loss_tracker
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise"]
 
 
-def _track_loss(tracker, loss, x, weight=True):
+def _batch_size(x, weight=True):
+    """The batch's size (this replica's), times `weight` (0 or 1)."""
+    size = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
+    return size * tf.cast(weight, size.dtype)
+
+
+def _track_loss(tracker, loss, x):
     from keras.src.losses.loss import unscale_loss_for_distribution
 
-    batch_size = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
-    batch_size = batch_size * tf.cast(weight, batch_size.dtype)
-    tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch_size)
+    tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=_batch_size(x))
 
 
 def _switch_off_copy_on_read(variable):
@@ -57,35 +59,23 @@ class AdversarialTrainStep(AdversarialStep):
         if not model.jit_compile and self.layer is not None and self.layer.built:
             _switch_off_copy_on_read(self.layer.embeddings)
 
-        def clean_forward():
-            y_pred = model(x, training=True)
-            loss = keras3.compute_loss(model, x, y, y_pred, sample_weight)
-            _track_loss(_loss_tracker(model), loss, x)
-            return model.optimizer.scale_loss(loss), loss, y_pred
-
-        def perturbed_forward(shifted=()):
-            _, loss = keras3.perturbed_loss(model, x, y, sample_weight, shifted)
-            return model.optimizer.scale_loss(loss), loss, None
-
-        def divergence_forward(reference):
+        def divergence(reference, y_pred):
             from keras.src.losses.loss import scale_loss_for_distribution
 
-            y_pred = keras3.perturbed_outputs(model, x)
-            divergence = outputs.divergence(model, self.settings.method, reference, y_pred)
-            divergence = scale_loss_for_distribution(divergence)
-            return model.optimizer.scale_loss(divergence), divergence, None
+            return scale_loss_for_distribution(outputs.divergence(model, self.settings.method, reference, y_pred))
 
-        taped = taped_adversarial_passes(
-            self, model, x, clean_forward, perturbed_forward, model.optimizer.scale_loss,
-            divergence_forward,
+        forward = functools.partial(
+            keras3.forward, model, x, y, sample_weight, divergence,
+            lambda loss: _track_loss(model._loss_tracker, loss, x),
         )
-        model.optimizer.apply_gradients(zip(taped.gradients, taped.variables))
-
+        passes = TapePasses(self, model, x, forward, model.optimizer.scale_loss, divergence)
+        outcome, adversarial = planned_step(self, passes)
+        model.optimizer.apply_gradients(zip(outcome.gradients, model.trainable_variables))
         # Warm-up steps (`start_step`) add nothing to the mean.
-        metric = keras3.adversarial_loss_metric(model)
-        _track_loss(metric, taped.adversarial_loss, x, weight=taped.adversarial)
-        with metric.reporting():
-            return model.compute_metrics(x, y, taped.predictions, sample_weight=sample_weight)
+        from keras.src.losses.loss import unscale_loss_for_distribution
+
+        with keras3.reporting(model, unscale_loss_for_distribution(outcome.term), _batch_size(x, adversarial)):
+            return model.compute_metrics(x, y, outcome.predictions, sample_weight=sample_weight)
 
 
 is_compiled = keras3.is_compiled

@@ -55,9 +55,13 @@ def tapped_lookups(layer, transform):
             perturbation, and watches it for a tape).
 
     Yields:
-        The `Lookups` of the block, filled as the model runs.
+        The `Lookups` of the block, filled as the model runs (empty where
+        `layer` is None: a method that perturbs no embedding).
     """
     lookups = Lookups()
+    if layer is None:
+        yield lookups
+        return
     taps = _taps_of_this_thread()
     if id(layer) in taps:
         raise RuntimeError(f"The lookups of layer '{layer.name}' are tapped already.")

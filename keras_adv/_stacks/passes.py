@@ -1,31 +1,50 @@
-"""The order of passes in an adversarial step, shared by every stack.
+"""The step plans: which passes an adversarial step runs, in what order, and
+what it updates from, written once for every stack.
 
-1. The clean pass: the loss, and the gradient w.r.t. the lookups' outputs
-   (plus the weight gradients when the update uses the clean loss).
-2. `method.steps` perturbed passes, each built from the gradient of the pass
-   before; the weight gradients are asked for on the last pass only.
-3. One optimizer update from clean + adversarial, or adversarial only.
+A method names its plan (`method.plan`), and `planned_step` runs it, or a
+plain step during the warm-up (`start_step`), with this step's epsilon (the
+schedule's value, checked). A plan speaks to the stack through an adapter,
+made by the stack for each step, that knows how the stack runs and
+differentiates a pass:
 
-FreeLB has no separate clean pass: its first pass runs at its random start
-(the clean one where that is 0) and is one of its K; every pass gives weight
-gradients (of `L / K`), and the update is their sum (`free_lb`).
+    run(perturbation_at=None, *, weights=False, lookup_gradients=False,
+        scale=None, clean=False, reference=None, shifted=None) -> Pass
+        One pass of the model, differentiated. `perturbation_at(index, ids,
+        outputs)` is added to the output of the pass's `index`-th lookup;
+        `weights` asks for every trainable weight's gradient,
+        `lookup_gradients` for the lookups' outputs' (of the loss times
+        `scale`); `clean` marks the pass whose loss the loss trackers and
+        whose outputs the compiled metrics see (and whose updates of them
+        are kept); with `reference` (clean outputs) the pass's loss is the
+        divergence from them (`outputs.divergence`); `shifted` maps indices
+        of the trainable weights to perturbations that the pass reads them
+        with (the variables are never written).
+    differentiate(objective) -> (gradients, aux)
+        The weight gradients of a loss built from whole passes:
+        `objective(forward) -> (loss, aux)`, where `forward(clean=False,
+        lookup_gradients=False) -> (loss to differentiate, Pass)` runs one
+        training pass (each with its own randomness, such as dropout) whose
+        lookups' gradient, if asked for, is itself differentiable (the
+        gradient penalty's second order). `scale_loss(term, like)` scales a
+        term added to such a loss as the optimizer scales the loss.
+    space(lookups, per_example) -> TouchedRows or ExampleRows
+        What a method perturbs (`ops_rows.py`, `tf_rows.py`).
+    masks(ids_list) -> each lookup's non-padding positions, or None.
+    noise(index, like, kind) -> "uniform" in [-1, 1] or "normal" noise of
+        the shape of `like`, a stateless function of the step's seed, its
+        update count and `index` (the model gains no random state).
+    cond(start_step, adversarial, plain) -> (Outcome, whether adversarial)
+        `adversarial()` once the optimizer has made `start_step` updates,
+        else `plain()`.
+    add(a, b), dense(gradients, indices), reduce(gradients),
+    weight_values(indices), stop_gradient(structure), selected (AWP's
+    indices of the trainable weights), replicas (how many compute their
+    share of the batch by hand: TensorFlow's strategies), iterations.
 
-A method that perturbs nothing (`GradientPenalty`, `steps == 0`) runs the
-clean pass alone, adds `penalty_term` of the gradient w.r.t. its lookups
-to the loss, and updates from that loss's gradient (a second-order
-one: each stack differentiates the lookups' gradient again).
-
-A stack supplies `perturbed_pass(perturbation, last) -> Pass`: the model run
-with the method's perturbation (of the touched rows, or of each example's
-sequence) added at its lookups.
-
-VAT (`virtual_adversarial`) probes each example's direction of steepest
-divergence from the clean outputs by power iteration, then trains on the
-divergence at that perturbation, added to the clean loss.
-
-AWP perturbs weights instead (`weight_attack`): its passes run the model on
-perturbed copies of the selected weights (the clean pass's gradients of
-those weights start the ascent), never on the variables themselves.
+Each plan returns an `Outcome`; the stack applies its gradients and reports
+its losses. With relative sizes (`relative_epsilon`) a method works in units
+of the norm `n` of what it perturbs (`relative_unit`) and each pass adds `n`
+times its perturbation.
 """
 
 import collections
@@ -33,14 +52,12 @@ import dataclasses
 import random
 
 from keras_adv._stacks.schedule import scheduled_epsilon
-from keras_adv.methods import FGSM, VAT, FreeLB, math_for
+from keras_adv.methods import FGSM, math_for
 
 __all__ = [
-    "AdversarialStep", "Settings", "Pass", "attack", "ascent", "relative_unit", "penalty_term", "free_lb",
-    "virtual_adversarial",
-    "weight_attack",
-    "selected_weights", "update_gradients", "epsilon_now",
-    "no_lookup_error", "no_lookup_gradient_error", "history_name", "PENALTY_ACROSS_REPLICAS",
+    "AdversarialStep", "Settings", "Pass", "Outcome", "planned_step", "PLANS", "relative_unit",
+    "penalty_term", "selected_weights", "update_gradients", "history_name", "no_lookup_error",
+    "no_lookup_gradient_error", "PENALTY_ACROSS_REPLICAS",
 ]
 
 PENALTY_ACROSS_REPLICAS = (
@@ -56,7 +73,7 @@ class Settings:
     """What `adversarial_training` was asked for, checked.
 
     Attributes:
-        method: A `keras_adv.FGM`, `FGSM`, `PGD`, `FreeLB`, `GradientPenalty`, `VAT` or `AWP`.
+        method: A method object of `keras_adv.methods`.
         objective: `"sum"` or `"adversarial"`.
         relative_epsilon: Whether the method's lengths (epsilon, alpha) are
             fractions of the L2 norm of what is perturbed (the touched
@@ -76,19 +93,30 @@ class Settings:
     start_step: int = 0
     epsilon_schedule: object = None
 
+
 Pass = collections.namedtuple(
     "Pass", ["loss", "gradients", "lookups", "lookup_gradients", "predictions"], defaults=[None]
 )
 Pass.__doc__ = """What one pass computed.
 
 Attributes:
-    loss: The loss of the pass.
+    loss: The loss of the pass (unscaled).
     gradients: The gradients of the weights it was asked for (maybe none).
-    lookups: Its `Lookups` (ids and outputs).
+    lookups: Its `Lookups` (ids and outputs), or None (AWP's passes).
     lookup_gradients: The gradient w.r.t. each lookup's output, or None
-        where the pass did not need them (the last one).
-    predictions: The model's outputs, where the step needs them (the clean
-        pass's, for the compiled metrics).
+        where the pass was not asked for them.
+    predictions: The model's outputs, where the step needs them.
+"""
+
+Outcome = collections.namedtuple("Outcome", ["gradients", "term", "loss", "predictions"])
+Outcome.__doc__ = """What a step's plan computed.
+
+Attributes:
+    gradients: The gradients to apply, one per trainable weight.
+    term: What the method reports beside the loss (`history_name`): the
+        adversarial loss, the gradient penalty or a divergence.
+    loss: The clean pass's loss, for the loss trackers.
+    predictions: The clean pass's outputs, for the compiled metrics.
 """
 
 
@@ -109,39 +137,62 @@ class AdversarialStep:
     def __init__(self, layer, settings):
         self.layer = layer
         self.settings = settings
-        # The seed of FreeLB's random start and VAT's noise, drawn from Python's generator
-        # (which `keras.utils.set_random_seed` seeds): each step's noise is a
+        # The seed of the step's noise, drawn from Python's generator (which
+        # `keras.utils.set_random_seed` seeds): each step's noise is a
         # stateless function of it and the step count, so the model gains no
         # random state.
         self.seed = random.getrandbits(31)
 
 
-def attack(step, space, clean, perturbed_pass, epsilon=None):
-    """Runs the method's perturbed passes; returns the last one's `Pass`.
+def planned_step(step, adapter):
+    """Runs the method's plan (`PLANS[method.plan]`), or the plain step during
+    the warm-up: `(Outcome, whether the step was adversarial)`."""
+    settings = step.settings
+    epsilon = None
+    if settings.epsilon_schedule is not None:  # A float32 scalar, checked.
+        epsilon = scheduled_epsilon(settings.epsilon_schedule, adapter.iterations)
+    plan = PLANS[settings.method.plan]
+    if not settings.start_step:
+        return plan(step, adapter, epsilon), True
+    return adapter.cond(settings.start_step, lambda: plan(step, adapter, epsilon), lambda: plain(adapter))
 
-    With `relative_epsilon`, the method works in units of the norm `n` of
-    what it perturbs (`space.unit()`), and each pass adds `n` times its
-    perturbation: FGM's `r = epsilon * n * g / ||g||`, PGD's steps of
-    `alpha * n` in the ball of radius `epsilon * n`.
 
-    Args:
-        step: The stack's `AdversarialStep`.
-        space: What the method perturbs, built from the clean pass: the
-            `TouchedRows` of the batch, or its `ExampleRows`.
-        clean: The clean `Pass`.
-        perturbed_pass: `(perturbation, last) -> Pass`.
-        epsilon: This step's epsilon (`settings.epsilon_schedule`'s value),
-            or None for the method's own.
+def plain(adapter):
+    """A plain step: the clean pass's gradients, no term."""
+    clean = adapter.run(weights=True, clean=True)
+    return Outcome(clean.gradients, math_for(clean.loss).zeros_like(clean.loss), clean.loss, clean.predictions)
+
+
+def _at(space, perturbation):
+    """`perturbation_at` of the space's rows `perturbation`."""
+    return lambda index, ids, outputs: space.at(index, ids, perturbation)
+
+
+def attack(step, adapter, epsilon):
+    """FGM, FGSM, PGD: the clean pass, `steps` perturbed passes, each from the
+    gradient of the one before; the update from clean + the last, or the last.
+
+    Under "adversarial" the update does not use the clean weight gradients,
+    so the clean pass asks only for the lookups' (its cost floor).
     """
-    return ascent(step, space, clean, perturbed_pass, epsilon)[-1]
+    settings = step.settings
+    clean = adapter.run(weights=settings.objective == "sum", lookup_gradients=True, clean=True)
+    space = adapter.space(clean.lookups, settings.per_example)
+
+    def perturbed(perturbation, last):
+        return adapter.run(_at(space, perturbation), weights=last, lookup_gradients=not last)
+
+    last = ascent(step, space, clean, perturbed, settings.method.steps, epsilon)[-1]
+    gradients = update_gradients(settings.objective, clean.gradients, last.gradients, adapter.add)
+    return Outcome(gradients, last.loss, clean.loss, clean.predictions)
 
 
-def ascent(step, space, first, perturbed_pass, epsilon=None, start=None):
-    """The passes of the method's ascent: `first`, then `method.steps`
-    perturbed passes (FreeLB: `steps - 1`, its first pass being one of its K),
-    each perturbation built from the gradient of the pass before.
+def ascent(step, space, first, perturbed, count, epsilon, start=None):
+    """`first` and `count` perturbed passes, each perturbation built by
+    `method.ascend` from the gradient of the pass before.
 
     Args:
+        perturbed: `(perturbation, last) -> Pass`.
         start: The perturbation `first` ran at (FreeLB's random start, in the
             space's rows), or None for the clean pass.
 
@@ -153,16 +204,153 @@ def ascent(step, space, first, perturbed_pass, epsilon=None, start=None):
         unit = relative_unit(method, space)
         if start is not None:  # The random start, in the method's units.
             start = start / _safe(unit)
-    count = method.steps - 1 if isinstance(method, FreeLB) else method.steps
     passes, perturbation = [first], start
     for i in range(count):
         latest = passes[-1]
         gradient = space.rows(latest.lookups.ids, latest.lookup_gradients)
-        perturbation = method.ascend(
-            perturbation, gradient, per_example=space.per_example, epsilon=epsilon
-        )
-        passes.append(perturbed_pass(unit * perturbation if relative else perturbation, i == count - 1))
+        perturbation = method.ascend(perturbation, gradient, per_example=space.per_example, epsilon=epsilon)
+        passes.append(perturbed(unit * perturbation if relative else perturbation, i == count - 1))
     return passes
+
+
+def free_lb(step, adapter, epsilon):
+    """FreeLB: K passes from a random start (the first is the clean pass where
+    the start is 0), every one's weight gradients (of `L / K`) summed, and
+    the update from their sum alone."""
+    method = step.settings.method
+    scale, starts = 1 / method.steps, []
+
+    def start_at(index, ids, outputs):
+        starts.append(random_start(method, adapter, index, ids, outputs))
+        return starts[-1]
+
+    first = adapter.run(
+        start_at if method.init_magnitude else None, weights=True,
+        lookup_gradients=method.steps > 1, scale=scale, clean=True,
+    )
+    space = adapter.space(first.lookups, per_example=True)
+    start = space.rows(first.lookups.ids, starts) if starts else None
+
+    def perturbed(perturbation, last):
+        return adapter.run(_at(space, perturbation), weights=True, lookup_gradients=not last, scale=scale)
+
+    passes = ascent(step, space, first, perturbed, method.steps - 1, epsilon, start=start)
+    gradients, loss = first.gradients, first.loss
+    for later in passes[1:]:
+        gradients = [adapter.add(a, b) for a, b in zip(gradients, later.gradients)]
+        loss = loss + later.loss
+    return Outcome(gradients, loss / len(passes), first.loss, first.predictions)
+
+
+def random_start(method, adapter, index, ids, outputs):
+    """`method.initial` (FreeLB's random start, NEFTune's noise) of lookup
+    `index`: uniform noise of its output's shape, zero at padding, each
+    example's scaled by its non-padding entries."""
+    noise = adapter.noise(index, outputs, "uniform")
+    ops = math_for(noise)
+    mask = adapter.masks([ids])[0]
+    mask = ops.ones_like(noise) if mask is None else ops.ones_like(noise) * ops.cast(mask, "float32")[..., None]
+    rows = (ops.shape(noise)[0], -1)
+    return ops.reshape(method.initial(ops.reshape(noise, rows), ops.reshape(mask, rows)), ops.shape(noise))
+
+
+def noisy_pass(step, adapter, epsilon):
+    """NEFTune: one pass with its noise at the lookups, trained on alone."""
+    del epsilon
+    method = step.settings.method
+    noisy = adapter.run(
+        lambda index, ids, outputs: random_start(method, adapter, index, ids, outputs),
+        weights=True, clean=True,
+    )
+    return Outcome(noisy.gradients, noisy.loss, noisy.loss, noisy.predictions)
+
+
+def penalized(step, adapter, epsilon):
+    """The gradient penalty: the clean pass alone, its loss plus
+    `penalty_term` of its lookups' gradient, differentiated again."""
+    del epsilon
+    settings = step.settings
+    if not settings.per_example and adapter.replicas > 1:
+        raise NotImplementedError(PENALTY_ACROSS_REPLICAS)
+
+    def objective(forward):
+        scaled, clean = forward(clean=True, lookup_gradients=True)
+        space = adapter.space(clean.lookups, settings.per_example)
+        penalty = penalty_term(settings, space, space.rows(clean.lookups.ids, clean.lookup_gradients))
+        return scaled + adapter.scale_loss(penalty, scaled), (penalty, clean.loss, clean.predictions)
+
+    gradients, (penalty, loss, predictions) = adapter.differentiate(objective)
+    return Outcome(gradients, penalty, loss, predictions)
+
+
+def twin_passes(step, adapter, epsilon):
+    """R-Drop: two training passes, their mean loss plus `alpha / 2` times the
+    symmetric divergence of their outputs (`RDrop`)."""
+    del epsilon
+    method = step.settings.method
+
+    def objective(forward):
+        scaled, first = forward(clean=True)
+        other_scaled, second = forward()  # Its own dropout masks.
+        divergence = adapter.divergence(first.predictions, second.predictions)
+        total = (scaled + other_scaled) / 2 + adapter.scale_loss((method.alpha / 2) * divergence, scaled)
+        return total, (divergence, first.loss, first.predictions)
+
+    gradients, (divergence, loss, predictions) = adapter.differentiate(objective)
+    return Outcome(gradients, divergence, loss, predictions)
+
+
+def virtual_adversarial(step, adapter, epsilon):
+    """VAT: the clean pass, the power iterations on the divergence from its
+    outputs, and `weight` times the divergence at the perturbation added to
+    the clean loss."""
+    settings = step.settings
+    method = settings.method
+    clean = adapter.run(weights=True, clean=True)
+    space = adapter.space(clean.lookups, per_example=True)
+    reference = adapter.stop_gradient(clean.predictions)
+    # With relative sizes, `xi` and `epsilon` are fractions of each
+    # example's own norm; the directions themselves are unit-free.
+    unit = relative_unit(method, space) if settings.relative_epsilon else 1.0
+
+    def divergence_pass(perturbation, last):
+        return adapter.run(
+            _at(space, unit * perturbation), weights=last, lookup_gradients=not last,
+            scale=method.weight if last else None, reference=reference,
+        )
+
+    noises = [adapter.noise(index, output, "normal") for index, output in enumerate(clean.lookups.outputs)]
+    direction = method.direction(space.rows(None, noises))
+    for _ in range(method.power_iterations):
+        probe = divergence_pass(direction, False)
+        direction = method.direction(space.rows(probe.lookups.ids, probe.lookup_gradients))
+    last = divergence_pass(method.perturbation(direction, epsilon), True)
+    gradients = update_gradients("sum", clean.gradients, last.gradients, adapter.add)
+    return Outcome(gradients, last.loss, clean.loss, clean.predictions)
+
+
+def weight_attack(step, adapter, epsilon):
+    """AWP: the clean pass's gradients of the selected weights start the
+    ascent; each perturbed pass reads perturbed copies of them."""
+    settings = step.settings
+    method = settings.method
+    clean = adapter.run(weights=True, clean=True)
+    indices = adapter.selected
+    originals = adapter.weight_values(indices)
+    latest, perturbations = clean, [None] * len(indices)
+    for _ in range(method.steps):
+        gradients = adapter.reduce(adapter.dense([latest.gradients[i] for i in indices], indices))
+        perturbations = [method.ascend(r, g, w, epsilon) for r, g, w in zip(perturbations, gradients, originals)]
+        latest = adapter.run(weights=True, shifted=dict(zip(indices, perturbations)))
+    gradients = update_gradients(settings.objective, clean.gradients, latest.gradients, adapter.add)
+    return Outcome(gradients, latest.loss, clean.loss, clean.predictions)
+
+
+# Each method's `plan` names its entry.
+PLANS = {
+    "attack": attack, "free_lb": free_lb, "penalized": penalized, "virtual_adversarial": virtual_adversarial,
+    "weight_attack": weight_attack, "twin_passes": twin_passes, "noisy_pass": noisy_pass,
+}
 
 
 def relative_unit(method, space):
@@ -190,102 +378,6 @@ def _safe(unit):
     return ops.where(ops.greater(unit, 0), unit, ops.ones_like(unit))
 
 
-def free_lb(step, first_pass, space_of, perturbed_pass, add, epsilon=None):
-    """FreeLB's K passes and its update, every pass's weight gradients summed.
-
-    Args:
-        step: The stack's `AdversarialStep`.
-        first_pass: `() -> (Pass, starts)`: the first pass, at the random
-            start (where `init_magnitude` > 0), with weight gradients of
-            `L / K` and, for K > 1, lookup gradients; `starts` is what each
-            lookup got added (empty for none).
-        space_of: `Pass -> ExampleRows` of the first pass.
-        perturbed_pass: `(space, perturbation, last) -> Pass`, with weight
-            gradients of `L / K`, and lookup gradients unless `last`.
-        add: Adds two gradients.
-        epsilon: This step's radius (a schedule's value), or None.
-
-    Returns:
-        `(first Pass, the summed gradients, the passes' mean loss)`.
-    """
-    first, starts = first_pass()
-    space = space_of(first)
-    start = space.rows(first.lookups.ids, starts) if starts else None
-    passes = ascent(
-        step, space, first, lambda perturbation, last: perturbed_pass(space, perturbation, last),
-        epsilon, start=start,
-    )
-    gradients, loss = first.gradients, first.loss
-    for later in passes[1:]:
-        gradients = [add(a, b) for a, b in zip(gradients, later.gradients)]
-        loss = loss + later.loss
-    return first, gradients, loss / len(passes)
-
-
-def virtual_adversarial(step, space, noises, divergence_pass, epsilon=None):
-    """VAT's passes after the clean one; returns the last (adversarial) `Pass`.
-
-    Args:
-        step: The stack's `AdversarialStep`.
-        space: The clean pass's `ExampleRows` (VAT works per example).
-        noises: Random noise of each lookup output's shape (the first
-            probing direction, once masked and normalised).
-        divergence_pass: `(perturbation, last) -> Pass` of the divergence
-            from the clean outputs, with the lookups' gradients unless
-            `last`, then with the weights' gradients of `weight * D`.
-        epsilon: This step's epsilon (a schedule's value), or None.
-    """
-    method = step.settings.method
-    # With relative sizes, `xi` and `epsilon` are fractions of each
-    # example's own norm; the directions themselves are unit-free.
-    unit = relative_unit(method, space) if step.settings.relative_epsilon else 1.0
-    direction = method.direction(space.rows(None, noises))
-    for _ in range(method.power_iterations):
-        probe = divergence_pass(unit * direction, False)
-        direction = method.direction(space.rows(probe.lookups.ids, probe.lookup_gradients))
-    return divergence_pass(unit * method.perturbation(direction, epsilon), True)
-
-
-def weight_attack(step, clean, indices, originals, perturbed_pass, add, dense=None, epsilon=None,
-                  reduce=None):
-    """AWP's ascent over the selected weights, and the update.
-
-    Args:
-        step: The stack's `AdversarialStep`.
-        clean: The clean `Pass`, with every trainable weight's gradient.
-        indices: Which trainable weights are perturbed (`selected_weights`).
-        originals: Their values before the step.
-        perturbed_pass: `perturbations -> Pass`, the model run on the
-            selected weights plus `perturbations`, with every trainable
-            weight's gradient.
-        add: Adds two gradients; None where the stack's update
-            differentiates the passes' losses itself (tf-keras graph mode).
-        dense: Makes the selected weights' gradients dense tensors (a sparse
-            or missing one), or None where they are.
-        epsilon: This step's box (a schedule's value), or None.
-        reduce: Sums the replicas' gradients of the selected weights (a
-            distributed step), or None: the norms are the global batch's.
-
-    Returns:
-        `(the last perturbed Pass, the gradients to apply or None)`.
-    """
-    method = step.settings.method
-    latest, perturbations = clean, [None] * len(indices)
-    for _ in range(method.steps):
-        gradients = [latest.gradients[i] for i in indices]
-        if dense is not None:
-            gradients = dense(gradients)
-        if reduce is not None:
-            gradients = reduce(gradients)
-        perturbations = [
-            method.ascend(r, g, w, epsilon) for r, g, w in zip(perturbations, gradients, originals)
-        ]
-        latest = perturbed_pass(perturbations)
-    if add is None:
-        return latest, None
-    return latest, update_gradients(step.settings.objective, clean.gradients, latest.gradients, add)
-
-
 def selected_weights(method, variables, model_name):
     """The indices of the trainable `variables` that AWP's `method` perturbs.
 
@@ -311,20 +403,9 @@ def update_gradients(objective, clean_grads, adversarial_grads, add):
 
 
 def history_name(settings):
-    """The History entry of what the step adds: the adversarial loss, the
-    penalty, or VAT's divergence term."""
-    if isinstance(settings.method, VAT):
-        return "vat_divergence"
-    return "gradient_penalty" if settings.method.steps == 0 else "adversarial_loss"
-
-
-def epsilon_now(settings, step_count):
-    """This step's epsilon under `settings.epsilon_schedule` (a float32 scalar
-    of the framework of `step_count`, checked: `schedule.scheduled_epsilon`),
-    or None without a schedule."""
-    if settings.epsilon_schedule is None:
-        return None
-    return scheduled_epsilon(settings.epsilon_schedule, step_count)
+    """The History entry of what the step adds (the method's `reports`), or
+    None where it adds nothing but its loss (NEFTune)."""
+    return settings.method.reports
 
 
 def no_lookup_error(layer):

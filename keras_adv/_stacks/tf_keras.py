@@ -1,7 +1,7 @@
 """tf-keras 2 (as used by bert4keras), eager execution (the default).
 
 The model instance gets an adversarial `train_step`, following tf-keras's own
-`Model.train_step`, that runs the passes of `passes.py` with the perturbation
+`Model.train_step`, that runs the plans of `passes.py` on tapes (`tf_tape.py`) with the perturbation
 added at the embedding lookups (`lookup.py`): the matrix is never written.
 AWP's passes read perturbed copies of the weights (`tf_keras_weights.py`):
 no weight is written either.
@@ -18,12 +18,12 @@ import tensorflow as tf
 
 from keras_adv._stacks import distribution, outputs
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep, history_name
+from keras_adv._stacks.passes import AdversarialStep, history_name, planned_step
 from keras_adv._stacks.tf_keras_weights import substituted_weights
-from keras_adv._stacks.tf_tape import taped_adversarial_passes, vat_noise
+from keras_adv._stacks.tf_tape import TapePasses, noise
 
 __all__ = [
-    "install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "vat_noise",
+    "install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise",
     "scaled_loss", "unscaled_gradients",
 ]
 
@@ -79,52 +79,50 @@ class AdversarialTrainStep(AdversarialStep):
 
     def __init__(self, layer, settings, strategy):
         super().__init__(layer, settings)
-        # Made in the model's strategy scope, so that replicas sum into it.
-        with strategy.scope():
-            self.adversarial_loss = _tf_keras().metrics.Mean(name=history_name(settings))
+        # Made in the model's strategy scope, so that replicas sum into it
+        # (none for a method that adds only its loss).
+        self.adversarial_loss = None
+        if history_name(settings) is not None:
+            with strategy.scope():
+                self.adversarial_loss = _tf_keras().metrics.Mean(name=history_name(settings))
         # The model's `distribute_reduction_method` before the line (`install`).
         self.reduction_before = "auto"
 
     def __call__(self, model, data):
         tf_keras = _tf_keras()
         x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
-        # The "loss" mean, made by compile (`compiled_loss.metrics` lists it
-        # only once a loss has been computed).
-        self._reset_with(model.compiled_loss._total_loss_mean)
         optimizer = model.optimizer
         _create_step_count_eagerly(optimizer)
+        if self.adversarial_loss is not None:
+            # The "loss" mean, made by compile (`compiled_loss.metrics` lists it
+            # only once a loss has been computed).
+            self._reset_with(model.compiled_loss._total_loss_mean)
 
-        def clean_forward():
-            y_pred = model(x, training=True)
-            loss = model.compute_loss(x, y, y_pred, sample_weight)
+        def forward(clean=False, reference=None, substitutes=()):
+            with substituted_weights(model, substitutes):
+                y_pred = model(x, training=True)
+            if clean:
+                loss = model.compute_loss(x, y, y_pred, sample_weight)
+            elif reference is not None:
+                loss = divergence(reference, y_pred)
+            else:
+                loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
             return scaled_loss(optimizer, loss), loss, y_pred
 
-        def perturbed_forward(shifted=()):
-            with substituted_weights(model, shifted):
-                y_pred = model(x, training=True)
-                loss = self._untracked_loss(model, x, y, y_pred, sample_weight)
-            return scaled_loss(optimizer, loss), loss, None
-
-        def divergence_forward(reference):
-            y_pred = model(x, training=True)
-            divergence = outputs.divergence(model, self.settings.method, reference, y_pred)
+        def divergence(reference, y_pred):
             # Summed across replicas, as `compute_loss` divides the loss.
-            divergence = divergence / tf.distribute.get_strategy().num_replicas_in_sync
-            return scaled_loss(optimizer, divergence), divergence, None
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            return outputs.divergence(model, self.settings.method, reference, y_pred) / replicas
 
-        taped = taped_adversarial_passes(
-            self, model, x, clean_forward, perturbed_forward, lambda loss: scaled_loss(optimizer, loss),
-            divergence_forward,
-        )
-        optimizer.apply_gradients(zip(unscaled_gradients(optimizer, taped.gradients), taped.variables))
-
-        # Warm-up steps (`start_step`) add nothing to the mean.
-        weight = tf.shape(tf.nest.flatten(x)[0])[0] * tf.cast(taped.adversarial, tf.int32)
-        self.adversarial_loss.update_state(
-            _unscaled_for_distribution(taped.adversarial_loss), sample_weight=weight
-        )
-        logs = dict(model.compute_metrics(x, y, taped.predictions, sample_weight))
-        logs[self.adversarial_loss.name] = self.adversarial_loss.result()
+        passes = TapePasses(self, model, x, forward, lambda loss: scaled_loss(optimizer, loss), divergence)
+        outcome, adversarial = planned_step(self, passes)
+        optimizer.apply_gradients(zip(unscaled_gradients(optimizer, outcome.gradients), model.trainable_variables))
+        logs = dict(model.compute_metrics(x, y, outcome.predictions, sample_weight))
+        if self.adversarial_loss is not None:
+            # Warm-up steps (`start_step`) add nothing to the mean.
+            weight = tf.shape(tf.nest.flatten(x)[0])[0] * tf.cast(adversarial, tf.int32)
+            self.adversarial_loss.update_state(_unscaled_for_distribution(outcome.term), sample_weight=weight)
+            logs[self.adversarial_loss.name] = self.adversarial_loss.result()
         return logs
 
     def _untracked_loss(self, model, x, y, y_pred, sample_weight):

@@ -37,21 +37,18 @@ import types
 
 import tensorflow as tf
 
-from keras_adv._stacks import distribution
+from keras_adv._stacks import distribution, outputs
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.outputs import divergence
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import (
-    PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, ascent, attack, epsilon_now, no_lookup_gradient_error,
-    penalty_term, selected_weights, virtual_adversarial, weight_attack,
+    PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, no_lookup_gradient_error, planned_step,
 )
 from keras_adv._stacks.tf_keras_weights import substituted_weights
-from keras_adv._stacks.tf_rows import padding_masks, perturbation_space, random_start, sum_across_replicas
+from keras_adv._stacks.tf_rows import add_gradients, global_batch_draw
 from keras_adv._stacks.tf_keras import scaled_loss, unscaled_gradients
-from keras_adv._stacks.tf_tape import dense_gradients, global_batch_noise, read_unperturbed, vat_noise
-from keras_adv.methods import AWP, VAT, FreeLB
+from keras_adv._stacks.tf_tape import TensorFlowPasses, draw, noise, noise_seed, read_unperturbed
 
-__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction", "vat_noise"]
+__all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction", "noise"]
 
 _MULTI_WORKER_ERROR = (
     "With eager execution disabled, keras_adv supports MirroredStrategy (one "
@@ -165,21 +162,17 @@ def _graph_lookups(layer, loss):
     return lookups, [g for g in gradients if g is not None]
 
 
-def _called_again(model, perturbed_updates, divergence_of=None):
+def _called_again(model, perturbed_updates):
     """Calls the model once more (a perturbed pass, inside whatever taps or
-    substitutes its reads) and returns that call's compiled loss or, given
-    `divergence_of(outputs)`, VAT's divergence. Its updates of non-trainable
-    state join `perturbed_updates`."""
+    substitutes its reads): `(its outputs, its compiled loss)`. Its updates
+    of non-trainable state join `perturbed_updates`."""
     additions = _CallAdditions(model)
     called = model(model.inputs)
     outputs = tf.nest.flatten(called)
     additions.take()
     perturbed_updates.extend(additions.updates)
-    if divergence_of is not None:
-        # Divided as the compiled loss is: the replicas' gradients are summed.
-        return divergence_of(called) / _replicas()
     with _endpoints_reading(model, outputs), additions.losses_of_the_call():
-        return model._prepare_total_loss([getattr(o, "_keras_mask", None) for o in outputs])
+        return called, model._prepare_total_loss([getattr(o, "_keras_mask", None) for o in outputs])
 
 
 def _held_gradients(gradients, weights):
@@ -193,6 +186,16 @@ def _held_gradients(gradients, weights):
         elif gradient is not None:
             terms.append(tf.reduce_sum(tf.stop_gradient(gradient) * weight))
     return tf.add_n(terms)
+
+
+def _weighted(gradient, weight):
+    """`gradient` (maybe sparse, or None) times the scalar `weight`."""
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        values = gradient.values * tf.cast(weight, gradient.values.dtype)
+        return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
+    return gradient * tf.cast(weight, gradient.dtype)
 
 
 class AdversarialTrainFunction(AdversarialStep):
@@ -216,19 +219,21 @@ class AdversarialTrainFunction(AdversarialStep):
             inputs += [backend.symbolic_learning_phase()]
         with backend.get_graph().as_default():
             with backend.name_scope("training"):
-                loss, perturbed_updates = self._loss(model)
+                passes = _GraphPasses(self, model)
+                outcome, _ = planned_step(self, passes)
+                weights = model._collected_trainable_weights
                 # The clean pass reports the step's loss, reading the weights
                 # that the update writes; where the update does not need it
                 # (FreeLB from a random start), nothing else orders the two.
                 with tf.control_dependencies([model.total_loss]):
                     updates = model.optimizer.get_updates(
-                        params=model._collected_trainable_weights, loss=loss
+                        params=weights, loss=_held_gradients(outcome.gradients, weights)
                     )
                 updates += model.get_updates_for(None)
                 updates += model.get_updates_for(model.inputs)
                 # As in eager mode, every pass keeps its updates of
                 # non-trainable state (batch-norm statistics).
-                updates += perturbed_updates
+                updates += passes.perturbed_updates
             metrics = model._get_training_eval_metrics()
             metrics_tensors = [m._call_result for m in metrics if hasattr(m, "_call_result")]
         with backend.name_scope("training"):
@@ -241,159 +246,134 @@ class AdversarialTrainFunction(AdversarialStep):
             )
         model._set_trainable_state(current_trainable_state)
 
-    def _loss(self, model):
-        """The loss to update from (clean + adversarial, or adversarial only),
-        and the perturbed passes' updates of non-trainable state."""
-        clean_loss, iterations = model.total_loss, model.optimizer.iterations
-        if isinstance(self.settings.method, AWP):
-            perturbed_updates = []
-            adversarial_loss, clean_term = self._weight_attack(model, clean_loss, perturbed_updates)
-            return self._update_loss(clean_term, adversarial_loss, perturbed_updates, iterations), perturbed_updates
-        lookups, lookup_gradients = _graph_lookups(self.layer, clean_loss)
-        if not lookups.outputs:
-            raise no_lookup_gradient_error(self.layer)
-        clean = Pass(clean_loss, [], lookups, lookup_gradients)
-        settings = self.settings
-        if settings.per_example and len(lookups.ids) > 1:
-            # Each perturbed lookup takes its part of an example's row by call
-            # order, and the model's own nodes need not come in that order.
-            raise NotImplementedError(
-                f"With eager execution disabled, `per_example=True` supports one "
-                f"lookup of embedding layer '{self.layer.name}' per pass; this model "
-                f"looks up {len(lookups.ids)} times. Train it eagerly (the tf-keras "
-                f"default), or with per_example=False."
-            )
-        masks = padding_masks(self.layer, lookups.ids) if settings.per_example else None
-        space = perturbation_space(settings.per_example, lookups, self.layer, masks)
-        iterations = model.optimizer.iterations
-        if settings.method.steps == 0 and not settings.per_example and _replicas() > 1:
-            raise NotImplementedError(PENALTY_ACROSS_REPLICAS)
-        if settings.method.steps == 0:
-            # The gradient penalty: the optimizer's `tf.gradients` of this loss
-            # runs back through the lookups' gradient (a second-order one).
-            penalty = penalty_term(settings, space, space.rows(lookups.ids, lookup_gradients))
-            if settings.start_step:
-                penalty *= tf.cast(tf.greater_equal(iterations, settings.start_step), penalty.dtype)
-            return clean_loss + tf.cast(penalty, clean_loss.dtype), []
 
-        perturbed_updates = []
+class _GraphPasses(TensorFlowPasses):
+    """The plans' adapter (`passes.py`) in a TF1 graph, built once.
 
-        def perturbed_pass(perturbation, last, divergence_from=None):
-            """A perturbed call of the model: its compiled loss or, given the
-            clean outputs, VAT's divergence from them."""
-            def add_perturbation(index, ids, outputs):
-                return outputs + tf.cast(space.at(index, ids, perturbation), outputs.dtype)
+    The clean pass is the model's own graph (its loss is `total_loss`); the
+    others call the model again (`_called_again`). Each pass's weight
+    gradients are taken as the optimizer takes them (loss scaling included),
+    and the optimizer's `get_updates` is handed a loss whose gradient is the
+    plan's gradients (`_held_gradients`).
 
-            divergence_of = None
-            if divergence_from is not None:
-                def divergence_of(called):
-                    return divergence(model, settings.method, divergence_from, called)
+    Graph mode's differences, here once: a TF1 graph builds no model call
+    inside a `tf.cond`, so the warm-up (`cond`) runs both the plain and the
+    adversarial passes and weighs one of them 0 (refused where the perturbed
+    passes update layer state); and per example, one lookup per pass.
+    """
 
-            with tapped_lookups(self.layer, add_perturbation) as perturbed:
-                loss = _called_again(model, perturbed_updates, divergence_of)
-            gradients = None if last else tf.gradients(loss, perturbed.outputs)
-            return Pass(loss, [], perturbed, gradients)
+    def __init__(self, step, model):
+        self.step, self.model, self.layer, self.inputs = step, model, step.layer, None
+        self.iterations = model.optimizer.iterations
+        self.replicas = _replicas()
+        self.perturbed_updates = []
+        self.weights = model._collected_trainable_weights
+        self._reads = {}
+        self._clean_gradients = None
+        self.lookups = self.lookup_gradients = None  # AWP and R-Drop perturb no embedding.
+        if self.layer is not None:
+            self.lookups, self.lookup_gradients = _graph_lookups(self.layer, model.total_loss)
+            if not self.lookups.outputs:
+                raise no_lookup_gradient_error(self.layer)
+            if step.settings.per_example and len(self.lookups.ids) > 1:
+                # Each perturbed lookup takes its part of an example's row by call
+                # order, and the model's own nodes need not come in that order.
+                raise NotImplementedError(
+                    f"With eager execution disabled, `per_example=True` supports one "
+                    f"lookup of embedding layer '{self.layer.name}' per pass; this model "
+                    f"looks up {len(self.lookups.ids)} times. Train it eagerly (the tf-keras "
+                    f"default), or with per_example=False."
+                )
 
-        epsilon = epsilon_now(settings, iterations)
-        if epsilon is not None:
-            epsilon = tf.cast(epsilon, tf.float32)
-        if isinstance(settings.method, VAT):
-            # VAT: the divergence from the model's own (clean) outputs, probed
-            # by power iteration; the loss gains `weight` times it at the end.
-            own = model.outputs[0] if len(model.outputs) == 1 else model.outputs
-            reference = tf.nest.map_structure(tf.stop_gradient, own)
-            noises = global_batch_noise(self.seed, iterations, lookups.outputs)
-            last = virtual_adversarial(
-                self, space, noises,
-                lambda perturbation, last: perturbed_pass(perturbation, last, divergence_from=reference),
-                epsilon,
-            )
-            term = tf.cast(settings.method.weight * last.loss, clean_loss.dtype)
-            if settings.start_step:
-                if perturbed_updates:
-                    raise NotImplementedError(_WARM_UP_WITH_UPDATES)
-                term *= tf.cast(tf.greater_equal(iterations, settings.start_step), term.dtype)
-            return clean_loss + term, perturbed_updates
-        if isinstance(settings.method, FreeLB):
-            # FreeLB's K passes, the loss their mean: the first is the clean
-            # pass, or with a random start one more rebuilt call of the model.
-            method, start, first = settings.method, None, clean
-            if method.init_magnitude:
-                seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(iterations, tf.int64)])
-                starts = [
-                    random_start(method, ids, mask, self.layer.embeddings.shape[1], seed + [index, 0])
-                    for index, (ids, mask) in enumerate(zip(lookups.ids, masks))
-                ]
-                start = space.rows(lookups.ids, starts)
-                first = perturbed_pass(start, method.steps == 1)
-            passes = ascent(self, space, first, perturbed_pass, epsilon, start=start)
-            adversarial_loss = tf.add_n([p.loss for p in passes]) / len(passes)
-        else:
-            adversarial_loss = attack(self, space, clean, perturbed_pass, epsilon).loss
-        return self._update_loss(clean_loss, adversarial_loss, perturbed_updates, iterations), perturbed_updates
+    def _gradients(self, loss, sources=None):
+        """The gradients of `loss` w.r.t. `sources` (the trainable weights), as
+        the optimizer takes them (its loss scaling included)."""
+        optimizer = self.model.optimizer
+        return unscaled_gradients(optimizer, tf.gradients(scaled_loss(optimizer, loss), sources or self.weights))
 
-    def _weight_attack(self, model, clean_loss, perturbed_updates):
-        """AWP's passes: the model called again on perturbed copies of the
-        selected weights (`tf_keras_weights.py`).
+    def _outputs(self):
+        outputs = self.model.outputs
+        return outputs[0] if len(outputs) == 1 else outputs
 
-        Returns:
-            `(the last pass's loss, the clean term)`: the clean term is a loss
-            whose gradient is the clean pass's (`_held_gradients`), so that
-            the optimizer does not run the clean backward a second time.
-        """
-        weights, optimizer = model._collected_trainable_weights, model.optimizer
-        indices = selected_weights(self.settings.method, weights, model.name)
-        selected = [weights[i] for i in indices]
-        originals = [tf.convert_to_tensor(w) for w in selected]
+    def run(self, perturbation_at=None, *, weights=False, lookup_gradients=False, scale=None, clean=False,
+            reference=None, shifted=None):
+        if perturbation_at is None and reference is None and not shifted:  # The model's own graph.
+            loss = self.model.total_loss
+            if weights and scale is None and self._clean_gradients is None:
+                self._clean_gradients = self._gradients(loss)
+            gradients = (self._clean_gradients if scale is None else self._gradients(loss * scale)) if weights else None
+            return Pass(loss, gradients, self.lookups, self.lookup_gradients, self._outputs())
 
-        def perturbed_pass(perturbations):
-            # The update differentiates this pass at the perturbed weights:
-            # the perturbation, built from gradients, is a constant to it.
-            values = [w + tf.stop_gradient(tf.cast(r, w.dtype)) for w, r in zip(originals, perturbations)]
-            substitutes = list(zip(selected, values))
-            with substituted_weights(model, substitutes):
-                loss = _called_again(model, perturbed_updates)
-            # A read of a variable that the substitution did not reach.
-            for variable, unreached in zip(selected, tf.gradients(loss, selected, stop_gradients=originals)):
-                if unreached is not None:
-                    raise NotImplementedError(read_unperturbed(variable))
-            # All weights' slots, the selected ones filled: what `weight_attack` indexes.
-            gradients = [None] * len(weights)
-            for i, gradient in zip(indices, tf.gradients(loss, values)):
-                gradients[i] = gradient
-            return Pass(loss, gradients, None, None)
+        def add_perturbation(index, ids, outputs):
+            return outputs + tf.cast(perturbation_at(index, ids, outputs), outputs.dtype)
 
-        # Every weight's clean gradient, taken as the optimizer takes it (loss
-        # scaling included): it starts the ascent, and the update reads it.
-        clean_gradients = unscaled_gradients(optimizer, tf.gradients(scaled_loss(optimizer, clean_loss), weights))
-        epsilon = epsilon_now(self.settings, optimizer.iterations)
-        if epsilon is not None:
-            epsilon = tf.cast(epsilon, tf.float32)
-        last, _ = weight_attack(
-            self, Pass(clean_loss, clean_gradients, None, None), indices, originals, perturbed_pass, add=None,
-            dense=lambda gradients: dense_gradients(gradients, selected), epsilon=epsilon,
-            reduce=sum_across_replicas if _replicas() > 1 else None,
-        )
-        return last.loss, _held_gradients(clean_gradients, weights)
+        # The update differentiates this pass at the perturbed weights: the
+        # perturbation, built from gradients, is a constant to it.
+        values = {i: self._reads[i] + tf.stop_gradient(tf.cast(r, self._reads[i].dtype))
+                  for i, r in (shifted or {}).items()}
+        substitutes = [(self.weights[i], value) for i, value in values.items()]
+        with substituted_weights(self.model, substitutes), \
+                tapped_lookups(self.layer, add_perturbation if perturbation_at else (lambda i, ids, o: o)) as lookups:
+            called, loss = _called_again(self.model, self.perturbed_updates)
+        if reference is not None:
+            loss = self.divergence(reference, called)
+        # A read of a variable that the substitution did not reach.
+        selected = [self.weights[i] for i in values]
+        for variable, unreached in zip(selected, tf.gradients(loss, selected, stop_gradients=list(self._reads.values()))):
+            if unreached is not None:
+                raise NotImplementedError(read_unperturbed(variable))
+        gradients = None
+        if weights:
+            sources = [values.get(i, w) for i, w in enumerate(self.weights)]
+            gradients = self._gradients(loss if scale is None else loss * scale, sources)
+        lookup_grads = self._lookup_gradients(loss, lookups) if lookup_gradients else None
+        return Pass(loss, gradients, lookups, lookup_grads, called)
 
-    def _update_loss(self, clean_loss, adversarial_loss, perturbed_updates, iterations):
-        """The loss the optimizer differentiates: clean + adversarial, or the
-        adversarial alone (FreeLB's, the mean of its passes, always).
-        `clean_loss` is any loss with the clean pass's gradient."""
-        settings = self.settings
-        replaces_clean = settings.objective == "adversarial" or isinstance(settings.method, FreeLB)
-        if not settings.start_step:
-            return adversarial_loss if replaces_clean else clean_loss + adversarial_loss
-        # Warm-up steps weigh the perturbed passes 0 (a TF1 graph builds no
-        # model call inside a cond), so they update from the clean loss
-        # exactly, while the passes still run; their updates of layer state
-        # would apply, so such models are refused.
-        if perturbed_updates:
+    @staticmethod
+    def _lookup_gradients(loss, lookups):
+        return [tf.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, tf.gradients(loss, lookups.outputs))]
+
+    def differentiate(self, objective):
+        def forward(clean=False, lookup_gradients=False):
+            if clean:
+                loss = self.model.total_loss
+                return loss, Pass(loss, None, self.lookups, self.lookup_gradients if lookup_gradients else None,
+                                  self._outputs())
+            with tapped_lookups(self.layer if lookup_gradients else None, lambda i, ids, o: o) as lookups:
+                called, loss = _called_again(self.model, self.perturbed_updates)
+            lookup_grads = self._lookup_gradients(loss, lookups) if lookup_gradients else None
+            return loss, Pass(loss, None, lookups, lookup_grads, called)
+
+        # The optimizer's gradients run back through any lookups' gradient.
+        total, aux = objective(forward)
+        return self._gradients(total), aux
+
+    @staticmethod
+    def scale_loss(term, like):
+        return tf.cast(term, like.dtype)  # `_gradients` scales the whole loss.
+
+    def divergence(self, reference, called):
+        # Divided as the compiled loss is: the replicas' gradients are summed.
+        return outputs.divergence(self.model, self.step.settings.method, reference, called) / _replicas()
+
+    def noise(self, index, like, kind):
+        seed = noise_seed(self.step.seed, self.iterations, index)
+        return global_batch_draw(lambda shape: draw(kind, shape, seed), tf.shape(like))
+
+    def cond(self, start_step, adversarial, plain):
+        adversary, plainly = adversarial(), plain()
+        if self.perturbed_updates:
             raise NotImplementedError(_WARM_UP_WITH_UPDATES)
-        on = tf.cast(tf.greater_equal(iterations, settings.start_step), clean_loss.dtype)
-        if replaces_clean:
-            return on * adversarial_loss + (1 - on) * clean_loss
-        return clean_loss + on * adversarial_loss
+        on = tf.greater_equal(self.iterations, start_step)
+        weight = tf.cast(on, tf.float32)
+        gradients = [add_gradients(_weighted(a, weight), _weighted(p, 1 - weight))
+                     for a, p in zip(adversary.gradients, plainly.gradients)]
+        return adversary._replace(gradients=gradients, term=adversary.term * tf.cast(weight, adversary.term.dtype)), on
+
+    def weight_values(self, indices):
+        for i in indices:
+            self._reads.setdefault(i, tf.convert_to_tensor(self.weights[i]))
+        return [self._reads[i] for i in indices]
 
 
 class _AdversarialClones(dict):
@@ -423,7 +403,8 @@ def _distributed_clones_trained_adversarially(select_training_loop, builder):
         if strategy is not None:
             distribution.check_strategy(strategy, multi_worker=False, error=_MULTI_WORKER_ERROR)
             settings = builder.settings
-            if settings.method.steps == 0 and not settings.per_example and strategy.num_replicas_in_sync > 1:
+            if settings.method.plan == "penalized" and not settings.per_example \
+                    and strategy.num_replicas_in_sync > 1:
                 # Said before tf-keras builds the replicas' functions, on threads
                 # that an error inside would leave in the middle of their graphs.
                 raise NotImplementedError(PENALTY_ACROSS_REPLICAS)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 
-from keras_adv.methods import GradientPenalty, get_method
+from keras_adv.methods import get_method
 
 __all__ = [
     "Grid", "MethodSpec", "AblationConfig", "load_task_config", "make_config", "default_grid",
@@ -22,7 +22,7 @@ MODELS = ("char-cnn", "kerashub-bert", "bert4keras-bert")
 OBJECTIVES = ("sum", "adversarial")
 
 # What `--methods` and a task config's method entries may name.
-NAMES = ("plain", "fgm", "fgsm", "pgd", "freelb", "gradient_penalty", "vat", "awp")
+NAMES = ("plain", "fgm", "fgsm", "pgd", "freelb", "gradient_penalty", "vat", "awp", "rdrop", "neftune")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,10 @@ DEFAULT_GRIDS = {
     ("gradient_penalty", False): Grid((0.001, 0.003, 0.01), relative=True),
     ("gradient_penalty", True): Grid((0.0003, 0.001, 0.003), relative=True),
     ("awp", False): Grid((0.003, 0.01, 0.03), relative=False),  # The box, relative to each weight.
+    # R-Drop's alpha around its default 1 (Liang et al. use 0.1 to 5), and
+    # NEFTune's around its default 5 (the paper's 5 to 15), both absolute.
+    ("rdrop", False): Grid((0.3, 1.0, 3.0), relative=False),
+    ("neftune", True): Grid((1.5, 5.0, 15.0), relative=False),
 }
 
 # How a sweep grows past its grid (`selection.next_epsilon`): while the best
@@ -118,12 +122,15 @@ class MethodSpec:
             value = getattr(self, flag)
             if not (isinstance(value, bool) or (flag == "relative_epsilon" and value is None)):
                 raise ValueError(f"`{flag}` must be true or false, got {value!r}.")
-        if self.name in ("freelb", "gradient_penalty", "vat") and self.objective != "sum":
+        kind = None if self.name == "plain" else type(get_method(self.name))
+        if kind is not None and kind.fixed_update and self.objective != "sum":
             raise ValueError(f"{self.name} takes no `objective`.")
-        if self.name == "awp" and (self.per_example or self.relative_epsilon):
-            raise ValueError("awp perturbs weights: it takes neither `per_example` nor `relative_epsilon`.")
-        if self.name in ("vat", "awp") and (self.steps, self.alpha) != (MethodSpec.steps, MethodSpec.alpha):
-            # Rather than drop them: the runner trains these at their own
+        if kind is not None and not kind.modes and (self.per_example or self.relative_epsilon):
+            raise ValueError(f"{self.name} perturbs no embedding: it takes neither `per_example` nor "
+                             f"`relative_epsilon`.")
+        if self.name in ("vat", "awp", "rdrop", "neftune") \
+                and (self.steps, self.alpha) != (MethodSpec.steps, MethodSpec.alpha):
+            # Rather than drop them: the runner trains the others at their own
             # defaults (VAT: one power iteration; AWP: one step of alpha 1).
             raise ValueError(
                 f"{self.name} runs with keras_adv's defaults for its other parameters; "
@@ -150,21 +157,22 @@ class MethodSpec:
             return MethodSpec("plain")
         if self.name not in ("pgd", "freelb"):
             self = dataclasses.replace(self, steps=MethodSpec.steps, alpha=MethodSpec.alpha)
-        if self.name in ("freelb", "vat"):  # Per example whatever the flag says.
-            self = dataclasses.replace(self, per_example=True)
+        modes = type(self.method()).modes
+        if len(modes) < 2:  # The method's one mode, whatever the flag says.
+            self = dataclasses.replace(self, per_example=modes == (True,))
         return self
 
     def _describe(self, with_epsilon):
         if self.name == "plain":
             return "plain"
-        size = "weight" if self.name == "gradient_penalty" else "eps"
+        size = {"epsilon": "eps"}.get(self.method().size, self.method().size)
         text = self.name + (f" {size}={self.epsilon:g}" if with_epsilon else "")
         if self.name in ("pgd", "freelb"):
             method = self.method()
             text += f" K={method.steps} alpha={method.alpha:g}"
         if self.relative_epsilon:
             text += " (relative)"
-        if self.per_example and self.name not in ("freelb", "vat"):
+        if self.per_example and len(self.method().modes) > 1:
             text += " (per example)"
         if self.start_step:
             text += f" from step {self.start_step}"
@@ -173,20 +181,19 @@ class MethodSpec:
         return text
 
     def method(self):
-        """The `keras_adv` method object of this configuration."""
-        if self.name == "gradient_penalty":
-            return GradientPenalty(weight=self.epsilon)
-        # Steps and alpha are PGD's and FreeLB's (the others ignore them,
-        # `canonical`); the sizes left unset take keras_adv's defaults in
-        # the sweep's units (VAT's xi, PGD's and FreeLB's alpha).
+        """The `keras_adv` method object of this configuration: its main size
+        (`size`) is `epsilon`; steps and alpha are PGD's and FreeLB's; the
+        sizes left unset take keras_adv's defaults in the sweep's units
+        (VAT's xi, PGD's and FreeLB's alpha)."""
         lengths = dict(steps=self.steps, alpha=self.alpha) if self.name in ("pgd", "freelb") else {}
-        return get_method(self.name, epsilon=self.epsilon, relative=bool(self.relative_epsilon),
-                          per_example=self.per_example or None, **lengths)
+        method = get_method(self.name, relative=bool(self.relative_epsilon),
+                            per_example=self.per_example or None, **lengths)
+        return dataclasses.replace(method, **{method.size: self.epsilon})
 
     def options(self, embedding_name=None):
         """Keyword arguments of `keras_adv.adversarial_training`, with the
         model's `embedding_name` for the methods that perturb an embedding."""
-        if self.name == "awp":  # Its own weight matrices, no embedding.
+        if not self.method().embedding:  # AWP's weight matrices, R-Drop's outputs.
             return dict(method=self.method(), objective=self.objective, start_step=self.start_step)
         return dict(embedding_name=embedding_name, method=self.method(), objective=self.objective,
                     relative_epsilon=bool(self.relative_epsilon), per_example=self.per_example,

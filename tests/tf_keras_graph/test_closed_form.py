@@ -2,7 +2,7 @@
 
 from tests.closed_form import (
     AWPTests, BadScheduleTests, RelativeSizeTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
-    PerExampleClosedFormTests, VATTests, WarmUpAndScheduleTests,
+    NEFTuneTests, PerExampleClosedFormTests, RDropTests, VATTests, WarmUpAndScheduleTests,
 )
 from tests.testing import TestCase
 
@@ -95,3 +95,11 @@ class TestBadSchedule(BadScheduleTests):
 
 class TestRelativeSize(RelativeSizeTests):
     pass
+
+
+class TestNEFTune(NEFTuneTests):
+    history_has_noisy_loss = False
+
+
+class TestRDrop(RDropTests):
+    history_has_divergence = False  # Graph mode's History has the compiled metrics only.
