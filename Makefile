@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-keras3 test-keras3-jax test-keras3-torch test-ablation test-keras3-jax-data-parallel test-keras3-mirrored test-tf-keras test-tf-keras-graph test-tf-keras-mirrored test-tf-keras-graph-mirrored benchmark
+.PHONY: demo test test-keras3 test-keras3-jax test-keras3-torch test-ablation test-keras3-jax-data-parallel test-keras3-jax-model-parallel test-keras3-mirrored test-tf-keras test-tf-keras-graph test-tf-keras-mirrored test-tf-keras-graph-mirrored benchmark
 
 $(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -28,9 +28,12 @@ demo: $(INSTALLED)
 # backend is chosen before Keras loads. tf-keras needs its flags set before
 # TensorFlow loads (tests/tf_keras*/conftest.py sets them), graph mode is
 # global to a process, and the mirrored and data-parallel folders split the
-# CPU into two devices before TensorFlow or JAX initialises.
-TEST_PROCESSES := test-ablation test-keras3 test-keras3-jax test-keras3-torch test-tf-keras test-tf-keras-graph \
-	test-keras3-mirrored test-tf-keras-mirrored test-keras3-jax-data-parallel test-tf-keras-graph-mirrored
+# CPU into two devices before TensorFlow or JAX initialises (the model-parallel
+# folder into eight). Listed longest first (as measured on 2 cores), so that
+# the two at a time end together.
+TEST_PROCESSES := test-keras3 test-tf-keras test-keras3-jax test-tf-keras-mirrored test-keras3-jax-model-parallel \
+	test-ablation test-tf-keras-graph test-keras3-torch test-keras3-mirrored test-tf-keras-graph-mirrored \
+	test-keras3-jax-data-parallel
 
 test: $(INSTALLED)
 	$(MAKE) --no-print-directory --keep-going -j2 --output-sync=target $(TEST_PROCESSES)
@@ -51,6 +54,9 @@ test-keras3-torch: $(INSTALLED)
 
 test-keras3-jax-data-parallel: $(INSTALLED)
 	$(PYTHON) -m pytest tests/keras3_jax_data_parallel
+
+test-keras3-jax-model-parallel: $(INSTALLED)
+	$(PYTHON) -m pytest tests/keras3_jax_model_parallel
 
 test-keras3-mirrored: $(INSTALLED)
 	$(PYTHON) -m pytest tests/keras3_mirrored

@@ -17,13 +17,15 @@ import numpy as np
 VOCAB, HIDDEN, LENGTH, BATCH = 64, 16, 8, 4
 
 
-def gemma(lora_rank=None):
+def gemma(lora_rank=None, **sizes):
     """A one-layer random `GemmaCausalLM` (tied embeddings), no dropout,
-    with LoRA on its default target layers (query, value) if `lora_rank`."""
-    backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=VOCAB, num_layers=1, num_query_heads=2, num_key_value_heads=1,
-        hidden_dim=HIDDEN, intermediate_dim=32, head_dim=8, dropout=0.0,
-    )
+    with LoRA on its default target layers (query, value) if `lora_rank`;
+    `sizes` replace the backbone's arguments (`vocabulary_size=96`)."""
+    backbone = keras_hub.models.GemmaBackbone(**{
+        **dict(vocabulary_size=VOCAB, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+               hidden_dim=HIDDEN, intermediate_dim=32, head_dim=8, dropout=0.0),
+        **sizes,
+    })
     if lora_rank:
         backbone.enable_lora(lora_rank)
     return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)

@@ -11,7 +11,7 @@ from tests.testing import TestCase
 
 def _classifier():
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=200, num_layers=2, num_heads=2, hidden_dim=32,
+        vocabulary_size=200, num_layers=1, num_heads=2, hidden_dim=32,
         intermediate_dim=64, max_sequence_length=64, dropout=0.0,
     )
     return keras_hub.models.BertTextClassifier(

@@ -13,7 +13,6 @@ the same arrays as one pass's weight gradient) and their sum, nothing else.
 import collections
 
 import keras
-import numpy as np
 import pytest
 
 assert keras.backend.backend() == "jax", (
@@ -21,9 +20,8 @@ assert keras.backend.backend() == "jax", (
     f"run it in its own process, e.g. `KERAS_BACKEND=jax python -m pytest tests/keras3_jax`."
 )
 
-import jax  # noqa: E402
-
 import keras_adv  # noqa: E402
+from tests import jax_arrays  # noqa: E402
 from tests.models import (  # noqa: E402
     LARGE_VOCAB, LARGE_VOCAB_DIM, LARGE_VOCAB_METHODS, large_vocabulary_batch,
     large_vocabulary_model,
@@ -34,52 +32,19 @@ METHODS = LARGE_VOCAB_METHODS
 text_model, data = large_vocabulary_model, large_vocabulary_batch
 
 
-def state_of(model):
-    """The train step's state, as `fit` passes it (the model built by one step first)."""
+def built(model):
+    """The model, built by one step (the train step's state as `fit` passes it)."""
     model.train_on_batch(*data())
-    return tuple(
-        tuple(v.value for v in variables)
-        for variables in (model.trainable_variables, model.non_trainable_variables,
-                          model.optimizer.variables, model.metrics_variables)
-    )
-
-
-def vocabulary_arrays(jaxpr, counts=None):
-    """`{(primitive, shape): n}`: the arrays of `jaxpr` with VOCAB rows that
-    its equations make, nested programs (jit, cond, custom_jvp) included."""
-    counts = collections.Counter() if counts is None else counts
-    for equation in jaxpr.eqns:
-        for var in equation.outvars:
-            shape = getattr(var.aval, "shape", ())
-            if shape and shape[0] == VOCAB:
-                counts[(equation.primitive.name, tuple(shape))] += 1
-        for param in equation.params.values():
-            for inner in param if isinstance(param, (tuple, list)) else [param]:
-                inner = getattr(inner, "jaxpr", inner)  # A ClosedJaxpr holds its Jaxpr.
-                if hasattr(inner, "eqns"):
-                    vocabulary_arrays(inner, counts)
-    return counts
+    return model
 
 
 def train_step_arrays(model):
-    state = state_of(model)
-    traced = jax.make_jaxpr(lambda state, data: model.train_step(state, data))(state, data())
-    return vocabulary_arrays(traced.jaxpr)
+    return jax_arrays.train_step_arrays(built(model), data(), VOCAB)
 
 
 def gradient_arrays(model):
     """The V-row arrays of one pass's gradient of the loss w.r.t. the weights."""
-    state = state_of(model)
-    trainable, non_trainable, optimizer_variables, metrics = state
-    x, y = data()
-
-    def loss(trainable):
-        return model.compute_loss_and_updates(
-            trainable, non_trainable, metrics, x, y, None, training=True,
-            optimizer_variables=optimizer_variables,
-        )[0]
-
-    return vocabulary_arrays(jax.make_jaxpr(jax.grad(loss))(trainable).jaxpr)
+    return jax_arrays.gradient_arrays(built(model), data(), VOCAB)
 
 
 @pytest.fixture(scope="module")
