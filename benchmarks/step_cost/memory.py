@@ -50,14 +50,14 @@ def measure_stack(backend, stack, steps, model_names, xla=False):
     return results
 
 
-def across_processes(backend, stack, *args):
-    """Each variant's peak memory by both measures, median over
+def across_processes(backend, stack, *args, model="bert-like"):
+    """Model `model`'s variants' peak memory by both measures, median over
     `MEMORY_PROCESSES` processes: `{measure: {"MiB": {name: peak},
     "x plain": {name: peak / plain peak}}}`, each ratio the median of ratios
     measured side by side in one process; and the MiB of what the methods
     hold beyond a plain step (`CLEAN_GRADIENTS`)."""
-    runs = [processes.child(backend, "--stack", stack, *args, "--models", "bert-like", "--memory",
-                            env=backend.MEMORY_ENV)["bert-like"] for _ in range(MEMORY_PROCESSES)]
+    runs = [processes.child(backend, "--stack", stack, *args, "--models", model, "--memory",
+                            env=backend.MEMORY_ENV)[model] for _ in range(MEMORY_PROCESSES)]
     memory = {CLEAN_GRADIENTS: statistics.median(run[CLEAN_GRADIENTS] for run in runs)}
     for measure in [measure for measure in (LIVE, ALLOCATOR) if measure in runs[0]]:
         peaks = [run[measure] for run in runs]

@@ -1,14 +1,18 @@
 """Which models are measured, and building them: random weights, no download.
 
-Every model is a small BERT classifier (two classes), built for one stack:
-KerasHub's `BertBackbone` on Keras 3, bert4keras's `build_transformer_model`
-on tf-keras. The sizes are the same on both.
+A small BERT classifier (two classes), built for one stack: KerasHub's
+`BertBackbone` on Keras 3, bert4keras's `build_transformer_model` on
+tf-keras, the sizes the same on both. And, on Keras 3 only, a Gemma-like
+causal LM with Gemma's 256,000-token vocabulary and LoRA on (the embedding
+frozen, as large models are fine-tuned), few and small layers so that it
+runs on two CPU cores.
 """
 
 import os
 
 from benchmarks.step_cost import ROOT
 
+GEMMA_LIKE = "gemma-like, vocab 256000, LoRA"
 BERT_LIKE = dict(vocab=21128, layers=4, width=256, heads=4, length=128, batch=16)
 MODELS = {
     "tiny": dict(vocab=2000, layers=1, width=64, heads=2, length=32, batch=16),
@@ -19,6 +23,8 @@ MODELS = {
     # does, and the ratio shows whether keras_adv's own cost grows.
     "bert-like, frozen embedding": dict(BERT_LIKE, frozen_embedding=True),
     "bert-like, frozen embedding, vocab 250000": dict(BERT_LIKE, vocab=250000, frozen_embedding=True),
+    # Keras 3 only. Tied embeddings: the logits are [batch, length, 256000].
+    GEMMA_LIKE: dict(vocab=256000, layers=2, width=64, heads=2, length=32, batch=4, lora_rank=4, causal_lm=True),
 }
 # Models timed side by side, round by round: the two vocabulary sizes that are
 # compared see the same machine state (timed one after the other, the plain
@@ -27,9 +33,15 @@ TIMED_TOGETHER = [
     ["tiny"],
     ["bert-like", "bert-like, vocab 250000"],
     ["bert-like, frozen embedding", "bert-like, frozen embedding, vocab 250000"],
+    [GEMMA_LIKE],
 ]
 # What runs under MirroredStrategy, beside the same on one device.
 MIRRORED_MODELS = ["tiny", "bert-like"]
+
+
+def runs_on(stack, model_name):
+    """Whether model `model_name` is measured on `stack` (the causal LM on Keras 3 only)."""
+    return stack == "keras3" or not MODELS[model_name].get("causal_lm")
 
 
 def build(stack, spec, jit):
@@ -50,6 +62,8 @@ def build(stack, spec, jit):
     rng = np.random.RandomState(0)
     tokens = rng.randint(1, spec["vocab"], size=(spec["batch"], spec["length"]))
     labels = rng.randint(0, 2, size=spec["batch"]).astype("int32")
+    if spec.get("causal_lm"):
+        return _causal_lm(stack, spec, jit, rng)
     if stack == "keras3":
         import keras
         import keras_hub
@@ -87,3 +101,29 @@ def build(stack, spec, jit):
         jit_compile=jit,
     )
     return model, embedding_name, (x, labels)
+
+
+def _causal_lm(stack, spec, jit, rng):
+    """`build` for the Gemma-like causal LM: LoRA on its query and value
+    projections, trained on the next tokens (`(x, labels)` of `[batch,
+    length]`)."""
+    import keras
+    import keras_hub
+    import numpy as np
+
+    assert stack == "keras3", stack
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=spec["vocab"], num_layers=spec["layers"], num_query_heads=spec["heads"],
+        num_key_value_heads=1, hidden_dim=spec["width"], intermediate_dim=4 * spec["width"],
+        head_dim=spec["width"] // spec["heads"], dropout=0.0,
+    )
+    backbone.enable_lora(spec["lora_rank"])
+    model = keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+    tokens = rng.randint(1, spec["vocab"], size=(spec["batch"], spec["length"] + 1)).astype("int32")
+    x = {"token_ids": tokens[:, :-1], "padding_mask": np.ones((spec["batch"], spec["length"]), "int32")}
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
+    )
+    return model, "token_embedding", (x, tokens[:, 1:])

@@ -11,9 +11,11 @@ import platform
 
 from benchmarks.step_cost import memory, processes
 from benchmarks.step_cost.memory import ALLOCATOR, CLEAN_GRADIENTS, LIVE, MEMORY_PROCESSES
-from benchmarks.step_cost.models import MIRRORED_MODELS, MODELS
+from benchmarks.step_cost.models import GEMMA_LIKE, MIRRORED_MODELS, MODELS
 from benchmarks.step_cost.variants import METHODS, MIRRORED_VARIANTS, RECIPE_GRAPH, RECIPE_HOST, floors
 
+# The models whose peak memory is measured too.
+MEMORY_MODELS = ("bert-like", GEMMA_LIKE)
 # The models whose times are compared as the vocabulary grows, and the title of each comparison.
 VOCABULARY_GROWTH = [
     ("bert-like", "bert-like, vocab 250000",
@@ -38,13 +40,15 @@ def write(backend, steps, out):
         lines += [f"## {title}", "", backend.describe_device(results["device"]), ""]
         # Only the measures this backend can take on this device (none: no table column is filled).
         measured = backend.memory_measures(results["device"])
-        peaks = memory.across_processes(backend, stack, *timed) if measured else None
         for model_name in MODELS:
             if model_name not in results:
                 continue
+            peaks = None
+            if measured and model_name in MEMORY_MODELS:
+                peaks = memory.across_processes(backend, stack, *timed, model=model_name)
             lines += [f"### {model_name}: " + ", ".join(f"{k} {v}" for k, v in MODELS[model_name].items()), "",
-                      _table(results[model_name], peaks if model_name == "bert-like" else None), ""]
-            if model_name == "bert-like" and peaks and LIVE in peaks:
+                      _table(results[model_name], peaks), ""]
+            if peaks and LIVE in peaks:
                 lines += [_memory_floors(peaks), ""]
         for small, big, growth_title in VOCABULARY_GROWTH:
             if small in results and big in results:
@@ -78,7 +82,7 @@ def print_mirrored(backend, steps):
 
 def _table(times, peaks=None):
     plain = times["plain"]
-    floor = floors(times) if "embedding gradient" in times else {}
+    floor = floors(times)
     rows = ["| pass / method | ms | x plain step | floor (x plain) | x its floor "
             "| peak memory vs plain: live tensors | allocator peak |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -151,8 +155,11 @@ def _memory_floors(peaks):
     plain step, and each method's live-tensor peak over its floor."""
     clean, plain = peaks[CLEAN_GRADIENTS], peaks[LIVE]["MiB"]["plain"]
     floor = {"adversarial": 1.0, "sum": 1 + clean / plain}
-    over = ", ".join(f"{name} {peaks[LIVE]['x plain'][name] / floor[name.split()[1]]:.3f}"
-                     for name in METHODS if name in peaks[LIVE]["x plain"])
+    # NEFTune's one pass holds what a plain step holds; R-Drop's two passes,
+    # differentiated together, hold both passes' activations (no floor here).
+    over = ", ".join(
+        f"{name} {peaks[LIVE]['x plain'][name] / (1.0 if name.startswith('neftune') else floor[name.split()[1]]):.3f}"
+        for name in METHODS if name in peaks[LIVE]["x plain"] and not name.startswith("rdrop"))
     return (f"Memory floors (live tensors): `objective=\"adversarial\"` holds nothing beyond a plain "
             f"step (the perturbation enters at the lookups; no rows are kept to restore): 1.000 x plain; "
             f"`objective=\"sum\"` holds the clean gradients through the adversarial pass, {clean:.1f} MiB: "

@@ -21,7 +21,9 @@ def time_stack(backend, stack, steps, model_names, xla=False):
     device = backend.device()
     jit = backend.jit_compile(device, xla)
     results = {"device": device}
-    for group in [[name for name in together if name in model_names] for together in models.TIMED_TOGETHER]:
+    groups = [[name for name in together if name in model_names and models.runs_on(stack, name)]
+              for together in models.TIMED_TOGETHER]
+    for group in groups:
         functions = {}
         for model_name in group:
             *_, functions[model_name] = variants.ready(backend, stack, model_name, jit)

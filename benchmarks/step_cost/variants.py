@@ -17,7 +17,8 @@ from benchmarks.step_cost.models import MODELS
 EPSILON = 1.0
 RECIPE_HOST, RECIPE_GRAPH = "published recipe (host copies)", "published recipe (dense, in graph)"
 # keras_adv's methods, each named "<method> <objective>": keras_adv's method,
-# the objective, and whether the perturbation is per example.
+# the objective, whether the perturbation is per example, and (a fourth
+# entry) whether its sizes are relative.
 METHODS = {
     "fgm sum": ("fgm", "sum", False),
     "fgm adversarial": ("fgm", "adversarial", False),
@@ -31,18 +32,31 @@ METHODS = {
     "vat sum": ("vat", "sum", True),
     "awp sum": ("awp", "sum", False),
     "awp adversarial": ("awp", "adversarial", False),
+    "rdrop sum": ("rdrop", "sum", False),
+    "neftune sum": ("neftune", "sum", True),
+    # Relative sizes (the defaults) read the norm of what is perturbed, which
+    # the step has already: no pass more.
+    "fgm sum relative": ("fgm", "sum", False, True),
+    "fgm sum per-example relative": ("fgm", "sum", True, True),
+    "vat sum relative": ("vat", "sum", True, True),
 }
 DOUBLE_BACKWARD = "double backward (penalty by hand)"
 VARIANTS = ["plain", "embedding gradient", DOUBLE_BACKWARD, *METHODS, RECIPE_HOST, RECIPE_GRAPH]
 # What the large-vocabulary model runs: the cost that must not grow with V.
 LARGE_VOCABULARY_VARIANTS = ["plain", "embedding gradient", "fgm sum", RECIPE_HOST]
 FROZEN_EMBEDDING_VARIANTS = ["plain", "fgm sum"]
+# A large model fine-tuned with LoRA: FGM both ways, NEFTune (instruction
+# tuning's noise), and the published recipe, which writes the whole V x d
+# matrix (frozen or not) twice a step.
+CAUSAL_LM_VARIANTS = ["plain", "fgm sum", "fgm sum per-example", "neftune sum", RECIPE_HOST]
 # What runs under MirroredStrategy, beside the same on one device.
 MIRRORED_VARIANTS = ["plain", "fgm sum", "fgm adversarial", "pgd3 sum"]
 
 
 def variants_of(model_name):
     """The variants that model `model_name` of `MODELS` runs."""
+    if MODELS[model_name].get("causal_lm"):
+        return CAUSAL_LM_VARIANTS
     if MODELS[model_name].get("frozen_embedding"):
         return FROZEN_EMBEDDING_VARIANTS
     return LARGE_VOCABULARY_VARIANTS if "250000" in model_name else VARIANTS
@@ -54,17 +68,21 @@ def settings(name):
     import keras_adv
     from keras_adv._stacks.passes import Settings
 
-    method, objective, per_example = METHODS[name]
-    if method == "gradient_penalty":
-        return Settings(keras_adv.GradientPenalty(), objective, per_example=per_example)
-    if method == "vat":  # One power iteration.
-        return Settings(keras_adv.VAT(), objective, per_example=per_example)
-    if method == "awp":  # Every weight matrix, boxed at 1% of each entry.
-        return Settings(keras_adv.AWP(), objective)
-    steps = dict(steps=3, alpha=0.4) if method in ("pgd", "freelb") else {}
-    epsilon = 0.01 if method == "fgsm" else EPSILON  # Per entry, not per batch.
-    method = keras_adv.methods.get_method(method, epsilon=epsilon, **steps)
-    return Settings(method, objective, per_example=per_example)
+    method, objective, per_example, *relative = METHODS[name]
+    relative = bool(relative and relative[0])
+    if relative:  # The relative defaults, as `adversarial_training` takes them.
+        method = keras_adv.methods.get_method(method, relative=True, per_example=per_example)
+    elif method == "gradient_penalty":
+        method = keras_adv.GradientPenalty()
+    elif method in ("vat", "rdrop", "neftune"):  # VAT: one power iteration.
+        method = keras_adv.methods.get_method(method)
+    elif method == "awp":  # Every weight matrix, boxed at 1% of each entry.
+        method = keras_adv.AWP()
+    else:
+        steps = dict(steps=3, alpha=0.4) if method in ("pgd", "freelb") else {}
+        epsilon = 0.01 if method == "fgsm" else EPSILON  # Per entry, not per batch.
+        method = keras_adv.methods.get_method(method, epsilon=epsilon, **steps)
+    return Settings(method, objective, relative_epsilon=relative, per_example=per_example)
 
 
 def adversarial_step(model, layer, name):
@@ -72,7 +90,7 @@ def adversarial_step(model, layer, name):
     `name`, bound to the model; the previous variant's keeps working."""
     from keras_adv import _stacks
 
-    if METHODS[name][0] == "awp":  # It perturbs weights, not the embedding.
+    if not settings(name).method.embedding:  # AWP, R-Drop: no embedding perturbed.
         layer = None
     _stacks.stack_for(model).install(model, layer, settings(name))
     return model.train_step
@@ -100,26 +118,42 @@ def warmed_up(functions):
 
 
 def floors(times):
-    """Each method's floor, in plain steps, from the two measured passes."""
-    plain, embgrad = times["plain"], times["embedding gradient"]
-    return {
+    """Each method's floor, in plain steps, from the measured passes: the
+    fixed ones always, the others where the passes they count were timed."""
+    plain = times["plain"]
+    floor = {
         "fgm sum": 2.0,
-        "fgm adversarial": (embgrad + plain) / plain,
-        "pgd3 sum": (plain + 2 * embgrad + plain) / plain,
-        "pgd3 adversarial": (3 * embgrad + plain) / plain,
         "fgm sum per-example": 2.0,
-        "fgm adversarial per-example": (embgrad + plain) / plain,
         "fgsm sum": 2.0,
         # K passes, each a full forward and backward.
         "freelb3 sum": 3.0,
-        # Its step written by hand: the loss plus half the squared norm of
-        # its gradient at the lookups, differentiated again, and the update.
-        "gradient-penalty sum": times[DOUBLE_BACKWARD] / plain,
-        # The clean pass, one power iteration (the lookups' gradient of the
-        # divergence) and the divergence pass with its weight gradients.
-        "vat sum": (plain + embgrad + plain) / plain,
         # Two full passes: the clean one gives the weight matrices' gradients
         # (nearly all of a backward pass) whatever the objective.
         "awp sum": 2.0,
         "awp adversarial": 2.0,
+        # Two full passes, whose losses and divergence are differentiated at
+        # once. These models have no dropout, so the passes are the same
+        # computation, which XLA (JAX's step) finds and runs once.
+        "rdrop sum": 2.0,
+        # One full pass, its noise added at the lookups.
+        "neftune sum": 1.0,
+        "fgm sum relative": 2.0,
+        "fgm sum per-example relative": 2.0,
     }
+    if DOUBLE_BACKWARD in times:
+        # Its step written by hand: the loss plus half the squared norm of
+        # its gradient at the lookups, differentiated again, and the update.
+        floor["gradient-penalty sum"] = times[DOUBLE_BACKWARD] / plain
+    if "embedding gradient" in times:
+        embgrad = times["embedding gradient"]
+        floor.update({
+            "fgm adversarial": (embgrad + plain) / plain,
+            "pgd3 sum": (plain + 2 * embgrad + plain) / plain,
+            "pgd3 adversarial": (3 * embgrad + plain) / plain,
+            "fgm adversarial per-example": (embgrad + plain) / plain,
+            # The clean pass, one power iteration (the lookups' gradient of
+            # the divergence) and the divergence pass with its weight gradients.
+            "vat sum": (plain + embgrad + plain) / plain,
+            "vat sum relative": (plain + embgrad + plain) / plain,
+        })
+    return floor
