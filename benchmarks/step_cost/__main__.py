@@ -24,12 +24,17 @@ def main():
     parser.add_argument("--stack", help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--xla", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--models", nargs="+", default=list(models.MODELS), help=argparse.SUPPRESS)
+    parser.add_argument("--models", nargs="+", default=list(models.MODELS), choices=list(models.MODELS),
+                        metavar="MODEL", help="only these models (default: all); needs --out, so that no "
+                        "partial report overwrites the whole one")
     parser.add_argument("--mirrored", action="store_true",
                         help="only time the methods under MirroredStrategy against one device, and print it")
     parser.add_argument("--out", help="the report's file (default: BENCHMARKS.md for tensorflow, "
                         "BENCHMARKS-<backend>.md for the others, so that no run overwrites another's)")
     args = parser.parse_args()
+    subset = args.models != list(models.MODELS)
+    if subset and args.out is None and not args.stack:
+        parser.error("--models writes a partial report: give its file with --out.")
     if args.out is None:
         name = "BENCHMARKS.md" if args.backend == "tensorflow" else f"BENCHMARKS-{args.backend}.md"
         args.out = os.path.join(ROOT, name)
@@ -50,7 +55,7 @@ def main():
     elif args.mirrored:
         report.print_mirrored(backend, args.steps)
     else:
-        report.write(backend, args.steps, args.out)
+        report.write(backend, args.steps, args.out, args.models)
 
 
 if __name__ == "__main__":

@@ -25,17 +25,21 @@ VOCABULARY_GROWTH = [
 ]
 
 
-def write(backend, steps, out):
-    """Measures every stack of `backend` with `steps` timed steps, prints the
-    report, and writes it to `out`."""
+def write(backend, steps, out, model_names=tuple(MODELS)):
+    """Measures every stack of `backend` with `steps` timed steps on
+    `model_names` (each section needs its models), prints the report, and
+    writes it to `out`."""
     timed = ("--steps", str(steps))
+    chosen = ("--models", *model_names)
     lines = ["# Benchmarks", "",
              f"Command: `python -m benchmarks.step_cost --backend {backend.NAME} --steps {steps}`", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", "",
              f"Peak memory, the median over {MEMORY_PROCESSES} processes of the ratio to the plain step measured "
              f"side by side in each. {backend.MEMORY_MEASURES}", ""]
     for stack, title in backend.STACKS.items():
-        results = processes.child(backend, "--stack", stack, *timed)
+        results = processes.child(backend, "--stack", stack, *timed, *chosen)
+        if not any(model_name in results for model_name in MODELS):  # None of them runs on this stack.
+            continue
         gpu = results["device"] == "GPU"
         lines += [f"## {title}", "", backend.describe_device(results["device"]), ""]
         # Only the measures this backend can take on this device (none: no table column is filled).
@@ -55,7 +59,8 @@ def write(backend, steps, out):
                 lines += [_vocabulary_growth(results[small], results[big], growth_title), ""]
         # Where the CPU's default step is not XLA but a GPU's is (TensorFlow;
         # JAX's step is XLA everywhere, PyTorch's nowhere).
-        if not gpu and backend.jit_compile("CPU", True) != backend.jit_compile("CPU", False):
+        if not gpu and backend.jit_compile("CPU", True) != backend.jit_compile("CPU", False) \
+                and "bert-like" in model_names:
             # The path a GPU takes by default, on this CPU: its own step (one
             # program, its own memory planning), though not a GPU's timings.
             only = ("--models", "bert-like", "--xla")
@@ -65,7 +70,7 @@ def write(backend, steps, out):
                       _table(xla, xla_peaks), ""]
             if xla_peaks and LIVE in xla_peaks:
                 lines += [_memory_floors(xla_peaks), ""]
-        if not gpu and backend.mirrored_strategy is not None:
+        if not gpu and backend.mirrored_strategy is not None and set(MIRRORED_MODELS) <= set(model_names):
             lines += _mirrored_section(backend, stack, timed)
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
