@@ -48,6 +48,10 @@ CASES = [
 ]
 
 
+# What `MirroredParityTests` compares with, computed once per process.
+_SINGLE_DEVICE = {}
+
+
 def replica_values(variable, strategy):
     """Each replica's copy of a (Keras 3 or tf-keras) variable, as numpy."""
     if not isinstance(variable, tf.Variable):
@@ -98,10 +102,7 @@ class MirroredParityTests(TestCase):
         model, history = self._train(mirrored, method, options, objective, line_in_scope)
         # Read before the next model's `clear_session` (a new graph in graph mode).
         copies = [replica_values(variable, mirrored) for variable in model.weights]
-        single_model, single = self._train(
-            tf.distribute.get_strategy(), method, options, objective, line_in_scope=True
-        )
-        expected = single_model.get_weights()
+        expected, single = self._single_device(method, options, objective)
         for replicas, want in zip(copies, expected):
             for replica in replicas:  # Every replica agrees.
                 self.assertAllClose(replica, want, rtol=1e-5, atol=5e-6)  # Summed in another order across replicas.
@@ -112,11 +113,27 @@ class MirroredParityTests(TestCase):
         if method == "rdrop" and not self.rdrop_masks_pair:
             return  # Without dropout R-Drop is a plain step.
         # The perturbation mattered: plain training lands elsewhere.
-        self.setup_method(None)
-        plain = compile_sgd(linear_text_model(), lr=LR)
-        x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
-        plain.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
-        assert np.abs(plain.get_weights()[0] - expected[0]).max() > 1e-3
+        assert np.abs(self._plain()[0] - expected[0]).max() > 1e-3
+
+    def _single_device(self, method, options, objective):
+        """The single-device weights and History of a case (the same wherever
+        the line was called), trained once per process: every training
+        starts from `setup_method`'s seeds."""
+        key = repr((method, sorted(options.items()), objective))
+        if key not in _SINGLE_DEVICE:
+            model, history = self._train(tf.distribute.get_strategy(), method, options, objective, True)
+            _SINGLE_DEVICE[key] = (model.get_weights(), history)
+        return _SINGLE_DEVICE[key]
+
+    def _plain(self):
+        """The weights of plain training on the cases' data, trained once per process."""
+        if "plain" not in _SINGLE_DEVICE:
+            self.setup_method(None)
+            plain = compile_sgd(linear_text_model(), lr=LR)
+            x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
+            plain.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+            _SINGLE_DEVICE["plain"] = plain.get_weights()
+        return _SINGLE_DEVICE["plain"]
 
     def test_start_step_per_example_gives_the_single_device_result(self):
         results = []

@@ -104,6 +104,8 @@ class TestCausalLM(TestCase):
         "method,options,history_name,policy",
         [
             # FGM per example: test_per_example_fgm_step_equals_an_independent_route[lora].
+            # FGM on the matrix: the touched rows of a causal LM's batch.
+            ("fgm", {}, "adversarial_loss", "float32"),
             # PGD (on the matrix) in bfloat16, as large models are fine-tuned.
             ("pgd", dict(steps=2), "adversarial_loss", "mixed_bfloat16"),
             ("freelb", dict(steps=2), "adversarial_loss", "float32"),
@@ -112,7 +114,7 @@ class TestCausalLM(TestCase):
             # NEFTune reports its noisy pass's loss as `loss` (no term of its own).
             ("neftune", {}, None, "float32"),
         ],
-        ids=["pgd bfloat16", "freelb", "vat", "awp", "neftune"],
+        ids=["fgm", "pgd bfloat16", "freelb", "vat", "awp", "neftune"],
     )
     def test_lora_trains_only_the_factors_with_each_method(self, method, options, history_name, policy):
         keras.mixed_precision.set_dtype_policy(policy)
