@@ -28,7 +28,7 @@ differentiates a pass:
         gradient penalty's second order). `scale_loss(term, like)` scales a
         term added to such a loss as the optimizer scales the loss.
     space(lookups, per_example) -> TouchedRows or ExampleRows
-        What a method perturbs (`ops_rows.py`, `tf_rows.py`).
+        What a method perturbs (`rows.py`).
     masks(ids_list) -> each lookup's non-padding positions, or None.
     noise(index, like, kind) -> "uniform" in [-1, 1] or "normal" noise of
         the shape of `like`, a stateless function of the step's seed, its
