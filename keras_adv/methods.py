@@ -141,6 +141,8 @@ class _Method:
         compares_outputs: Whether its term compares output distributions
             (read from the compiled loss, or stated by `divergence`).
         size: The name of its main size, what a sweep varies.
+        per_entry: Whether its size is each entry's step (FGSM): relative,
+            it is a fraction of the root-mean-square entry, not of the norm.
     """
 
     plan = "attack"
@@ -151,6 +153,7 @@ class _Method:
     fixed_update = None
     compares_outputs = False
     size = "epsilon"
+    per_entry = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +206,8 @@ class FGSM(_OneStep):
     Args:
         epsilon: Positive float, the size of the step of every entry.
     """
+
+    per_entry = True
 
     def ascend(self, perturbation, gradient, per_example=False, epsilon=None):
         """Returns `epsilon * sign(gradient)` (entries, so per example or not alike)."""

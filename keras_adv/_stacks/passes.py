@@ -52,7 +52,7 @@ import dataclasses
 import random
 
 from keras_adv._stacks.schedule import scheduled_epsilon
-from keras_adv.methods import FGSM, math_for
+from keras_adv.methods import math_for
 
 __all__ = [
     "AdversarialStep", "Settings", "Pass", "Outcome", "planned_step", "PLANS", "relative_unit",
@@ -359,7 +359,7 @@ def relative_unit(method, space):
     for a sign method (FGSM), whose size is every entry's step, the
     root-mean-square entry of it."""
     unit = space.unit()
-    if isinstance(method, FGSM):
+    if method.per_entry:
         return unit / (space.entries() ** 0.5 + 1e-12)
     return unit
 
