@@ -4,7 +4,7 @@ from keras_adv import _stacks, arguments
 from keras_adv.embedding import find_embedding_layer
 from keras_adv._stacks.outputs import divergence_kind
 from keras_adv._stacks.passes import Settings, selected_weights
-from keras_adv._stacks.schedule import first_value
+from keras_adv._stacks.checks import first_value
 from keras_adv.methods import get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]

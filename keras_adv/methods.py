@@ -56,6 +56,7 @@ def math_for(x):
             abs=tf.abs, clip=tf.clip_by_value, log_softmax=tf.nn.log_softmax,
             log_sigmoid=tf.math.log_sigmoid, exp=tf.exp, log=tf.math.log, cast=tf.cast,
             reshape=tf.reshape, shape=tf.shape, norm=tf.norm, stop_gradient=tf.stop_gradient,
+            any=tf.reduce_any, not_equal=tf.not_equal, logical_or=tf.logical_or,
         )
     from keras import ops
 
@@ -588,9 +589,10 @@ class RDrop(_Method):
     `(KL(p1 || p2) + KL(p2 || p1)) / 2` of the two passes' output
     distributions (mean over examples). That is half of Liang et al.'s
     `L1 + L2 + alpha * D`, as in bert4keras's R-Drop example: `alpha` means
-    theirs, while the loss keeps the scale of one pass (on a model without
-    dropout, the two passes agree and a step is a plain one). It perturbs no
-    embedding, and does nothing without training-mode randomness.
+    theirs, while the loss keeps the scale of one pass. It perturbs no
+    embedding. It needs training-mode randomness: a step whose two passes
+    agree (a model without dropout) raises, as it would be a plain step at
+    twice the cost.
 
     Args:
         alpha: Float >= 0, the divergence's weight (Liang et al. use 0.1 to 5).

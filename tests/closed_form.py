@@ -25,6 +25,16 @@ CASES = [
 ]
 
 
+def assert_beyond_plain(expected, before, x, y, margin=1e-3, clean_twice=False, **plain_options):
+    """The method moved the step from `before` well beyond the tests'
+    tolerance: a plain SGD step (of the clean gradient taken twice, with
+    `clean_twice`) lands more than `margin` away from `expected`."""
+    plain, _ = reference.plain_sgd_step(before, x, y, LR, **plain_options)
+    if clean_twice:
+        plain = [2 * p - b for p, b in zip(plain, before)]
+    assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > margin
+
+
 class OneStepClosedFormTests(TestCase):
     # tf-keras's graph-mode fit names its outputs after the compiled metrics only.
     history_has_adversarial_loss = True
@@ -445,9 +455,7 @@ class GradientPenaltyTests(TestCase):
         )
         for actual, want in zip(params_of(model), expected):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
-        # The penalty moved the weights well beyond the tolerance.
-        plain, _ = reference.plain_sgd_step(before, x, y, LR)
-        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+        assert_beyond_plain(expected, before, x, y)  # The penalty moved the weights.
         self.assertAllClose(history["loss"][0], clean_loss, rtol=1e-5)
         if self.history_name:
             self.assertAllClose(history[self.history_name][0], penalty, rtol=1e-5)
@@ -595,11 +603,8 @@ class AWPTests(TestCase):
         if self.history_has_adversarial_loss:
             self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=1e-5)
         assert adversarial_loss > clean_loss
-        # The perturbation moved the step well beyond the tolerance.
-        plain, _ = reference.plain_sgd_step(before, x, y, LR)
-        if objective == "sum":
-            plain = [2 * p - b for p, b in zip(plain, before)]  # The clean gradient, twice.
-        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-4
+        # The perturbation moved the step (under "sum", beyond the clean gradient taken twice).
+        assert_beyond_plain(expected, before, x, y, margin=1e-4, clean_twice=objective == "sum")
 
     @pytest.mark.parametrize(
         "weights,selected",
@@ -757,9 +762,7 @@ class VATTests(TestCase):
         self.assertAllClose(history["loss"][0], clean_loss, rtol=1e-5)
         if self.history_has_divergence:
             self.assertAllClose(history["vat_divergence"][0], divergence, rtol=1e-4)
-        # The term moved the weights well beyond the tolerance.
-        plain, _ = reference.plain_sgd_step(before, x, y, LR)
-        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+        assert_beyond_plain(expected, before, x, y)  # The term moved the weights.
 
     def test_plain_until_start_step_then_vat(self):
         model = compile_sgd(linear_text_model(), lr=LR)
@@ -807,9 +810,7 @@ class VATTests(TestCase):
         for actual, other, want in zip(results[0], results[1], expected):
             self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
             self.assertAllClose(other, want, rtol=1e-5, atol=1e-6)
-        # The divergence term mattered: the plain weighted step lands elsewhere.
-        plain, _ = reference.plain_sgd_step(before, x, y, LR, sample_weight=labeled)
-        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+        assert_beyond_plain(expected, before, x, y, sample_weight=labeled)  # The divergence term mattered.
 
     def test_a_divergence_callable_is_a_second_route_to_the_same_step(self):
         def categorical_kl(clean, perturbed):
@@ -894,9 +895,7 @@ class NEFTuneTests(TestCase):
         if self.history_has_noisy_loss:
             self.assertAllClose(history["loss"][0], noisy_loss, rtol=1e-5)
         assert set(history) == {"loss"}
-        # The noise moved the step well beyond the tolerance.
-        plain, _ = reference.plain_sgd_step(before, x, y, LR)
-        assert max(np.abs(e - p).max() for e, p in zip(expected, plain)) > 1e-3
+        assert_beyond_plain(expected, before, x, y)  # The noise moved the step.
 
     def test_each_step_draws_its_own_noise_and_evaluation_sees_none(self):
         model = compile_sgd(linear_text_model(), lr=LR)
@@ -953,15 +952,22 @@ class RDropTests(TestCase):
             unregularized, _, _ = reference.rdrop_sgd_step(before, x, y, LR, 0.0, MASKS)
             assert max(np.abs(e - u).max() for e, u in zip(expected, unregularized)) > 1e-4
 
-    def test_without_dropout_it_is_a_plain_step(self):
-        model = compile_sgd(linear_text_model(), lr=LR)
+    def test_without_dropout_the_step_raises_and_changes_nothing(self):
+        # Its two passes agree: R-Drop would be a plain step at twice the cost.
+        # Keras's JAX `fit` loses the weights of any step that raises
+        # (tests/keras3_jax/test_jax.py): there the step runs eagerly, on its own.
+        jax = hasattr(keras, "ops") and keras.backend.backend() == "jax"
+        model = compile_sgd(linear_text_model(), lr=LR, **(dict(run_eagerly=True) if jax else {}))
         x, y = batch()
         before = params_of(model)
         keras_adv.adversarial_training(model, method=keras_adv.RDrop(alpha=4.0))
-        model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
-        expected, _ = reference.plain_sgd_step(before, x, y, LR)
-        for actual, want in zip(params_of(model), expected):
-            self.assertAllClose(actual, want, rtol=1e-5, atol=1e-6)
+        with pytest.raises(Exception, match="(?s)R-Drop: the two training passes of model linear_text gave identical outputs"):
+            if jax:
+                model.train_on_batch(x, y)
+            else:
+                model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        for actual, want in zip(params_of(model), before):
+            np.testing.assert_array_equal(actual, want)
 
     def test_bad_options(self):
         model = compile_sgd(linear_text_model(), lr=LR)

@@ -66,10 +66,6 @@ class MirroredParityTests(TestCase):
     history_has_adversarial_loss = True  # Not in tf-keras's graph-mode History.
     # The step switches from the warm-up with a `tf.cond` (not in graph mode).
     refuses_start_step_with_rows = True
-    # R-Drop's two passes take tests/models.py's known masks on each replica
-    # (not in graph mode, where each replica's clone calls the shared layer
-    # as it is built: there it runs on the model without dropout).
-    rdrop_masks_pair = True
 
     def _train(self, strategy, method, options, objective, line_in_scope):
         """Weights and History after STEPS steps of GLOBAL_BATCH examples."""
@@ -77,8 +73,8 @@ class MirroredParityTests(TestCase):
         x, y = batch(size=GLOBAL_BATCH * STEPS, seed=3)
         embedding = None if method in ("awp", "rdrop") else "emb"  # They perturb no embedding.
         with strategy.scope():
-            masked = method == "rdrop" and self.rdrop_masks_pair
-            model = compile_sgd(masked_text_model() if masked else linear_text_model(), lr=LR)
+            # R-Drop's two passes take tests/models.py's known masks on each replica.
+            model = compile_sgd(masked_text_model() if method == "rdrop" else linear_text_model(), lr=LR)
             if line_in_scope:
                 keras_adv.adversarial_training(model, embedding, method=method, objective=objective, **options)
         if not line_in_scope:
@@ -110,8 +106,6 @@ class MirroredParityTests(TestCase):
         name = dict(vat="vat_divergence", rdrop="rdrop_divergence", neftune=None).get(method, "adversarial_loss")
         if self.history_has_adversarial_loss and name is not None:
             self.assertAllClose(history[name], single[name], rtol=1e-5)
-        if method == "rdrop" and not self.rdrop_masks_pair:
-            return  # Without dropout R-Drop is a plain step.
         # The perturbation mattered: plain training lands elsewhere.
         assert np.abs(self._plain()[0] - expected[0]).max() > 1e-3
 

@@ -94,14 +94,22 @@ MASKS = np.array([[2.0, 0.0, 2.0, 0.0], [0.0, 2.0, 2.0, 0.0]])
 class AlternatingMask(keras.layers.Layer):
     """In training, the n-th call multiplies its inputs by `MASKS[n % 2]`;
     otherwise the identity. In a compiled step the n-th call is the n-th
-    traced (in a TF1 graph, the model's own graph is the first), so R-Drop's
-    two passes get the two masks on every stack."""
+    traced, so R-Drop's two passes get the two masks on every stack. In a TF1
+    graph, where each replica's clone builds its own model graph (its first
+    pass) before any train function, a pass built in the train function's
+    "training" scope takes the second mask, any other the first."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.training_calls = 0
 
     def _next_mask(self):
+        if not hasattr(keras, "ops"):  # tf-keras
+            import tensorflow as tf
+
+            if not tf.compat.v1.executing_eagerly_outside_functions():  # A TF1 graph.
+                scope = tf.compat.v1.get_default_graph().get_name_scope().split("/")
+                return MASKS[int(any(part.startswith("training") for part in scope))].astype("float32")
         mask = MASKS[self.training_calls % 2].astype("float32")
         self.training_calls += 1
         return keras.ops.convert_to_tensor(mask) if hasattr(keras, "ops") else mask

@@ -13,6 +13,7 @@ import os
 from benchmarks.step_cost import ROOT
 
 GEMMA_LIKE = "gemma-like, vocab 256000, LoRA"
+BERT_WITH_DROPOUT = "bert-like, dropout 0.1"
 BERT_LIKE = dict(vocab=21128, layers=4, width=256, heads=4, length=128, batch=16)
 MODELS = {
     "tiny": dict(vocab=2000, layers=1, width=64, heads=2, length=32, batch=16),
@@ -23,6 +24,9 @@ MODELS = {
     # does, and the ratio shows whether keras_adv's own cost grows.
     "bert-like, frozen embedding": dict(BERT_LIKE, frozen_embedding=True),
     "bert-like, frozen embedding, vocab 250000": dict(BERT_LIKE, vocab=250000, frozen_embedding=True),
+    # R-Drop's two passes differ only by their dropout masks (without dropout
+    # its step raises): it runs here, with BERT's fine-tuning dropout.
+    BERT_WITH_DROPOUT: dict(BERT_LIKE, dropout=0.1),
     # Keras 3 only. Tied embeddings: the logits are [batch, length, 256000].
     GEMMA_LIKE: dict(vocab=256000, layers=2, width=64, heads=2, length=32, batch=4, lora_rank=4, causal_lm=True),
 }
@@ -33,6 +37,7 @@ TIMED_TOGETHER = [
     ["tiny"],
     ["bert-like", "bert-like, vocab 250000"],
     ["bert-like, frozen embedding", "bert-like, frozen embedding, vocab 250000"],
+    [BERT_WITH_DROPOUT],
     [GEMMA_LIKE],
 ]
 # What runs under MirroredStrategy, beside the same on one device.
@@ -71,9 +76,11 @@ def build(stack, spec, jit):
         backbone = keras_hub.models.BertBackbone(
             vocabulary_size=spec["vocab"], num_layers=spec["layers"], num_heads=spec["heads"],
             hidden_dim=spec["width"], intermediate_dim=4 * spec["width"],
-            max_sequence_length=spec["length"], dropout=0.0,
+            max_sequence_length=spec["length"], dropout=spec.get("dropout", 0.0),
         )
-        model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None, dropout=0.0)
+        model = keras_hub.models.BertTextClassifier(
+            backbone, num_classes=2, preprocessor=None, dropout=spec.get("dropout", 0.0)
+        )
         x = {"token_ids": tokens.astype("int32"), "segment_ids": np.zeros_like(tokens, "int32"),
              "padding_mask": np.ones_like(tokens, "int32")}
         embedding_name = "token_embedding"
@@ -85,7 +92,7 @@ def build(stack, spec, jit):
             os.path.join(ROOT, "examples", "tiny_bert_config.json"), checkpoint_path=None,
             vocab_size=spec["vocab"], hidden_size=spec["width"], num_hidden_layers=spec["layers"],
             num_attention_heads=spec["heads"], intermediate_size=4 * spec["width"],
-            max_position_embeddings=spec["length"],
+            max_position_embeddings=spec["length"], dropout_rate=spec.get("dropout", 0.0),
         )
         cls = keras.layers.Lambda(lambda h: h[:, 0])(bert.output)
         model = keras.models.Model(bert.input, keras.layers.Dense(2)(cls))

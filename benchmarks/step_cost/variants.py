@@ -41,7 +41,10 @@ METHODS = {
     "vat sum relative": ("vat", "sum", True, True),
 }
 DOUBLE_BACKWARD = "double backward (penalty by hand)"
-VARIANTS = ["plain", "embedding gradient", DOUBLE_BACKWARD, *METHODS, RECIPE_HOST, RECIPE_GRAPH]
+VARIANTS = ["plain", "embedding gradient", DOUBLE_BACKWARD, *(m for m in METHODS if m != "rdrop sum"),
+            RECIPE_HOST, RECIPE_GRAPH]
+# R-Drop needs dropout (models.BERT_WITH_DROPOUT), which the other models lack.
+DROPOUT_VARIANTS = ["plain", "rdrop sum"]
 # What the large-vocabulary model runs: the cost that must not grow with V.
 LARGE_VOCABULARY_VARIANTS = ["plain", "embedding gradient", "fgm sum", RECIPE_HOST]
 FROZEN_EMBEDDING_VARIANTS = ["plain", "fgm sum"]
@@ -59,6 +62,8 @@ def variants_of(model_name):
         return CAUSAL_LM_VARIANTS
     if MODELS[model_name].get("frozen_embedding"):
         return FROZEN_EMBEDDING_VARIANTS
+    if MODELS[model_name].get("dropout"):
+        return DROPOUT_VARIANTS
     return LARGE_VOCABULARY_VARIANTS if "250000" in model_name else VARIANTS
 
 
@@ -131,9 +136,8 @@ def floors(times):
         # (nearly all of a backward pass) whatever the objective.
         "awp sum": 2.0,
         "awp adversarial": 2.0,
-        # Two full passes, whose losses and divergence are differentiated at
-        # once. These models have no dropout, so the passes are the same
-        # computation, which XLA (JAX's step) finds and runs once.
+        # Two full passes (their own dropout masks), whose losses and
+        # divergence are differentiated at once.
         "rdrop sum": 2.0,
         # One full pass, its noise added at the lookups.
         "neftune sum": 1.0,

@@ -10,12 +10,14 @@ import contextlib
 import keras
 from keras import ops
 
+from keras_adv._stacks import outputs
 from keras_adv._stacks.instance_patch import install_step, uninstall_step
-from keras_adv._stacks.passes import history_name
+from keras_adv._stacks.passes import selected_weights
+from keras_adv._stacks.rows import KERAS_OPS, padding_masks, perturbation_space
 
 __all__ = [
     "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss", "forward", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
-    "update_count", "check_embedding", "reporting", "LORA_EMBEDDING_NOT_SUPPORTED",
+    "update_count", "check_embedding", "reporting", "Keras3Passes", "LORA_EMBEDDING_NOT_SUPPORTED",
 ]
 
 LORA_EMBEDDING_NOT_SUPPORTED = (
@@ -27,6 +29,37 @@ LORA_EMBEDDING_NOT_SUPPORTED = (
     "its lookups while the LoRA factors train. Or use AWP (`method='awp'`), which perturbs "
     "weights, not an embedding."
 )
+
+
+class Keras3Passes:
+    """What the plans' adapters (`passes.py`) of Keras 3 on JAX and PyTorch
+    share. They hold `step`, `model`, `layer`, `x` (the batch's inputs) and
+    `matrix` (the embedding's value in the step)."""
+
+    replicas = 1  # JAX's arrays are global (XLA adds the collectives); PyTorch runs on one device.
+
+    def divergence(self, reference, y_pred):
+        return outputs.divergence(self.model, self.step.settings.method, reference, y_pred)
+
+    def space(self, lookups, per_example):
+        masks = self.masks(lookups.ids) if per_example else None
+        matrix = self.matrix
+        return perturbation_space(KERAS_OPS, per_example, lookups, matrix.shape[1],
+                                  lambda ids: ops.take(matrix, ids, axis=0), masks)
+
+    def masks(self, ids_list):
+        return padding_masks(KERAS_OPS, self.layer, ids_list, self.x)
+
+    @staticmethod
+    def stop_gradient(structure):
+        return keras.tree.map_structure(ops.stop_gradient, structure)
+
+    @property
+    def selected(self):
+        return selected_weights(self.step.settings.method, self.model.trainable_variables, self.model.name)
+
+    def reduce(self, gradients):
+        return gradients  # Global arrays (JAX), or one device: the norms are the batch's.
 
 
 def is_compiled(model):
@@ -50,7 +83,7 @@ def install_train_step(model, step):
     check_embedding(step.layer)
     install_step(model, "train_step", step, keras.Model.train_step)
     _detach_metric(model)  # An earlier call's, maybe of another name.
-    metric_name = history_name(step.settings)
+    metric_name = step.settings.method.reports  # What the method adds to History.
     if metric_name is None:  # The method adds nothing but its loss (NEFTune).
         return
     strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only.

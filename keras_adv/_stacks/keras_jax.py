@@ -18,13 +18,10 @@ import jax
 import keras
 from keras import ops
 
-from keras_adv._stacks import keras3, outputs
+from keras_adv._stacks import keras3
 from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import Lookups, tapped_lookups
-from keras_adv._stacks.rows import KERAS_OPS, padding_masks, perturbation_space
-from keras_adv._stacks.passes import (
-    AdversarialStep, Pass, no_lookup_error, no_lookup_gradient_error, planned_step, selected_weights,
-)
+from keras_adv._stacks.passes import AdversarialStep, Pass, no_lookup_error, no_lookup_gradient_error, planned_step
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise"]
 
@@ -53,7 +50,7 @@ class AdversarialTrainStep(AdversarialStep):
         return logs, (trainable, passes.non_trainable, optimizer_variables, metrics_variables)
 
 
-class _Passes:
+class _Passes(keras3.Keras3Passes):
     """The plans' adapter (`passes.py`) for one JAX step: passes as pure
     functions of the step's state, which it carries from pass to pass (the
     perturbed passes keep their updates of non-trainable state, as on
@@ -182,18 +179,6 @@ class _Passes:
     def scale_loss(self, term, like):
         return self._scaled(ops.cast(term, like.dtype))
 
-    def divergence(self, reference, y_pred):
-        return outputs.divergence(self.model, self.step.settings.method, reference, y_pred)
-
-    def space(self, lookups, per_example):
-        masks = self.masks(lookups.ids) if per_example else None
-        matrix = self.matrix
-        return perturbation_space(KERAS_OPS, per_example, lookups, matrix.shape[1],
-                                  lambda ids: ops.take(matrix, ids, axis=0), masks)
-
-    def masks(self, ids_list):
-        return padding_masks(KERAS_OPS, self.layer, ids_list, self.x)
-
     def noise(self, index, like, kind):
         return noise(kind, self.step.seed, self.iterations, index, tuple(like.shape))
 
@@ -213,21 +198,12 @@ class _Passes:
         return outcome, adversary
 
     add = staticmethod(ops.add)
-    stop_gradient = staticmethod(jax.lax.stop_gradient)
-    replicas = 1  # Every array is global: XLA adds the collectives.
-
-    @property
-    def selected(self):
-        return selected_weights(self.step.settings.method, self.model.trainable_variables, self.model.name)
 
     def weight_values(self, indices):
         return [self.trainable[i] for i in indices]
 
     def dense(self, gradients, indices):
         return gradients
-
-    def reduce(self, gradients):
-        return gradients  # Global arrays: the norms are the global batch's.
 
 
 def _lookups(ids, outputs):

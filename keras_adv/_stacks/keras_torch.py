@@ -15,13 +15,10 @@ import keras
 import torch
 from keras import ops
 
-from keras_adv._stacks import keras3, outputs
+from keras_adv._stacks import keras3
 from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.rows import KERAS_OPS, padding_masks, perturbation_space
-from keras_adv._stacks.passes import (
-    AdversarialStep, Pass, no_lookup_error, no_lookup_gradient_error, planned_step, selected_weights,
-)
+from keras_adv._stacks.passes import AdversarialStep, Pass, no_lookup_error, no_lookup_gradient_error, planned_step
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise"]
 
@@ -51,7 +48,7 @@ class AdversarialTrainStep(AdversarialStep):
             return model.compute_metrics(passes.x, passes.y, outcome.predictions, passes.sample_weight)
 
 
-class _Passes:
+class _Passes(keras3.Keras3Passes):
     """The plans' adapter (`passes.py`) for one PyTorch step."""
 
     def __init__(self, step, model, data):
@@ -120,17 +117,9 @@ class _Passes:
     def scale_loss(self, term, like):
         return self.optimizer.scale_loss(term.to(like.dtype))
 
-    def divergence(self, reference, y_pred):
-        return outputs.divergence(self.model, self.step.settings.method, reference, y_pred)
-
-    def space(self, lookups, per_example):
-        masks = self.masks(lookups.ids) if per_example else None
-        matrix = self.layer.embeddings.value
-        return perturbation_space(KERAS_OPS, per_example, lookups, matrix.shape[1],
-                                  lambda ids: ops.take(matrix, ids, axis=0), masks)
-
-    def masks(self, ids_list):
-        return padding_masks(KERAS_OPS, self.layer, ids_list, self.x)
+    @property
+    def matrix(self):
+        return self.layer.embeddings.value
 
     def noise(self, index, like, kind):
         return noise(kind, self.step.seed, self.step_count, index, tuple(like.shape), like.device)
@@ -143,25 +132,12 @@ class _Passes:
     def add(a, b):
         return b if a is None else a if b is None else a + b
 
-    @staticmethod
-    def stop_gradient(structure):
-        return keras.tree.map_structure(lambda t: t.detach(), structure)
-
-    @property
-    def selected(self):
-        return selected_weights(self.step.settings.method, self.trainable, self.model.name)
-
     def weight_values(self, indices):
         return [self.trainable[i].value.detach() for i in indices]
 
     def dense(self, gradients, indices):
         # A weight the loss does not use has no gradient: AWP then leaves it as it is.
         return [torch.zeros_like(self.trainable[i].value) if g is None else g for g, i in zip(gradients, indices)]
-
-    def reduce(self, gradients):
-        return gradients
-
-    replicas = 1
 
 
 def _twice_differentiable_attention(needed):

@@ -1,9 +1,11 @@
 """What the model's outputs are: the distribution VAT's divergence compares,
 read from the compiled loss (Keras 3 and tf-keras alike), and the term itself."""
 
-from keras_adv.methods import DIVERGENCES
+import functools
 
-__all__ = ["divergence_kind", "divergence"]
+from keras_adv.methods import DIVERGENCES, math_for
+
+__all__ = ["divergence_kind", "divergence", "differ"]
 
 # Loss name (a class's or a function's, in snake case) -> the distribution
 # of the outputs it scores.
@@ -52,7 +54,7 @@ def divergence(model, method, clean, perturbed):
             callable (which output's distribution would be meant?).
     """
     if not callable(method.divergence):
-        flat_clean, flat_perturbed = _flatten(clean), _flatten(perturbed)
+        flat_clean, flat_perturbed = flatten(clean), flatten(perturbed)
         if len(flat_perturbed) != 1:
             raise ValueError(
                 f"VAT compares one output distribution; model '{model.name}' has "
@@ -71,10 +73,17 @@ def divergence(model, method, clean, perturbed):
     return ops.mean(ops.cast(per_example, "float32"))
 
 
-def _flatten(structure):
+def differ(first, second):
+    """Whether two passes' outputs differ anywhere: a boolean scalar."""
+    pairs = zip(flatten(first), flatten(second))
+    ops = math_for(flatten(first)[0])
+    return functools.reduce(ops.logical_or, [ops.any(ops.not_equal(a, b)) for a, b in pairs])
+
+
+def flatten(structure):
     """The leaves of a model's output structure (a tensor, list, tuple or dict)."""
     if isinstance(structure, dict):
-        return [leaf for key in sorted(structure) for leaf in _flatten(structure[key])]
+        return [leaf for key in sorted(structure) for leaf in flatten(structure[key])]
     if isinstance(structure, (list, tuple)):
-        return [leaf for item in structure for leaf in _flatten(item)]
+        return [leaf for item in structure for leaf in flatten(item)]
     return [structure]

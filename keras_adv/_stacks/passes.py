@@ -51,12 +51,13 @@ import collections
 import dataclasses
 import random
 
-from keras_adv._stacks.schedule import scheduled_epsilon
+from keras_adv._stacks.checks import RDROP_WITHOUT_RANDOMNESS, required, scheduled_epsilon
+from keras_adv._stacks.outputs import differ
 from keras_adv.methods import math_for
 
 __all__ = [
     "AdversarialStep", "Settings", "Pass", "Outcome", "planned_step", "PLANS", "relative_unit",
-    "penalty_term", "selected_weights", "update_gradients", "history_name", "no_lookup_error",
+    "penalty_term", "selected_weights", "update_gradients", "no_lookup_error",
     "no_lookup_gradient_error", "PENALTY_ACROSS_REPLICAS",
 ]
 
@@ -113,7 +114,7 @@ Outcome.__doc__ = """What a step's plan computed.
 
 Attributes:
     gradients: The gradients to apply, one per trainable weight.
-    term: What the method reports beside the loss (`history_name`): the
+    term: What the method reports beside the loss (`method.reports`): the
         adversarial loss, the gradient penalty or a divergence.
     loss: The clean pass's loss, for the loss trackers.
     predictions: The clean pass's outputs, for the compiled metrics.
@@ -285,7 +286,8 @@ def penalized(step, adapter, epsilon):
 
 def twin_passes(step, adapter, epsilon):
     """R-Drop: two training passes, their mean loss plus `alpha / 2` times the
-    symmetric divergence of their outputs (`RDrop`)."""
+    symmetric divergence of their outputs (`RDrop`); a step whose passes
+    agree (a model without dropout) raises."""
     del epsilon
     method = step.settings.method
 
@@ -294,9 +296,11 @@ def twin_passes(step, adapter, epsilon):
         other_scaled, second = forward()  # Its own dropout masks.
         divergence = adapter.divergence(first.predictions, second.predictions)
         total = (scaled + other_scaled) / 2 + adapter.scale_loss((method.alpha / 2) * divergence, scaled)
-        return total, (divergence, first.loss, first.predictions)
+        return total, (divergence, first.loss, first.predictions, differ(first.predictions, second.predictions))
 
-    gradients, (divergence, loss, predictions) = adapter.differentiate(objective)
+    gradients, (divergence, loss, predictions, random) = adapter.differentiate(objective)
+    error = lambda: ValueError(RDROP_WITHOUT_RANDOMNESS.format(name=adapter.model.name))
+    gradients, divergence = required(random, (gradients, divergence), error)
     return Outcome(gradients, divergence, loss, predictions)
 
 
@@ -400,12 +404,6 @@ def update_gradients(objective, clean_grads, adversarial_grads, add):
     if objective == "adversarial":
         return list(adversarial_grads)
     return [add(c, a) for c, a in zip(clean_grads, adversarial_grads)]
-
-
-def history_name(settings):
-    """The History entry of what the step adds (the method's `reports`), or
-    None where it adds nothing but its loss (NEFTune)."""
-    return settings.method.reports
 
 
 def no_lookup_error(layer):

@@ -1,38 +1,14 @@
 """What the methods perturb: the embedding rows that a batch touches, or
-each example's embedded sequence. Written once, in `keras.ops` names, for
-TensorFlow (`tf_rows.py` binds TensorFlow's functions to them: tf-keras and
-its graph mode cannot run `keras.ops`) and for Keras 3 on JAX and PyTorch.
+each example's embedded sequence (docs/design.md, "What is perturbed").
 
+Written once, in `keras.ops` names, for Keras 3 on JAX and PyTorch and, with
+TensorFlow's functions bound to those names (`tf_rows.py`), for TensorFlow.
 Both spaces hand the method a 2-D gradient (`rows`) and give each lookup its
 part of the method's perturbation back (`at`), shaped like the lookup's
-output; `unit()` is the size that a relative epsilon is a fraction of.
-
-Touched rows (`TouchedRows`, the default):
-
-The methods perturb the embedding matrix, and the gradient of the matrix is the
-gradient w.r.t. the lookups' outputs summed per token id: each token's row is
-the SUM of its occurrences, so duplicates are summed before the norm. Only the
-rows of the batch's tokens are ever formed (no V x d tensor), and everything
-keeps static shapes (a sort instead of a unique), so the step compiles under
-XLA: the N token occurrences become N rows, the trailing ones empty (zeros),
-which changes neither a norm nor a sum.
-
-Under a `tf.distribute` strategy the rows are those of the GLOBAL batch
-(`tf_rows.py` hands in the exchange): every replica learns every replica's
-ids (an all-gather of the int ids), adds its own gradient into the global
-rows, and the rows are summed across replicas (an all-reduce of N_global x d
-values). Every replica then holds the same gradient, builds the same
-perturbation, and reads its own tokens' rows of it: the step gives the
-single-device result for the same global batch. On JAX every array is
-global (`keras.distribution` shards the batch and the compiler inserts the
-collectives), so nothing crosses devices by hand.
-
-Each example (`ExampleRows`, `per_example=True`): example i's row holds its
-lookups' outputs at its non-padding positions, flattened and concatenated;
-the methods then take one norm (or ball) per example, and padding gets no
-perturbation and counts in no norm. Every later pass makes the same lookups
-in the same order, so lookup `index` gets the same part of each row.
-Nothing crosses replicas: each example's norm is its own.
+output; `unit()` is the size that a relative epsilon is a fraction of. The
+touched rows keep static shapes (a sort instead of a unique), so the step
+compiles under XLA; under a `tf.distribute` strategy they are the global
+batch's (`tf_rows.py` hands in the exchange).
 """
 
 import math

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from keras_adv._stacks import distribution, outputs
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep, history_name, planned_step
+from keras_adv._stacks.passes import AdversarialStep, planned_step
 from keras_adv._stacks.tf_keras_weights import substituted_weights
 from keras_adv._stacks.tf_tape import TapePasses, noise
 
@@ -82,9 +82,9 @@ class AdversarialTrainStep(AdversarialStep):
         # Made in the model's strategy scope, so that replicas sum into it
         # (none for a method that adds only its loss).
         self.adversarial_loss = None
-        if history_name(settings) is not None:
+        if settings.method.reports is not None:
             with strategy.scope():
-                self.adversarial_loss = _tf_keras().metrics.Mean(name=history_name(settings))
+                self.adversarial_loss = _tf_keras().metrics.Mean(name=settings.method.reports)
         # The model's `distribute_reduction_method` before the line (`install`).
         self.reduction_before = "auto"
 

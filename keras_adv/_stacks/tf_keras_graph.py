@@ -1,35 +1,18 @@
 """tf-keras 2 with eager execution disabled (`training_v1` models).
 
 `fit` runs one `K.function` per step, built by `model._make_train_function`;
-the model instance gets a builder that makes an adversarial one. All passes
-live in the one graph:
+the model instance gets a builder that makes an adversarial one, every pass
+in the one graph (`_GraphPasses`): the clean pass is the model's own graph,
+the others call the model again with its lookups tapped (`lookup.py`) or its
+weights substituted (`tf_keras_weights.py`), and the optimizer's
+`get_updates` is handed a loss whose gradient is the plan's. Nothing writes
+a weight, so a step is one `session.run` that either updates the weights as
+the optimizer does or changes nothing. History holds the clean `loss` and
+the compiled metrics only (graph-mode `fit` names its outputs after them).
 
-    clean forward (the model's `total_loss`) -> gradient at its lookups
-    -> forward again with the perturbation added at the lookups -> ... (PGD)
-    -> optimizer updates
-
-The clean pass is the model's own graph: its lookups are the embedding
-layer's nodes there. The perturbed passes call the model again, with the
-lookups tapped (`lookup.py`); nothing writes the matrix, so a step is one
-`session.run` that either updates the weights as the optimizer does or,
-when it fails, changes nothing that keras_adv wrote. AWP's passes call the
-model on perturbed copies of its weights (`tf_keras_weights.py`), which
-nothing writes either. The optimizer's own `get_updates` computes the weight
-gradients of clean + adversarial loss (or the adversarial loss only); AWP,
-which takes every clean weight gradient for its ascent anyway, hands it a
-term with that gradient instead of the clean loss, so that the clean
-backward runs once.
-`fit`'s History holds the clean `loss` and the compiled metrics; tf-keras's
-graph-mode loop names its outputs after the compiled metrics, so the
-adversarial loss is not among them.
-
-Under MirroredStrategy, tf-keras's graph-mode `fit` builds each replica's
-train function on a clone of the model that shares its layers, and keeps
-the clones in the model's `_distributed_model_cache`: the model gets a cache
-that gives each clone, as it is stored, the same adversarial builder. Each
-replica's passes then build the perturbation from the global batch's
-gradient, as in eager mode (`tf_rows.py` gathers the touched rows across
-replicas).
+Under MirroredStrategy, graph-mode `fit` trains a clone of the model per
+replica, kept in the model's `_distributed_model_cache`: the model gets a
+cache that gives each clone, as it is stored, the same adversarial builder.
 """
 
 import contextlib
@@ -65,11 +48,6 @@ _WARM_UP_WITH_UPDATES = (
     "would not be plain. Train eagerly (the tf-keras default), or "
     "start_step=0."
 )
-
-
-def _replicas():
-    replica = tf.distribute.get_replica_context()
-    return 1 if replica is None else replica.num_replicas_in_sync
 
 
 def _backend():
@@ -265,7 +243,6 @@ class _GraphPasses(TensorFlowPasses):
     def __init__(self, step, model):
         self.step, self.model, self.layer, self.inputs = step, model, step.layer, None
         self.iterations = model.optimizer.iterations
-        self.replicas = _replicas()
         self.perturbed_updates = []
         self.weights = model._collected_trainable_weights
         self._reads = {}
@@ -354,7 +331,7 @@ class _GraphPasses(TensorFlowPasses):
 
     def divergence(self, reference, called):
         # Divided as the compiled loss is: the replicas' gradients are summed.
-        return outputs.divergence(self.model, self.step.settings.method, reference, called) / _replicas()
+        return outputs.divergence(self.model, self.step.settings.method, reference, called) / self.replicas
 
     def noise(self, index, like, kind):
         seed = noise_seed(self.step.seed, self.iterations, index)

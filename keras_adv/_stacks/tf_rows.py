@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_adv._stacks import rows
 
 __all__ = [
-    "TF_OPS", "TouchedRows", "ExampleRows", "perturbation_space", "padding_masks",
+    "TF_OPS", "perturbation_space", "padding_masks",
     "add_gradients", "global_batch_draw", "sum_across_replicas",
 ]
 
@@ -36,27 +36,17 @@ def _read_rows(layer):
     return lambda ids: tf.gather(matrix.value(), ids)
 
 
-def TouchedRows(lookups, layer):  # noqa: N802 (a `rows.TouchedRows`, made for TensorFlow)
-    """`rows.TouchedRows` of the clean pass's `lookups` of `layer`, those of
-    the global batch under a strategy with several replicas."""
+def perturbation_space(per_example, lookups, layer, masks=None):
+    """`rows.perturbation_space` of the clean pass's `lookups` of `layer`:
+    the touched rows are the global batch's under a strategy with several
+    replicas."""
     replica = tf.distribute.get_replica_context()
     across = {}
-    if replica is not None and replica.num_replicas_in_sync > 1:
+    if not per_example and replica is not None and replica.num_replicas_in_sync > 1:
         across = dict(gather_ids=lambda ids: replica.all_gather(ids, axis=0),
                       sum_rows=lambda summed: sum_across_replicas([summed])[0])
-    return rows.TouchedRows(TF_OPS, lookups.ids, layer.embeddings.shape[1], _read_rows(layer), **across)
-
-
-def ExampleRows(lookups, layer, masks=None):  # noqa: N802
-    """`rows.ExampleRows` of the clean pass's `lookups` (`layer` for symmetry
-    with `TouchedRows`)."""
-    del layer
-    return rows.ExampleRows(TF_OPS, lookups.ids, lookups.outputs, masks)
-
-
-def perturbation_space(per_example, lookups, layer, masks=None):
-    """The `ExampleRows` (per example) or `TouchedRows` of the clean pass's `lookups`."""
-    return ExampleRows(lookups, layer, masks) if per_example else TouchedRows(lookups, layer)
+    return rows.perturbation_space(TF_OPS, per_example, lookups, layer.embeddings.shape[1], _read_rows(layer),
+                                   masks, **across)
 
 
 def padding_masks(layer, ids_list, inputs=None):

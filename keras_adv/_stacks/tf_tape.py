@@ -34,8 +34,13 @@ AWP_START_STEP_ACROSS_REPLICAS = (
 
 class TensorFlowPasses:
     """What the plans' adapters on TensorFlow share, eager or in a TF1 graph:
-    they hold `step`, `model`, `layer`, `inputs` (or None), `weights` (the
-    trainable variables) and `replicas`."""
+    they hold `step`, `model`, `layer`, `inputs` (or None) and `weights` (the
+    trainable variables)."""
+
+    @property
+    def replicas(self):
+        replica = tf.distribute.get_replica_context()
+        return 1 if replica is None else replica.num_replicas_in_sync
 
     def space(self, lookups, per_example):
         masks = self.masks(lookups.ids) if per_example else None
@@ -85,8 +90,6 @@ class TapePasses(TensorFlowPasses):
         self.step, self.model, self.layer, self.inputs = step, model, step.layer, inputs
         self.forward, self._scale_loss, self.divergence = forward, scale_loss, divergence
         self.iterations = model.optimizer.iterations
-        replica = tf.distribute.get_replica_context()
-        self.replicas = 1 if replica is None else replica.num_replicas_in_sync
         # The weight gradients of the latest pass: the noise waits for them
         # (`noise`).
         self.finished = []

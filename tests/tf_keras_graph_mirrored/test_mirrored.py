@@ -9,7 +9,6 @@ from tests.mirrored import MirroredParityTests
 class TestMirroredParity(MirroredParityTests):
     history_has_adversarial_loss = False  # Graph mode's History: the compiled metrics only.
     refuses_start_step_with_rows = False
-    rdrop_masks_pair = False  # Each replica's clone calls the shared test layer as it is built.
 
     def test_one_device_strategy_gives_the_single_device_result(self):
         # Its v1 loop also trains a clone of the model, as MirroredStrategy's does.

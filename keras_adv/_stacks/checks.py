@@ -1,26 +1,38 @@
-"""A schedule's epsilon, checked at every step where the step uses it.
+"""What a step checks while it runs: a schedule's epsilon, and that R-Drop's
+two passes differ.
 
 `adversarial_training` checks a constant epsilon at the call, and a
 schedule's value at step 0. Later values are known only in the step, so each
 step checks its own, there: a real number (else a `TypeError` while the step
 is traced), finite and >= 0 (else the step raises an error naming the
-schedule, the step and the value, before any weight changes). What the check
-costs is a scalar comparison; the error's own work runs only on a bad value.
+schedule, the step and the value, before any weight changes). R-Drop on a
+model without training-mode randomness would be a plain step at twice its
+cost: its step raises instead. What a check costs is a comparison; the
+error's own work runs only where it fails.
 
-How a compiled step can raise differs by backend, and is written here once:
-TensorFlow asserts (the value flows through the assertion, so the passes
-wait for it); JAX calls back to the host from a branch that runs on a bad
-value only; PyTorch's step is eager Python. XLA on TensorFlow
-(`jit_compile=True`) drops assertions, so there a bad value becomes NaN: the
-perturbation and the step's loss are then NaN, never a silently different
-step.
+How a compiled step can raise differs by backend, and is written here once
+(`required`): TensorFlow asserts (what the step goes on with flows through
+the assertion, so it waits for it); JAX calls back to the host from a branch
+that runs on failure only; PyTorch's step is eager Python. XLA on TensorFlow
+(`jit_compile=True`) drops assertions, so there what failed becomes NaN (the
+perturbation, the update, the step's loss), never a silently different step.
 """
 
 import numbers
 
 import numpy as np
 
-__all__ = ["scheduled_epsilon", "first_value"]
+from keras_adv.methods import math_for
+
+__all__ = ["scheduled_epsilon", "first_value", "required", "RDROP_WITHOUT_RANDOMNESS"]
+
+# Without quotes: TensorFlow's assertion escapes them.
+RDROP_WITHOUT_RANDOMNESS = (
+    "R-Drop: the two training passes of model {name} gave identical outputs. Nothing on "
+    "the way to its outputs is random in training (no dropout), so R-Drop would be a plain "
+    "step at twice its cost. Give the model dropout (keras.layers.Dropout(0.1), or "
+    "dropout=0.1 in a KerasHub backbone), or use another method."
+)
 
 
 def scheduled_epsilon(schedule, step_count):
@@ -42,23 +54,22 @@ def scheduled_epsilon(schedule, step_count):
     value = schedule(step_count)
     if _is_python_or_numpy(value):
         value = _checked_number(schedule, value, step_count)
-    framework = type(value).__module__.split(".")[0]
-    if framework == "tensorflow" or _is_tensorflow(step_count):
-        return _tensorflow_checked(schedule, value, step_count)
-    from keras import ops
-
+    if type(value).__module__.startswith("tensorflow") or _is_tensorflow(step_count):
+        import tensorflow as convert
+    else:
+        from keras import ops as convert
     try:
-        value = ops.convert_to_tensor(value)
+        tensor = convert.convert_to_tensor(value)
     except (TypeError, ValueError) as error:
         raise _type_error(schedule, value) from error
-    if not _real_dtype(str(value.dtype)):
+    rank = getattr(tensor.shape, "rank", len(tensor.shape))
+    if not _real_dtype(getattr(tensor.dtype, "name", str(tensor.dtype))) or rank not in (None, 0):
         raise _type_error(schedule, value)
-    value = ops.cast(value, "float32")
-    if framework == "jax" or "jax" in type(value).__module__:
-        return _jax_checked(schedule, value, step_count)
-    # PyTorch's step runs eagerly: the value is on hand.
-    _checked_number(schedule, float(value), step_count)
-    return value
+    value, step = convert.cast(tensor, "float32"), convert.convert_to_tensor(step_count)
+    valid = (value >= 0) & math_for(value).isfinite(value)
+    message = [f"The epsilon schedule {_describe(schedule)} gave", value, "at step", step,
+               "; epsilon must be a finite number >= 0 at every step."]
+    return required(valid, value, lambda v, s: _value_error(schedule, float(v), int(s)), (value, step), message)
 
 
 def first_value(schedule):
@@ -144,37 +155,34 @@ def _is_tensorflow(step_count):
     return type(variable).__module__.startswith("tensorflow")
 
 
-def _tensorflow_checked(schedule, value, step_count):
-    import tensorflow as tf
+def required(valid, structure, error, values=(), message=None):
+    """`structure` (tensors, or None), once `valid` (a boolean scalar) holds.
 
-    try:
-        value = tf.convert_to_tensor(value)
-    except (TypeError, ValueError) as error:
-        raise _type_error(schedule, value) from error
-    if not (value.dtype.is_floating or value.dtype.is_integer) or value.shape.rank not in (None, 0):
-        raise _type_error(schedule, value)
-    value = tf.cast(value, tf.float32)
-    valid = tf.logical_and(tf.math.is_finite(value), value >= 0)
-    check = tf.debugging.Assert(
-        valid,
-        [f"The epsilon schedule {_describe(schedule)} gave", value, "at step",
-         tf.convert_to_tensor(step_count), "; epsilon must be a finite number >= 0 at every step."],
-    )
-    with tf.control_dependencies([check]):
-        return tf.where(valid, value, float("nan"))
+    Where it does not, the step raises `error(*values)` (`values`: tensors of
+    the step, read on the host); on TensorFlow, `message` (a list of strings
+    and tensors), or the error's text, is the assertion's. Under XLA on
+    TensorFlow, which drops assertions, the floats of `structure` become NaN.
+    """
+    framework = type(valid).__module__.split(".")[0]
+    if framework == "tensorflow":
+        import tensorflow as tf
 
+        check = tf.debugging.Assert(valid, message or [str(error(*values))])
+        with tf.control_dependencies([check]):
+            return tf.nest.map_structure(
+                lambda t: t if t is None or not t.dtype.is_floating else tf.where(valid, t, tf.cast(float("nan"), t.dtype)),
+                structure, expand_composites=True,
+            )
+    if framework in ("jax", "jaxlib"):
+        import jax
 
-def _jax_checked(schedule, value, step_count):
-    import jax
-    import jax.numpy as jnp
+        def raise_on_host(*host_values):
+            raise error(*host_values)
 
-    step = jnp.asarray(step_count)
-
-    def raise_on_host(bad_value, bad_step):
-        raise _value_error(schedule, float(bad_value), int(bad_step))
-
-    valid = jnp.logical_and(jnp.isfinite(value), value >= 0)
-    jax.lax.cond(
-        valid, lambda v, s: None, lambda v, s: jax.debug.callback(raise_on_host, v, s), value, step
-    )
-    return jnp.where(valid, value, jnp.nan)
+        jax.lax.cond(valid, lambda *v: None, lambda *v: jax.debug.callback(raise_on_host, *v), *values)
+        return jax.tree.map(lambda t: jax.numpy.where(valid, t, jax.numpy.nan).astype(t.dtype)
+                            if jax.numpy.issubdtype(t.dtype, jax.numpy.floating) else t, structure)
+    # PyTorch's step runs eagerly: the value is on hand.
+    if not bool(valid):
+        raise error(*values)
+    return structure
