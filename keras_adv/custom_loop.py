@@ -57,7 +57,7 @@ def perturbed_embedding(model, embedding_name, gradient, epsilon=1.0, *, method=
 
     Yields:
         The perturbation: on TensorFlow its rows, one per token occurrence of
-        the gradient (duplicates share one row; see `tf_rows.TouchedRows`);
+        the gradient (duplicates share one row; see `rows.TouchedRows`);
         on PyTorch the dense `r` of the gradient's shape.
 
     Raises:
@@ -154,7 +154,7 @@ def _touched_rows_perturbation(adversary, gradient, layer):
     import tensorflow as tf
 
     from keras_adv._stacks.lookup import Lookups
-    from keras_adv._stacks.tf_rows import TouchedRows
+    from keras_adv._stacks.tf_rows import perturbation_space
 
     if isinstance(gradient, tf.IndexedSlices):
         ids, values = gradient.indices, gradient.values
@@ -163,7 +163,7 @@ def _touched_rows_perturbation(adversary, gradient, layer):
         ids = tf.range(tf.shape(values)[0])
     gradient_rows = Lookups()
     gradient_rows.ids.append(ids)
-    touched = TouchedRows(gradient_rows, layer)
+    touched = perturbation_space(False, gradient_rows, layer)
     perturbation = adversary.ascend(None, touched.rows([ids], [values]))
 
     def add_perturbation(index, ids, outputs):

@@ -1,7 +1,7 @@
 """Which `tf.distribute` strategies an adversarial step can honour.
 
 Under a strategy, the step builds the perturbation from the gradient of the
-global batch (`tf_rows.TouchedRows`), so every replica applies the same one
+global batch (`rows.TouchedRows`, `tf_rows.py`), so every replica applies the same one
 and training gives the single-device result. That takes a strategy that runs
 the step on every replica at once, with `all_gather` and `all_reduce` in its
 replica context. Any other strategy is refused rather than run as something

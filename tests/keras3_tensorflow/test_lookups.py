@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_adv._stacks.lookup import Lookups, tapped_lookups
-from keras_adv._stacks.tf_rows import ExampleRows, TouchedRows, add_gradients, padding_masks
+from keras_adv._stacks.tf_rows import add_gradients, padding_masks, perturbation_space
 from tests.testing import TestCase
 
 
@@ -39,7 +39,7 @@ class TestTouchedRows(TestCase):
 
         @tf.function(jit_compile=jit)
         def rows_and_lookups(ids_a, ids_b, grad_a, grad_b, probe):
-            touched = TouchedRows(_lookups(ids_a, ids_b), layer)
+            touched = perturbation_space(False, _lookups(ids_a, ids_b), layer)
             rows = touched.rows([ids_a, ids_b], [grad_a, grad_b])
             return rows, touched.at(0, ids_a, rows), touched.at(1, probe, rows)
 
@@ -54,14 +54,14 @@ class TestTouchedRows(TestCase):
     def test_a_token_the_clean_pass_did_not_touch_adds_to_no_row(self):
         layer = _embedding(vocab=9, dim=1)
         clean_ids = tf.constant([[2, 5]])
-        touched = TouchedRows(_lookups(clean_ids), layer)
+        touched = perturbation_space(False, _lookups(clean_ids), layer)
         later_ids = tf.constant([[2, 3]])  # 3 replaced 5 (random token replacement).
         rows = touched.rows([later_ids], [tf.constant([[[1.0], [7.0]]])])
         self.assertAllClose(tf.sort(tf.reshape(rows, [-1])), [0.0, 1.0])
 
     def test_float_ids_as_bert4keras_feeds_them(self):
         ids = tf.constant([[3.0, 1.0, 3.0]])
-        touched = TouchedRows(_lookups(ids), _embedding(vocab=5, dim=1))
+        touched = perturbation_space(False, _lookups(ids), _embedding(vocab=5, dim=1))
         rows = touched.rows([ids], [tf.constant([[[1.0], [2.0], [4.0]]])])
         self.assertAllClose(touched.at(0, ids, rows), [[[5.0], [2.0], [5.0]]])
 
@@ -70,7 +70,7 @@ class TestTouchedRows(TestCase):
         ids = tf.constant([[1, 4, 1], [4, 4, 5]])
         E = layer.embeddings.numpy().astype("float64")
         expected = np.sqrt(np.sum(E[[1, 4, 5]] ** 2))
-        self.assertAllClose(TouchedRows(_lookups(ids), layer).unit(), expected, rtol=1e-6)
+        self.assertAllClose(perturbation_space(False, _lookups(ids), layer).unit(), expected, rtol=1e-6)
 
     def test_add_gradients_keeps_slices_sparse(self):
         a = tf.IndexedSlices(tf.ones([2, 3]), tf.constant([0, 2]), tf.constant([4, 3]))
@@ -91,7 +91,7 @@ class TestExampleRows(TestCase):
         lookups = Lookups()
         lookups.ids.append(ids)
         lookups.outputs.append(outputs)
-        rows = ExampleRows(lookups, layer, [mask])
+        rows = perturbation_space(True, lookups, layer, [mask])
         gradient = tf.constant(np.arange(12, dtype="float32").reshape(2, 3, 2) + 1)
         flat = rows.rows([ids], [gradient])
         # Example 0 keeps positions 0 and 1, example 1 position 0.
