@@ -3,8 +3,11 @@
 The stack is read from the model object, never from environment variables.
 """
 
+import importlib
+
 __all__ = ["stack_for", "family", "SUPPORTED"]
 
+_KERAS3_STACKS = {"tensorflow": "keras_tensorflow", "jax": "keras_jax", "torch": "keras_torch"}
 SUPPORTED = "Keras 3 with the TensorFlow, JAX or PyTorch backend; tf-keras 2 (eager and graph mode)"
 
 
@@ -36,33 +39,18 @@ def stack_for(model):
         import keras
 
         backend = keras.backend.backend()
-        if backend == "tensorflow":
-            from keras_adv._stacks import keras_tensorflow
-
-            return keras_tensorflow
-        if backend == "jax":
-            from keras_adv._stacks import keras_jax
-
-            return keras_jax
-        if backend == "torch":
-            from keras_adv._stacks import keras_torch
-
-            return keras_torch
-        raise NotImplementedError(
-            f"keras_adv does not support the Keras 3 '{backend}' backend: it "
-            f"trains nothing there. Supported: {SUPPORTED}. Set KERAS_BACKEND "
-            f"to one of them before importing keras."
-        )
+        if backend not in _KERAS3_STACKS:
+            raise NotImplementedError(
+                f"keras_adv does not support the Keras 3 '{backend}' backend: it "
+                f"trains nothing there. Supported: {SUPPORTED}. Set KERAS_BACKEND "
+                f"to one of them before importing keras."
+            )
+        return importlib.import_module(f"keras_adv._stacks.{_KERAS3_STACKS[backend]}")
     if family_name == "tf_keras":
         import tensorflow as tf
 
-        if tf.compat.v1.executing_eagerly_outside_functions():
-            from keras_adv._stacks import tf_keras
-
-            return tf_keras
-        from keras_adv._stacks import tf_keras_graph
-
-        return tf_keras_graph
+        graph = not tf.compat.v1.executing_eagerly_outside_functions()
+        return importlib.import_module("keras_adv._stacks.tf_keras_graph" if graph else "keras_adv._stacks.tf_keras")
     raise TypeError(
         f"Expected a compiled Keras model, got {type(model).__module__}."
         f"{type(model).__name__}."

@@ -11,12 +11,12 @@ import keras
 from keras import ops
 
 from keras_adv._stacks import outputs
-from keras_adv._stacks.instance_patch import install_step, uninstall_step
-from keras_adv._stacks.passes import selected_weights
+from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
+from keras_adv._stacks.passes import AdversarialStep, selected_weights
 from keras_adv._stacks.rows import KERAS_OPS, padding_masks, perturbation_space
 
 __all__ = [
-    "is_compiled", "install_train_step", "uninstall_train_step", "compute_loss", "forward", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
+    "is_compiled", "is_installed", "install_train_step", "uninstall", "compute_loss", "forward", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
     "update_count", "check_embedding", "reporting", "Keras3Passes", "LORA_EMBEDDING_NOT_SUPPORTED",
 ]
 
@@ -91,7 +91,11 @@ def install_train_step(model, step):
         model._metrics.append(AdversarialLossMean(metric_name))
 
 
-def uninstall_train_step(model):
+def is_installed(model):
+    return installed_step(model, "train_step", AdversarialStep) is not None
+
+
+def uninstall(model):
     uninstall_step(model, "train_step")
     _detach_metric(model)
 

@@ -19,13 +19,13 @@ import keras
 from keras import ops
 
 from keras_adv._stacks import keras3
-from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import Lookups, tapped_lookups
 from keras_adv._stacks.passes import AdversarialStep, Pass, no_lookup_error, no_lookup_gradient_error, planned_step
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise"]
 
-is_compiled = keras3.is_compiled
+# The rest of the stack contract, the same on every Keras 3 backend.
+is_compiled, is_installed, uninstall = keras3.is_compiled, keras3.is_installed, keras3.uninstall
 
 NNX_NOT_SUPPORTED = (
     "keras_adv does not support the JAX backend with Flax NNX enabled: Keras then "
@@ -233,16 +233,10 @@ def noise(kind, seed, step_count, index, shape):
     """The step's "normal" (VAT's) or "uniform" in [-1, 1] (FreeLB's start,
     NEFTune's) noise for lookup `index`: a stateless function of `seed`, the
     step count and the index (the model gains no random state)."""
-    key = _key(seed, step_count, index)
+    key = jax.random.fold_in(jax.random.key(seed + index), step_count)
     if kind == "normal":
         return jax.random.normal(key, shape)
     return jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
-
-
-def _key(seed, step_count, index):
-    """The random key of lookup `index` at a step: a function of the step's
-    seed and count alone (stateless; the model gains no random state)."""
-    return jax.random.fold_in(jax.random.key(seed + index), step_count)
 
 
 def _depends_on(jaxpr, output, sources):
@@ -265,16 +259,8 @@ def _value_in(values, variables, variable):
     raise ValueError(f"Variable '{variable.path}' is not in the train step's state.")
 
 
-def is_installed(model):
-    return installed_step(model, "train_step", AdversarialTrainStep) is not None
-
-
 def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
     if keras.config.is_nnx_enabled():
         raise NotImplementedError(NNX_NOT_SUPPORTED)
     keras3.install_train_step(model, AdversarialTrainStep(layer, settings))
-
-
-def uninstall(model):
-    keras3.uninstall_train_step(model)

@@ -19,11 +19,13 @@ import keras
 import tensorflow as tf
 
 from keras_adv._stacks import distribution, keras3, outputs
-from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.passes import AdversarialStep, planned_step
 from keras_adv._stacks.tf_tape import TapePasses, noise
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise"]
+
+# The rest of the stack contract, the same on every Keras 3 backend.
+is_compiled, is_installed, uninstall = keras3.is_compiled, keras3.is_installed, keras3.uninstall
 
 
 def _batch_size(x, weight=True):
@@ -78,19 +80,9 @@ class AdversarialTrainStep(AdversarialStep):
             return model.compute_metrics(x, y, outcome.predictions, sample_weight=sample_weight)
 
 
-is_compiled = keras3.is_compiled
-
-
-def is_installed(model):
-    return installed_step(model, "train_step", AdversarialTrainStep) is not None
-
 
 def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
     strategy = model.distribute_strategy
     distribution.check_strategy(strategy, multi_worker=False)
     keras3.install_train_step(model, AdversarialTrainStep(layer, settings))
-
-
-def uninstall(model):
-    keras3.uninstall_train_step(model)

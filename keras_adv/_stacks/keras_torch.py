@@ -16,13 +16,13 @@ import torch
 from keras import ops
 
 from keras_adv._stacks import keras3
-from keras_adv._stacks.instance_patch import installed_step
 from keras_adv._stacks.lookup import tapped_lookups
 from keras_adv._stacks.passes import AdversarialStep, Pass, no_lookup_error, no_lookup_gradient_error, planned_step
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise"]
 
-is_compiled = keras3.is_compiled
+# The rest of the stack contract, the same on every Keras 3 backend.
+is_compiled, is_installed, uninstall = keras3.is_compiled, keras3.is_installed, keras3.uninstall
 
 TORCH_COMPILE_NOT_SUPPORTED = (
     "keras_adv's PyTorch step runs eagerly: under `jit_compile=True` Keras "
@@ -148,21 +148,13 @@ def _twice_differentiable_attention(needed):
 
 def noise(kind, seed, step_count, index, shape, device=None):
     """The step's "normal" (VAT's) or "uniform" in [-1, 1] (FreeLB's start,
-    NEFTune's) noise for lookup `index`: a function of `seed`, the step count
-    and the index, from a generator of its own (the model gains no random
-    state)."""
-    generator = _generator(seed, step_count, index, device)
+    NEFTune's) noise for lookup `index`: from a generator of its own, seeded
+    by `seed`, the step count and the index (the model gains no random state)."""
+    generator = torch.Generator(device=device or "cpu")
+    generator.manual_seed((seed + index) * 1_000_003 + step_count)
     if kind == "normal":
         return torch.randn(shape, generator=generator, device=device)
     return torch.rand(shape, generator=generator, device=device) * 2 - 1
-
-
-def _generator(seed, step_count, index, device):
-    """A generator of its own for lookup `index` at a step, seeded from the
-    step's seed and count alone (the model gains no random state)."""
-    generator = torch.Generator(device=device or "cpu")
-    generator.manual_seed((seed + index) * 1_000_003 + step_count)
-    return generator
 
 
 def _differentiable(outputs):
@@ -171,16 +163,8 @@ def _differentiable(outputs):
     return outputs if outputs.requires_grad else outputs.detach().requires_grad_()
 
 
-def is_installed(model):
-    return installed_step(model, "train_step", AdversarialTrainStep) is not None
-
-
 def install(model, layer, settings):
     """Replaces the model's `train_step` with an adversarial one."""
     if model.jit_compile:
         raise NotImplementedError(TORCH_COMPILE_NOT_SUPPORTED)
     keras3.install_train_step(model, AdversarialTrainStep(layer, settings))
-
-
-def uninstall(model):
-    keras3.uninstall_train_step(model)

@@ -9,8 +9,8 @@ leaving, also through an exception. This happens while a step is traced:
 the variables are neither read nor written by the pass, so nothing needs
 restoring, and a step that raises leaves them as they were. A weight read
 other than through its layer's attribute would be read unperturbed; the
-perturbed pass finds such a read and says so (`tf_tape.weight_pass`, and
-`AdversarialTrainFunction._weight_attack` with eager execution disabled).
+perturbed pass finds such a read and says so (`TapePasses.run`, and
+`_GraphPasses.run` with eager execution disabled).
 """
 
 import contextlib

@@ -199,15 +199,14 @@ def draw(kind, shape, seed):
 
 
 def noise(kind, seed, step_count, index, shape):
-    """The step's "normal" (VAT's) or "uniform" in [-1, 1] (FreeLB's start,
-    NEFTune's) noise for lookup `index`: a stateless function of `seed`, the
-    step count and the index (the model gains no random state)."""
+    """The step's "normal" (VAT's) or "uniform" (FreeLB's start, NEFTune's)
+    noise for lookup `index` (`draw` of `noise_seed`)."""
     return draw(kind, shape, noise_seed(seed, step_count, index))
 
 
 def noise_seed(seed, step_count, index):
-    """The stateless seed of lookup `index` at a step: a function of the
-    step's seed and count alone (the model gains no random state)."""
+    """The stateless seed of lookup `index` at a step: of the step's seed and
+    count alone (the model gains no random state)."""
     return tf.stack([tf.constant(seed + index, tf.int64), tf.cast(step_count, tf.int64)])
 
 
