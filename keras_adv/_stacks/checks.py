@@ -55,17 +55,17 @@ def scheduled_epsilon(schedule, step_count):
     if _is_python_or_numpy(value):
         value = _checked_number(schedule, value, step_count)
     if type(value).__module__.startswith("tensorflow") or _is_tensorflow(step_count):
-        import tensorflow as convert
+        import tensorflow as framework
     else:
-        from keras import ops as convert
+        from keras import ops as framework
     try:
-        tensor = convert.convert_to_tensor(value)
+        tensor = framework.convert_to_tensor(value)
     except (TypeError, ValueError) as error:
         raise _type_error(schedule, value) from error
     rank = getattr(tensor.shape, "rank", len(tensor.shape))
     if not _real_dtype(getattr(tensor.dtype, "name", str(tensor.dtype))) or rank not in (None, 0):
         raise _type_error(schedule, value)
-    value, step = convert.cast(tensor, "float32"), convert.convert_to_tensor(step_count)
+    value, step = framework.cast(tensor, "float32"), framework.convert_to_tensor(step_count)
     valid = (value >= 0) & math_for(value).isfinite(value)
     message = [f"The epsilon schedule {_describe(schedule)} gave", value, "at step", step,
                "; epsilon must be a finite number >= 0 at every step."]

@@ -75,9 +75,9 @@ def divergence(model, method, clean, perturbed):
 
 def differ(first, second):
     """Whether two passes' outputs differ anywhere: a boolean scalar."""
-    pairs = zip(flatten(first), flatten(second))
-    ops = math_for(flatten(first)[0])
-    return functools.reduce(ops.logical_or, [ops.any(ops.not_equal(a, b)) for a, b in pairs])
+    flat = flatten(first)
+    ops = math_for(flat[0])
+    return functools.reduce(ops.logical_or, [ops.any(ops.not_equal(a, b)) for a, b in zip(flat, flatten(second))])
 
 
 def flatten(structure):

@@ -298,9 +298,9 @@ def twin_passes(step, adapter, epsilon):
         total = (scaled + other_scaled) / 2 + adapter.scale_loss((method.alpha / 2) * divergence, scaled)
         return total, (divergence, first.loss, first.predictions, differ(first.predictions, second.predictions))
 
-    gradients, (divergence, loss, predictions, random) = adapter.differentiate(objective)
+    gradients, (divergence, loss, predictions, passes_differ) = adapter.differentiate(objective)
     error = lambda: ValueError(RDROP_WITHOUT_RANDOMNESS.format(name=adapter.model.name))
-    gradients, divergence = required(random, (gradients, divergence), error)
+    gradients, divergence = required(passes_differ, (gradients, divergence), error)
     return Outcome(gradients, divergence, loss, predictions)
 
 

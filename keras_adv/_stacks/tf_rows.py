@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_adv._stacks import rows
 
 __all__ = [
-    "TF_OPS", "perturbation_space", "padding_masks",
+    "TF_OPS", "perturbation_space", "padding_masks", "replica_count",
     "add_gradients", "global_batch_draw", "sum_across_replicas",
 ]
 
@@ -42,7 +42,7 @@ def perturbation_space(per_example, lookups, layer, masks=None):
     replicas."""
     replica = tf.distribute.get_replica_context()
     across = {}
-    if not per_example and replica is not None and replica.num_replicas_in_sync > 1:
+    if not per_example and replica_count() > 1:
         across = dict(gather_ids=lambda ids: replica.all_gather(ids, axis=0),
                       sum_rows=lambda summed: sum_across_replicas([summed])[0])
     return rows.perturbation_space(TF_OPS, per_example, lookups, layer.embeddings.shape[1], _read_rows(layer),
@@ -62,13 +62,19 @@ def global_batch_draw(draw, shape):
     matches one device (where the batch splits evenly: a replica's share
     starts at its index times its own batch size).
     """
-    replica = tf.distribute.get_replica_context()
-    replicas = 1 if replica is None else replica.num_replicas_in_sync
+    replica, replicas = tf.distribute.get_replica_context(), replica_count()
     if replicas == 1:
         return draw(shape)
     noise = draw(tf.concat([[shape[0] * replicas], shape[1:]], 0))
     start = shape[0] * tf.cast(replica.replica_id_in_sync_group, shape.dtype)
     return noise[start:start + shape[0]]
+
+
+def replica_count():
+    """How many replicas compute their share of the batch in this replica
+    context (1 outside a strategy)."""
+    replica = tf.distribute.get_replica_context()
+    return 1 if replica is None else replica.num_replicas_in_sync
 
 
 def sum_across_replicas(values):

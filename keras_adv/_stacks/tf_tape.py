@@ -12,7 +12,7 @@ from keras_adv._stacks.passes import (
     Pass, no_lookup_error, no_lookup_gradient_error, selected_weights,
 )
 from keras_adv._stacks.tf_rows import (
-    add_gradients, global_batch_draw, padding_masks, perturbation_space, sum_across_replicas,
+    add_gradients, global_batch_draw, padding_masks, perturbation_space, replica_count, sum_across_replicas,
 )
 
 __all__ = ["TensorFlowPasses", "TapePasses", "read_unperturbed", "dense_gradients", "noise", "draw", "noise_seed"]
@@ -39,8 +39,7 @@ class TensorFlowPasses:
 
     @property
     def replicas(self):
-        replica = tf.distribute.get_replica_context()
-        return 1 if replica is None else replica.num_replicas_in_sync
+        return replica_count()
 
     def space(self, lookups, per_example):
         masks = self.masks(lookups.ids) if per_example else None
