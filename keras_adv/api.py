@@ -3,8 +3,7 @@
 from keras_adv import _stacks, arguments
 from keras_adv.embedding import find_embedding_layer
 from keras_adv._stacks.outputs import divergence_kind
-from keras_adv._stacks.passes import Settings, selected_weights
-from keras_adv._stacks.checks import first_value
+from keras_adv._stacks.passes import Settings
 from keras_adv.methods import get_method
 
 __all__ = ["adversarial_training", "remove_adversarial_training", "OBJECTIVES"]
@@ -136,7 +135,7 @@ def adversarial_training(
     if schedule is not None:
         # The method is built with the schedule's first value (1.0 where a
         # ramp starts at 0); each step then passes the schedule's own value.
-        epsilon = first_value(schedule) or 1.0
+        epsilon = arguments.first_epsilon(schedule) or 1.0
     if relative_epsilon is not None:
         relative_epsilon = arguments.flag("relative_epsilon", relative_epsilon)
     if per_example is not None:
@@ -185,7 +184,7 @@ def _check_options(model, method, embedding_name, relative_epsilon, per_example,
                 f"`adversarial_training(model, method={name.lower()!r}, ...)`."
             )
         if method.plan == "weight_attack" and model.built:  # Else at the first step, once the weights exist.
-            selected_weights(method, model.trainable_variables, model.name)
+            method.selected(model.trainable_variables, model.name)
     elif embedding_name is None:
         raise ValueError(
             f"Method {name} perturbs an embedding: name its layer, "

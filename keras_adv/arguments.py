@@ -1,4 +1,5 @@
-"""The user's scalar arguments, checked and made Python numbers, one way everywhere.
+"""The user's scalar arguments (an epsilon schedule's values too), checked and
+made Python numbers, one way everywhere.
 
 As Keras does, every real scalar of the right kind is accepted: a Python
 number, a numpy scalar, a 0-d numpy array, or a backend's scalar tensor
@@ -12,7 +13,10 @@ import numbers
 
 import numpy as np
 
-__all__ = ["positive", "non_negative", "count", "flag"]
+__all__ = [
+    "positive", "non_negative", "count", "flag", "first_epsilon", "scheduled_epsilon", "schedule_error",
+    "schedule_name",
+]
 
 
 def positive(name, value):
@@ -42,6 +46,59 @@ def count(name, value, minimum):
 def flag(name, value):
     """True or False (numpy's and the backends' booleans included)."""
     return bool(_scalar(name, value, "True or False", (bool,)))
+
+
+def first_epsilon(schedule):
+    """An epsilon schedule's value at step 0, checked at the call as a constant
+    epsilon is (`scheduled_epsilon`)."""
+    try:
+        value = schedule(0)
+        if getattr(value, "graph", None) is not None and not hasattr(value, "numpy"):
+            # A graph tensor (eager execution disabled): a step count of 0
+            # needs no variable, so a session of its own evaluates it.
+            import tensorflow as tf
+
+            with tf.compat.v1.Session(graph=value.graph) as session:
+                value = session.run(value)
+    except Exception as error:  # Whatever the callable raised, said at the call.
+        raise TypeError(
+            f"`epsilon` is callable, so it is taken as a schedule of the optimizer's "
+            f"step count, but calling it with 0 failed: {error!r}. Pass a float, or a "
+            f"callable such as a `keras.optimizers.schedules.LearningRateSchedule`."
+        ) from error
+    return scheduled_epsilon(schedule, value, 0)
+
+
+def scheduled_epsilon(schedule, value, step=None):
+    """`value`, what `schedule` gave at `step` (None where not known), as a
+    float: a `TypeError` if it is no real number, a `ValueError` if it is
+    negative or not finite."""
+    item = _python_scalar(value)
+    if isinstance(item, bool) or not isinstance(item, numbers.Real):
+        raise schedule_error(schedule, value, TypeError)
+    if not math.isfinite(item) or item < 0:
+        raise schedule_error(schedule, float(item), ValueError, step)
+    return float(item)
+
+
+def schedule_name(schedule):
+    return getattr(schedule, "__name__", None) or type(schedule).__name__
+
+
+def schedule_error(schedule, value, kind, step=None):
+    """The error for an epsilon schedule that gave `value` (at `step`)."""
+    name = schedule_name(schedule)
+    if kind is TypeError:
+        return TypeError(
+            f"The epsilon schedule {name} gave {value!r} ({type(value).__name__}); each "
+            f"step's epsilon must be a real number (a float or a scalar tensor). Make the "
+            f"schedule return a number."
+        )
+    at = "" if step is None else f" at step {step}"
+    return ValueError(
+        f"The epsilon schedule {name} gave {value!r}{at}; epsilon must be a finite number "
+        f">= 0 at every step. Fix the schedule (a ramp may start at 0), or clip its values."
+    )
 
 
 def _scalar(name, value, kind, types):

@@ -56,7 +56,7 @@ def math_for(x):
             abs=tf.abs, clip=tf.clip_by_value, log_softmax=tf.nn.log_softmax,
             log_sigmoid=tf.math.log_sigmoid, exp=tf.exp, log=tf.math.log, cast=tf.cast,
             reshape=tf.reshape, shape=tf.shape, norm=tf.norm, stop_gradient=tf.stop_gradient,
-            any=tf.reduce_any, not_equal=tf.not_equal, logical_or=tf.logical_or,
+            any=tf.reduce_any, not_equal=tf.not_equal, logical_or=tf.logical_or, mean=tf.reduce_mean,
         )
     from keras import ops
 
@@ -555,6 +555,19 @@ class AWP(_Method):
         if isinstance(self.weights, str):
             return re.search(self.weights, name) is not None
         return bool(self.weights(variable))
+
+    def selected(self, variables, model_name):
+        """The indices of the trainable `variables` (of model `model_name`)
+        that are perturbed; a `ValueError` if none is."""
+        names = [getattr(v, "path", None) or v.name for v in variables]
+        indices = [i for i, (v, name) in enumerate(zip(variables, names)) if self.selects(v, name)]
+        if not indices:
+            raise ValueError(
+                f"AWP's `weights` ({self.weights!r}) selects none of the trainable weights "
+                f"of model '{model_name}': {names}. Pass a regular expression found in "
+                f"some of these names, a callable, or None for every weight matrix."
+            )
+        return indices
 
     def ascend(self, perturbation, gradient, weight, epsilon=None):
         """The perturbation of `weight` (its value before the step) after one

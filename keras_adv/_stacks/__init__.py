@@ -28,12 +28,8 @@ def family(model):
 
 
 def stack_for(model):
-    """Returns the stack module that trains `model`.
-
-    Raises:
-        TypeError: If `model` is not a Keras model.
-        NotImplementedError: If its stack is not supported yet.
-    """
+    """The stack module that trains `model` (a `TypeError` for no Keras model,
+    `NotImplementedError` for a stack not supported)."""
     family_name = family(model)
     if family_name == "keras3":
         import keras

@@ -1,11 +1,7 @@
-"""Which `tf.distribute` strategies an adversarial step can honour.
-
-Under a strategy, the step builds the perturbation from the gradient of the
-global batch (`rows.TouchedRows`, `tf_rows.py`), so every replica applies the same one
-and training gives the single-device result. That takes a strategy that runs
-the step on every replica at once, with `all_gather` and `all_reduce` in its
-replica context. Any other strategy is refused rather than run as something
-else.
+"""Which `tf.distribute` strategies an adversarial step can honour: those that
+run the step on every replica at once, with `all_gather` and `all_reduce` in
+its replica context (the perturbation is built from the global batch). Any
+other is refused rather than run as something else.
 """
 
 __all__ = ["check_strategy"]
@@ -17,18 +13,9 @@ _MULTI_WORKER = "CollectiveAllReduceStrategy"
 
 
 def check_strategy(strategy, *, multi_worker, error=None):
-    """Raises if keras_adv cannot train under `strategy`.
-
-    Args:
-        strategy: The model's `tf.distribute.Strategy`.
-        multi_worker: Whether the stack's own `fit` works under
-            `MultiWorkerMirroredStrategy`.
-        error: What to say when it does not (the stack's reason), or None
-            for Keras 3's.
-
-    Raises:
-        NotImplementedError: For a strategy the step cannot honour.
-    """
+    """Raises `NotImplementedError` if keras_adv cannot train under `strategy`;
+    `multi_worker`: whether the stack's own `fit` works under
+    MultiWorkerMirroredStrategy, else `error` says why (None: Keras 3's reason)."""
     names = {cls.__name__ for cls in type(strategy).__mro__}
     if _MULTI_WORKER in names:
         if multi_worker:

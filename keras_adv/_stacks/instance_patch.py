@@ -18,16 +18,9 @@ def installed_step(model, attribute, step_class):
 
 
 def install_step(model, attribute, step, stock_method):
-    """Binds `step` as `model.<attribute>`, replacing an earlier keras_adv step.
-
-    Args:
-        stock_method: The method `step` replaces; the model's class must not
-            override it.
-
-    Raises:
-        TypeError: If the model's class overrides `attribute` itself: its own
-            logic would be silently replaced.
-    """
+    """Binds `step` as `model.<attribute>`, replacing an earlier keras_adv
+    step; a `TypeError` where the model's class overrides `stock_method`
+    (its own logic would be silently replaced)."""
     if (
         installed_step(model, attribute, type(step)) is None
         and getattr(type(model), attribute) is not stock_method

@@ -12,12 +12,13 @@ from keras import ops
 
 from keras_adv._stacks import outputs
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
-from keras_adv._stacks.passes import AdversarialStep, selected_weights
+from keras_adv._stacks.passes import AdversarialStep
 from keras_adv._stacks.rows import KERAS_OPS, padding_masks, perturbation_space
 
 __all__ = [
-    "is_compiled", "is_installed", "install_train_step", "uninstall", "compute_loss", "forward", "batch_size", "AdversarialLossMean", "adversarial_loss_metric",
-    "update_count", "check_embedding", "reporting", "Keras3Passes", "LORA_EMBEDDING_NOT_SUPPORTED",
+    "is_compiled", "is_installed", "install_train_step", "uninstall", "compute_loss", "forward", "batch_size",
+    "AdversarialLossMean", "adversarial_loss_metric", "update_count", "check_embedding", "reporting",
+    "Keras3Passes", "LORA_EMBEDDING_NOT_SUPPORTED",
 ]
 
 LORA_EMBEDDING_NOT_SUPPORTED = (
@@ -56,7 +57,7 @@ class Keras3Passes:
 
     @property
     def selected(self):
-        return selected_weights(self.step.settings.method, self.model.trainable_variables, self.model.name)
+        return self.step.settings.method.selected(self.model.trainable_variables, self.model.name)
 
     def reduce(self, gradients):
         return gradients  # Global arrays (JAX), or one device: the norms are the batch's.
@@ -67,12 +68,8 @@ def is_compiled(model):
 
 
 def check_embedding(layer):
-    """Refuses an embedding layer whose matrix is not a variable (Keras's
-    LoRA), at the call and again in the step (LoRA enabled after the call).
-
-    Raises:
-        NotImplementedError: If LoRA is enabled on `layer`.
-    """
+    """Refuses an embedding whose matrix is no variable (LoRA on it), at the
+    call and in the step (LoRA enabled after the call)."""
     if layer is not None and getattr(layer, "lora_enabled", False):
         raise NotImplementedError(LORA_EMBEDDING_NOT_SUPPORTED.format(name=layer.name))
 
@@ -107,22 +104,15 @@ def _detach_metric(model):
 
 
 def compute_loss(model, x, y, y_pred, sample_weight):
-    # `_compute_loss` handles `compute_loss` overrides written before the
-    # `training` argument.
+    # `_compute_loss` handles overrides written before the `training` argument.
     return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
 
 
 def update_count(optimizer, optimizer_variables=None):
-    """`optimizer.iterations` (the updates the optimizer has made), a tensor
-    of the backend: what `start_step`, an epsilon schedule and the noise's
-    seed count, on every backend (the TensorFlow step reads the same property).
-
-    With `gradient_accumulation_steps` Keras computes it from its counter of
-    batches (the counter floor-divided by the steps), so it is no variable:
-    a JAX step reads it in a stateless scope over its state
-    (`optimizer_variables`, in the order of `optimizer.variables`), as Keras
-    reads its own optimizer state there.
-    """
+    """`optimizer.iterations`, the update count that `start_step`, a schedule
+    and the noise count, as a tensor. Under `gradient_accumulation_steps` it
+    is computed from a counter of batches, so a JAX step reads it in a
+    stateless scope over its `optimizer_variables`, as Keras reads its own."""
     if optimizer_variables is None:
         return ops.convert_to_tensor(optimizer.iterations)
     mapping = list(zip(optimizer.variables, optimizer_variables))
@@ -139,15 +129,11 @@ def forward(model, x, y, sample_weight, divergence, track_loss, clean=False, ref
     """A pass of a stateful backend (TensorFlow, PyTorch): `(loss to
     differentiate, loss, predictions)`.
 
-    The clean pass runs as Keras's own step does, and `track_loss(loss)`
-    updates the loss tracker. The others run stateless, reading each
-    `(variable, value)` of `substitutes` as `value` (AWP's perturbed
-    weights); with a `reference` (the clean outputs), the loss is
-    `divergence(reference, outputs)`. Stateless, their metric updates are
-    dropped (the loss trackers see the clean pass only; regularizers run
-    inside and see the perturbed pass), while their updates of the model's
-    non-trainable state (batch-norm statistics, dropout seeds) are kept, as
-    every pass of the PyTorch recipes keeps them.
+    The clean pass runs as Keras's own step, `track_loss(loss)` updating the
+    loss tracker. The others run stateless, reading each `(variable, value)`
+    of `substitutes` as `value`, their loss `divergence(reference, outputs)`
+    where a `reference` is given; they keep their updates of non-trainable
+    state (batch-norm statistics, dropout seeds), not their metrics'.
     """
     if clean:
         y_pred = model(x, training=True)
@@ -167,17 +153,13 @@ def forward(model, x, y, sample_weight, divergence, track_loss, clean=False, ref
 
 
 class AdversarialLossMean(keras.metrics.Mean):
-    """The running mean of the adversarial loss (or of the gradient penalty,
-    named after it), reported by the train step only.
+    """The running mean of the method's term (`method.reports`), reported by
+    the train step only.
 
-    The model tracks it, on every backend: a JAX train step is a pure
-    function of the model's state, which holds a metric's variables only if
-    the model tracks the metric; and so it resets with Keras's own metrics
-    at every epoch. Tracking puts it in `model.metrics`, where `evaluate`
-    would report it too: its `result()` is therefore empty, except inside
-    `reporting()`, where the adversarial train step computes its logs. The
-    model gains no variable (`model.variables` holds no metric) and saves as
-    before.
+    The model tracks it, so a pure JAX step holds its variables and it resets
+    with Keras's metrics every epoch; its `result()` is empty except inside
+    `reporting()`, so `evaluate` does not report it. The model gains no
+    variable (`model.variables` holds no metric).
     """
 
     def __init__(self, name="adversarial_loss"):

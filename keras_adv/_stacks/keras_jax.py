@@ -1,17 +1,11 @@
-"""Keras 3 on the JAX backend.
+"""Keras 3 on the JAX backend: an adversarial `train_step(state, data) ->
+(logs, state)` on the model instance, a pure function that Keras jit-compiles
+as its own (`keras/src/backend/jax/trainer.py`), under `keras.distribution`
+too (every array is global: the compiler adds the collectives).
 
-The model instance gets an adversarial `train_step(state, data) -> (logs,
-state)`, a pure function that Keras jit-compiles as it compiles its own
-(`keras/src/backend/jax/trainer.py`), under `keras.distribution` too: every
-array in it is global, so the touched rows and the norms are those of the
-global batch, and the compiler adds the collectives.
-
-JAX differentiates functions of their arguments, not intermediate tensors;
-so a pass that needs the gradient w.r.t. the lookups' outputs adds a zero
-array `delta` at each lookup (of the lookup output's shape), and the
-gradient w.r.t. `delta` is that gradient. The shapes come from tracing the
-model once with `jax.make_jaxpr` (no computation). The passes are the
-plans' of `passes.py`, run through `_Passes`; the matrix is never written.
+JAX differentiates functions of their arguments, so a pass that needs the
+gradient w.r.t. the lookups' outputs adds a zero `delta` at each lookup (its
+shape from a trace, `jax.make_jaxpr`) and differentiates w.r.t. it.
 """
 
 import jax
@@ -51,20 +45,15 @@ class AdversarialTrainStep(AdversarialStep):
 
 
 class _Passes(keras3.Keras3Passes):
-    """The plans' adapter (`passes.py`) for one JAX step: passes as pure
-    functions of the step's state, which it carries from pass to pass (the
-    perturbed passes keep their updates of non-trainable state, as on
-    TensorFlow, but not their metric updates)."""
+    """The plans' adapter for one JAX step: passes as pure functions of the
+    step's state, carried from pass to pass (the metrics' from the clean one)."""
 
     def __init__(self, step, model, state, data):
         self.trainable, self.non_trainable, self.optimizer_variables, self.metrics = state
         self.x, self.y, self.sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self.step, self.model, self.layer = step, model, step.layer
         self.optimizer = model.optimizer
-        # Under `gradient_accumulation_steps` it is computed from the batch
-        # counter, no variable of the state; read outside the state it found
-        # the counter emptied (Keras's JAX `fit` purges the variables while it
-        # runs): "'NoneType' object is not callable".
+        # Read in the state: Keras's JAX `fit` empties the variables while it runs.
         self.iterations = keras3.update_count(self.optimizer, self.optimizer_variables)
         if self.layer is not None:  # AWP and R-Drop perturb no embedding.
             self.matrix = _value_in(
@@ -99,15 +88,9 @@ class _Passes(keras3.Keras3Passes):
         return scaled, (loss, y_pred, non_trainable, metrics, lookups.ids, lookups.outputs)
 
     def _lookup_output_shapes(self):
-        """The shape of each lookup's output, from a trace of the clean pass.
-
-        The trace also tells whether the loss depends on the lookups at all
-        (the TensorFlow and PyTorch stacks see it as a missing gradient; here
-        a gradient is never missing, only zero).
-
-        Raises:
-            ValueError: If the loss does not depend on any lookup.
-        """
+        """The shape of each lookup's output, from a trace of the clean pass,
+        which also says whether the loss depends on them (a JAX gradient is
+        never missing, only zero): if not, a `ValueError`."""
 
         def loss_and_lookups(trainable, non_trainable):
             scaled, (*_, outputs) = self._forward(trainable, non_trainable)
@@ -146,7 +129,7 @@ class _Passes(keras3.Keras3Passes):
         loss, y_pred, self.non_trainable, metrics, ids, outputs = aux
         if clean:
             self.metrics = metrics
-        return Pass(loss, grads[0] if weights else None, _lookups(ids, outputs),
+        return Pass(loss, grads[0] if weights else None, Lookups(ids, outputs),
                     grads[-1] if lookup_gradients else None, y_pred)
 
     def differentiate(self, objective):
@@ -166,7 +149,7 @@ class _Passes(keras3.Keras3Passes):
                 loss, y_pred, state["non_trainable"], metrics, ids, outputs = aux
                 if clean:
                     state["metrics"] = metrics
-                return scaled, Pass(loss, None, _lookups(ids, outputs), lookup_grads, y_pred)
+                return scaled, Pass(loss, None, Lookups(ids, outputs), lookup_grads, y_pred)
 
             total, aux = objective(forward)
             return total, (aux, state["non_trainable"], state["metrics"])
@@ -206,12 +189,6 @@ class _Passes(keras3.Keras3Passes):
         return gradients
 
 
-def _lookups(ids, outputs):
-    lookups = Lookups()
-    lookups.ids, lookups.outputs = list(ids), list(outputs)
-    return lookups
-
-
 def _logs(model, passes, outcome, adversarial):
     """Updates the loss trackers and the compiled metrics (as Keras's
     `_update_metrics_variables`, plus the term's mean, which a warm-up step
@@ -230,9 +207,8 @@ def _logs(model, passes, outcome, adversarial):
 
 
 def noise(kind, seed, step_count, index, shape):
-    """The step's "normal" (VAT's) or "uniform" in [-1, 1] (FreeLB's start,
-    NEFTune's) noise for lookup `index`: a stateless function of `seed`, the
-    step count and the index (the model gains no random state)."""
+    """The step's "normal" or "uniform" in [-1, 1] noise for lookup `index`, a
+    stateless function of `seed`, the step count and the index."""
     key = jax.random.fold_in(jax.random.key(seed + index), step_count)
     if kind == "normal":
         return jax.random.normal(key, shape)
@@ -240,9 +216,8 @@ def noise(kind, seed, step_count, index, shape):
 
 
 def _depends_on(jaxpr, output, sources):
-    """Whether `output` of `jaxpr` is computed from any of `sources` (its
-    variables): a walk back through the equations, counting an equation's
-    outputs as depending on all of its inputs."""
+    """Whether `output` of `jaxpr` is computed from any of `sources`: a walk
+    back, an equation's outputs depending on all of its inputs."""
     is_var = lambda v: not hasattr(v, "val")  # Literals hold a `val`.
     needed = {output} if is_var(output) else set()
     for equation in reversed(jaxpr.eqns):

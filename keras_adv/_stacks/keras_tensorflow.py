@@ -1,22 +1,14 @@
-"""Keras 3 on the TensorFlow backend.
-
-The model instance gets an adversarial `train_step` (Keras's `fit`,
-`steps_per_execution`, `jit_compile`, distribution strategies and callbacks
-all go through it). The step follows `keras/src/backend/tensorflow/trainer.py`
-and runs the plans of `passes.py` on tapes (`tf_tape.py`), the perturbed ones adding the
-perturbation at the embedding lookups (`lookup.py`): the matrix is never
-written, so it holds exactly what the optimizer update gives, and a step that
-raises leaves it as it was.
-
-Every pass runs in training mode and keeps its updates of the model's
-non-trainable state (batch-norm statistics, dropout seeds), as in the
-PyTorch recipes; loss-tracking metrics see only the clean pass.
+"""Keras 3 on the TensorFlow backend: an adversarial `train_step` on the model
+instance (`fit`, `steps_per_execution`, `jit_compile` and strategies go
+through it), following `keras/src/backend/tensorflow/trainer.py`, its passes
+on tapes (`tf_tape.py`).
 """
 
 import functools
 
 import keras
 import tensorflow as tf
+from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
 
 from keras_adv._stacks import distribution, keras3, outputs
 from keras_adv._stacks.passes import AdversarialStep, planned_step
@@ -35,8 +27,6 @@ def _batch_size(x, weight=True):
 
 
 def _track_loss(tracker, loss, x):
-    from keras.src.losses.loss import unscale_loss_for_distribution
-
     tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=_batch_size(x))
 
 
@@ -62,8 +52,6 @@ class AdversarialTrainStep(AdversarialStep):
             _switch_off_copy_on_read(self.layer.embeddings)
 
         def divergence(reference, y_pred):
-            from keras.src.losses.loss import scale_loss_for_distribution
-
             return scale_loss_for_distribution(outputs.divergence(model, self.settings.method, reference, y_pred))
 
         forward = functools.partial(
@@ -74,11 +62,8 @@ class AdversarialTrainStep(AdversarialStep):
         outcome, adversarial = planned_step(self, passes)
         model.optimizer.apply_gradients(zip(outcome.gradients, model.trainable_variables))
         # Warm-up steps (`start_step`) add nothing to the mean.
-        from keras.src.losses.loss import unscale_loss_for_distribution
-
         with keras3.reporting(model, unscale_loss_for_distribution(outcome.term), _batch_size(x, adversarial)):
             return model.compute_metrics(x, y, outcome.predictions, sample_weight=sample_weight)
-
 
 
 def install(model, layer, settings):

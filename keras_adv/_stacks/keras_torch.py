@@ -1,12 +1,6 @@
-"""Keras 3 on the PyTorch backend.
-
-The model instance gets an adversarial `train_step(data)`, following
-`keras/src/backend/torch/trainer.py`: eager passes, gradients from autograd,
-`optimizer.apply` under `torch.no_grad()`. The passes are the plans' of
-`passes.py`, run through `_Passes`: the perturbation is added at the
-embedding lookups (`lookup.py`) and the gradients w.r.t. the lookups'
-outputs are taken by `torch.autograd.grad`. The matrix is never written, so
-a step that raises leaves it as it was.
+"""Keras 3 on the PyTorch backend: an adversarial `train_step(data)` on the
+model instance, following `keras/src/backend/torch/trainer.py` (eager passes,
+gradients from `torch.autograd.grad`, `optimizer.apply` under `no_grad`).
 """
 
 import contextlib
@@ -17,7 +11,7 @@ from keras import ops
 
 from keras_adv._stacks import keras3
 from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.passes import AdversarialStep, Pass, no_lookup_error, no_lookup_gradient_error, planned_step
+from keras_adv._stacks.passes import AdversarialStep, Pass, checked_lookup_gradients, no_lookup_error, planned_step
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainStep", "noise"]
 
@@ -56,9 +50,7 @@ class _Passes(keras3.Keras3Passes):
         self.step, self.model, self.layer = step, model, step.layer
         self.optimizer = model.optimizer
         self.trainable = model.trainable_weights[:]
-        # Read once per step (a host sync on a GPU): the update count, a
-        # tensor (not a variable under `gradient_accumulation_steps`), and
-        # its value, for the warm-up switch and the noise's seed.
+        # Read to the host once per step: the warm-up switch and the noise's seed.
         self.iterations = keras3.update_count(self.optimizer)
         self.step_count = int(self.iterations)
 
@@ -85,20 +77,16 @@ class _Passes(keras3.Keras3Passes):
         variables = [w.value for w in self.trainable] if weights else []
         sources = variables + (lookups.outputs if lookup_gradients else [])
         grads = list(torch.autograd.grad(scaled, sources, allow_unused=True)) if sources else []
-        lookup_grads = self._lookup_gradients(lookups, grads[len(variables):]) if lookup_gradients else None
-        return Pass(loss.detach(), grads[: len(variables)], lookups, lookup_grads, y_pred)
-
-    def _lookup_gradients(self, lookups, grads):
-        if all(g is None for g in grads):
-            raise no_lookup_gradient_error(self.layer)
-        return [torch.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, grads)]
+        lookup_grads = None
+        if lookup_gradients:
+            lookup_grads = checked_lookup_gradients(self.layer, lookups, grads[len(variables):])
+        return Pass(loss.detach(), grads[:len(variables)], lookups, lookup_grads, y_pred)
 
     def differentiate(self, objective):
         def forward(clean=False, lookup_gradients=False):
             transform = lambda index, ids, outputs: _differentiable(outputs)
-            # PyTorch has no second derivative of its fused attention kernels
-            # (flash, memory-efficient); its reference "math" kernel has one,
-            # and computes the same attention. Chosen for such a pass alone.
+            # PyTorch's fused attention kernels have no second derivative; its
+            # "math" kernel, the same attention, has one: chosen for such a pass.
             with tapped_lookups(self.layer if lookup_gradients else None, transform) as lookups, \
                     _twice_differentiable_attention(lookup_gradients):
                 scaled, loss, y_pred = self._forward(clean)
@@ -107,7 +95,7 @@ class _Passes(keras3.Keras3Passes):
                 if not lookups.outputs:
                     raise no_lookup_error(self.layer)
                 grads = torch.autograd.grad(loss, lookups.outputs, create_graph=True, allow_unused=True)
-                lookup_grads = self._lookup_gradients(lookups, grads)
+                lookup_grads = checked_lookup_gradients(self.layer, lookups, grads)
             return scaled, Pass(loss, None, lookups, lookup_grads, y_pred)
 
         total, aux = objective(forward)
@@ -147,9 +135,8 @@ def _twice_differentiable_attention(needed):
 
 
 def noise(kind, seed, step_count, index, shape, device=None):
-    """The step's "normal" (VAT's) or "uniform" in [-1, 1] (FreeLB's start,
-    NEFTune's) noise for lookup `index`: from a generator of its own, seeded
-    by `seed`, the step count and the index (the model gains no random state)."""
+    """The step's "normal" or "uniform" in [-1, 1] noise for lookup `index`, from
+    a generator seeded by `seed`, the step count and the index."""
     generator = torch.Generator(device=device or "cpu")
     generator.manual_seed((seed + index) * 1_000_003 + step_count)
     if kind == "normal":

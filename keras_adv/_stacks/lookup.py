@@ -1,20 +1,11 @@
-"""Where the perturbation enters: the outputs of the embedding layer's lookups.
-
-Adding `r[ids]` to what a lookup returns equals looking up `E + r`, bit for
-bit in float32 (both compute `E[id] + r[id]`; under mixed precision the
-lookup casts `E[id]` to float16 first, and `r` is added there), and the gradient of
-the loss w.r.t. the matrix is the gradient w.r.t. those outputs, summed per
-token id. So the passes of an adversarial step never write the matrix: it is
-exact by construction, a step that raises leaves nothing to undo, every
-replica of a distributed step reads the same variable, and the same entry
-serves every backend. A model that also reads `E` elsewhere (a tied output
-projection) sees the perturbation at the lookup only.
+"""Where the perturbation enters: the outputs of the embedding layer's lookups
+(docs/design.md, "Where the perturbation enters"). Adding `r[ids]` there
+equals looking up `E + r`, bit for bit, so no pass writes the matrix.
 
 While a pass runs, the layer instance's `call` is wrapped (an instance
-attribute, removed when the last pass using it ends); the model keeps its
-class, config and variables. A call is a lookup when it maps ids to the
-matrix's vectors (`is_lookup`): the reverse call of a tied embedding
-(vectors -> logits) passes through untouched.
+attribute, removed when the last pass using it ends). A call is a lookup
+when it maps ids to the matrix's vectors (`is_lookup`): the reverse call of
+a tied embedding passes through untouched.
 """
 
 import contextlib
@@ -22,42 +13,27 @@ import threading
 
 __all__ = ["Lookups", "tapped_lookups", "is_lookup", "pads_with_token_zero", "padding_mask_input"]
 
-# The wrapper of each tapped layer, and how many passes use it. Each pass
-# belongs to one thread: MirroredStrategy runs each replica's step in a
-# thread of its own, and they may overlap.
+# The wrapper of each tapped layer, and how many passes use it. A pass belongs
+# to one thread: MirroredStrategy runs the replicas' steps in threads that overlap.
 _lock = threading.Lock()
 _wrappers = {}  # id(layer) -> [the layer's own instance `call` or None, users]
 _local = threading.local()
 
 
 class Lookups:
-    """What the lookups of one pass read and returned.
+    """The token ids of each lookup of a pass, in call order, and the outputs
+    it returned to the model (perturbed, where the pass perturbs)."""
 
-    Attributes:
-        ids: The token-id tensor of each lookup, in call order.
-        outputs: The tensor each lookup returned to the model (perturbed,
-            where the pass perturbs): its gradient is the one the methods use.
-    """
-
-    def __init__(self):
-        self.ids = []
-        self.outputs = []
+    def __init__(self, ids=(), outputs=()):
+        self.ids = list(ids)
+        self.outputs = list(outputs)
 
 
 @contextlib.contextmanager
 def tapped_lookups(layer, transform):
-    """Inside the block, this thread's lookups of `layer` return `transform(index, ids, outputs)`.
-
-    Args:
-        layer: The embedding layer.
-        transform: `(index, ids, outputs) -> outputs`, what the `index`-th
-            lookup of the block returns instead (the stack adds the
-            perturbation, and watches it for a tape).
-
-    Yields:
-        The `Lookups` of the block, filled as the model runs (empty where
-        `layer` is None: a method that perturbs no embedding).
-    """
+    """Inside the block, this thread's `index`-th lookup of `layer` returns
+    `transform(index, ids, outputs)`. Yields the block's `Lookups`, filled as
+    the model runs (empty where `layer` is None)."""
     lookups = Lookups()
     if layer is None:
         yield lookups

@@ -18,11 +18,8 @@ def _snake(name):
 
 
 def divergence_kind(model, method):
-    """The `DIVERGENCES` entry (or "callable") of `method` on `model`.
-
-    Raises:
-        ValueError: If the compiled loss does not say what the outputs are.
-    """
+    """The `DIVERGENCES` entry (or "callable") of `method` on `model`; a
+    `ValueError` where the compiled loss does not say what the outputs are."""
     if callable(method.divergence):
         return "callable"
     if method.divergence in DIVERGENCES:
@@ -47,12 +44,8 @@ def divergence_kind(model, method):
 
 def divergence(model, method, clean, perturbed):
     """VAT's `D` on `model`: the mean over the (replica's) examples of the
-    divergence of the perturbed outputs from the clean ones, float32.
-
-    Raises:
-        ValueError: For a model with several outputs and no `divergence`
-            callable (which output's distribution would be meant?).
-    """
+    divergence of the perturbed outputs from the clean ones, float32 (one
+    output, or a `divergence` callable, which receives them all)."""
     if not callable(method.divergence):
         flat_clean, flat_perturbed = flatten(clean), flatten(perturbed)
         if len(flat_perturbed) != 1:
@@ -64,12 +57,7 @@ def divergence(model, method, clean, perturbed):
             )
         clean, perturbed = flat_clean[0], flat_perturbed[0]
     per_example = method.per_example_divergence(clean, perturbed, divergence_kind(model, method))
-    if type(per_example).__module__.startswith("tensorflow"):
-        import tensorflow as tf
-
-        return tf.reduce_mean(tf.cast(per_example, tf.float32))
-    from keras import ops
-
+    ops = math_for(per_example)
     return ops.mean(ops.cast(per_example, "float32"))
 
 

@@ -1,50 +1,34 @@
 """The step plans: which passes an adversarial step runs, in what order, and
-what it updates from, written once for every stack.
+what it updates from, written once for every stack (docs/design.md, "One
+plan, an adapter per stack").
 
-A method names its plan (`method.plan`), and `planned_step` runs it, or a
-plain step during the warm-up (`start_step`), with this step's epsilon (the
-schedule's value, checked). A plan speaks to the stack through an adapter,
-made by the stack for each step, that knows how the stack runs and
-differentiates a pass:
+`planned_step` runs the plan the method names (`method.plan`), or a plain
+step during the warm-up, with this step's epsilon (a schedule's, checked).
+A plan speaks to the stack through an adapter made for each step:
 
     run(perturbation_at=None, *, weights=False, lookup_gradients=False,
         scale=None, clean=False, reference=None, shifted=None) -> Pass
-        One pass of the model, differentiated. `perturbation_at(index, ids,
-        outputs)` is added to the output of the pass's `index`-th lookup;
-        `weights` asks for every trainable weight's gradient,
-        `lookup_gradients` for the lookups' outputs' (of the loss times
-        `scale`); `clean` marks the pass whose loss the loss trackers and
-        whose outputs the compiled metrics see (and whose updates of them
-        are kept); with `reference` (clean outputs) the pass's loss is the
-        divergence from them (`outputs.divergence`); `shifted` maps indices
-        of the trainable weights to perturbations that the pass reads them
-        with (the variables are never written).
+        One differentiated pass, `perturbation_at(index, ids, outputs)` added
+        to the output of its `index`-th lookup. It gives the gradients of the
+        loss (times `scale`) w.r.t. every trainable weight (`weights`) and
+        the lookups' outputs (`lookup_gradients`). The loss trackers and
+        metrics see the `clean` pass only; with `reference` (clean outputs)
+        the loss is the divergence from them; `shifted` maps trainable
+        weights' indices to perturbations the pass reads them with.
     differentiate(objective) -> (gradients, aux)
-        The weight gradients of a loss built from whole passes:
-        `objective(forward) -> (loss, aux)`, where `forward(clean=False,
-        lookup_gradients=False) -> (loss to differentiate, Pass)` runs one
-        training pass (each with its own randomness, such as dropout) whose
-        lookups' gradient, if asked for, is itself differentiable (the
-        gradient penalty's second order). `scale_loss(term, like)` scales a
-        term added to such a loss as the optimizer scales the loss.
-    space(lookups, per_example) -> TouchedRows or ExampleRows
-        What a method perturbs (`rows.py`).
-    masks(ids_list) -> each lookup's non-padding positions, or None.
-    noise(index, like, kind) -> "uniform" in [-1, 1] or "normal" noise of
-        the shape of `like`, a stateless function of the step's seed, its
-        update count and `index` (the model gains no random state).
-    cond(start_step, adversarial, plain) -> (Outcome, whether adversarial)
-        `adversarial()` once the optimizer has made `start_step` updates,
-        else `plain()`.
-    add(a, b), dense(gradients, indices), reduce(gradients),
-    weight_values(indices), stop_gradient(structure), selected (AWP's
-    indices of the trainable weights), replicas (how many compute their
-    share of the batch by hand: TensorFlow's strategies), iterations.
-
-Each plan returns an `Outcome`; the stack applies its gradients and reports
-its losses. With relative sizes (`relative_epsilon`) a method works in units
-of the norm `n` of what it perturbs (`relative_unit`) and each pass adds `n`
-times its perturbation.
+        The weight gradients of `objective(forward) -> (loss, aux)`, built
+        from training passes `forward(clean=False, lookup_gradients=False)
+        -> (loss to differentiate, Pass)`, each with its own dropout, whose
+        lookup gradient is differentiable again (the penalty's second
+        order); `scale_loss(term, like)` scales a term added to that loss.
+    space(lookups, per_example), masks(ids_list): what is perturbed
+        (`rows.py`), and each lookup's non-padding positions or None.
+    noise(index, like, kind): "uniform" in [-1, 1] or "normal" noise shaped
+        as `like`, stateless in the step's seed, update count and `index`.
+    cond(start_step, adversarial, plain) -> (Outcome, whether adversarial).
+    add, dense, reduce, weight_values, stop_gradient, divergence, model,
+    selected (AWP's weight indices), replicas (TensorFlow's, which split the
+    batch by hand), iterations (the optimizer's update count).
 """
 
 import collections
@@ -57,8 +41,8 @@ from keras_adv.methods import math_for
 
 __all__ = [
     "AdversarialStep", "Settings", "Pass", "Outcome", "planned_step", "PLANS", "relative_unit",
-    "penalty_term", "selected_weights", "update_gradients", "no_lookup_error",
-    "no_lookup_gradient_error", "PENALTY_ACROSS_REPLICAS",
+    "update_gradients", "checked_lookup_gradients", "no_lookup_error", "no_lookup_gradient_error",
+    "PENALTY_ACROSS_REPLICAS",
 ]
 
 PENALTY_ACROSS_REPLICAS = (
@@ -71,21 +55,12 @@ PENALTY_ACROSS_REPLICAS = (
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What `adversarial_training` was asked for, checked.
-
-    Attributes:
-        method: A method object of `keras_adv.methods`.
-        objective: `"sum"` or `"adversarial"`.
-        relative_epsilon: Whether the method's lengths (epsilon, alpha) are
-            fractions of the L2 norm of what is perturbed (the touched
-            embedding rows, or each example's embedded sequence).
-        per_example: Whether each example's embedded sequence gets its own
-            perturbation, instead of the touched rows of the matrix.
-        start_step: How many optimizer updates are plain before the
-            adversarial ones start (0: from the first).
-        epsilon_schedule: A callable of the optimizer's step giving each
-            step's epsilon, or None for the method's own.
-    """
+    """What `adversarial_training` was asked for, checked: a method object,
+    the objective (`"sum"` or `"adversarial"`), whether its lengths are
+    fractions of the norm of what is perturbed (`relative_unit`), whether it
+    perturbs each example's sequence (else the touched rows of the matrix),
+    how many updates are plain first, and a schedule of each step's epsilon
+    (a callable of the update count) or None."""
 
     method: object
     objective: str = "sum"
@@ -98,39 +73,20 @@ class Settings:
 Pass = collections.namedtuple(
     "Pass", ["loss", "gradients", "lookups", "lookup_gradients", "predictions"], defaults=[None]
 )
-Pass.__doc__ = """What one pass computed.
-
-Attributes:
-    loss: The loss of the pass (unscaled).
-    gradients: The gradients of the weights it was asked for (maybe none).
-    lookups: Its `Lookups` (ids and outputs), or None (AWP's passes).
-    lookup_gradients: The gradient w.r.t. each lookup's output, or None
-        where the pass was not asked for them.
-    predictions: The model's outputs, where the step needs them.
-"""
+Pass.__doc__ = """What one pass computed: its (unscaled) loss, the weight gradients it
+was asked for, its `Lookups` (ids and outputs), the gradient w.r.t. each
+lookup's output (or None), and the model's outputs."""
 
 Outcome = collections.namedtuple("Outcome", ["gradients", "term", "loss", "predictions"])
-Outcome.__doc__ = """What a step's plan computed.
-
-Attributes:
-    gradients: The gradients to apply, one per trainable weight.
-    term: What the method reports beside the loss (`method.reports`): the
-        adversarial loss, the gradient penalty or a divergence.
-    loss: The clean pass's loss, for the loss trackers.
-    predictions: The clean pass's outputs, for the compiled metrics.
-"""
+Outcome.__doc__ = """What a plan computed: the gradients to apply (one per trainable
+weight), the term the method reports (`method.reports`), and the clean
+pass's loss and outputs (for the loss trackers and compiled metrics)."""
 
 
 class AdversarialStep:
-    """What every stack's step holds: the embedding layer and the settings.
-
-    Each stack subclasses it with `__call__(model, ...)` for its own step
-    contract, and is bound to one model with `types.MethodType`.
-
-    Args:
-        layer: The embedding layer whose lookups are perturbed (None for AWP).
-        settings: The `Settings`.
-    """
+    """What every stack's step holds: the embedding layer (None for AWP and
+    R-Drop), the `Settings` and its noise's seed. A stack subclasses it with
+    `__call__(model, ...)`, its own step contract, bound to one model."""
 
     # Autograph (tf-keras with jit_compile) reads the name of what it converts.
     __name__ = "train_step"
@@ -138,16 +94,14 @@ class AdversarialStep:
     def __init__(self, layer, settings):
         self.layer = layer
         self.settings = settings
-        # The seed of the step's noise, drawn from Python's generator (which
-        # `keras.utils.set_random_seed` seeds): each step's noise is a
-        # stateless function of it and the step count, so the model gains no
-        # random state.
+        # From Python's generator (which `keras.utils.set_random_seed` seeds);
+        # each step's noise is stateless in it and the update count.
         self.seed = random.getrandbits(31)
 
 
 def planned_step(step, adapter):
-    """Runs the method's plan (`PLANS[method.plan]`), or the plain step during
-    the warm-up: `(Outcome, whether the step was adversarial)`."""
+    """Runs the method's plan, or the plain step during the warm-up:
+    `(Outcome, whether the step was adversarial)`."""
     settings = step.settings
     epsilon = None
     if settings.epsilon_schedule is not None:  # A float32 scalar, checked.
@@ -164,18 +118,14 @@ def plain(adapter):
     return Outcome(clean.gradients, math_for(clean.loss).zeros_like(clean.loss), clean.loss, clean.predictions)
 
 
-def _at(space, perturbation):
-    """`perturbation_at` of the space's rows `perturbation`."""
+def _at(space, perturbation):  # `perturbation_at` of the space's rows.
     return lambda index, ids, outputs: space.at(index, ids, perturbation)
 
 
 def attack(step, adapter, epsilon):
     """FGM, FGSM, PGD: the clean pass, `steps` perturbed passes, each from the
-    gradient of the one before; the update from clean + the last, or the last.
-
-    Under "adversarial" the update does not use the clean weight gradients,
-    so the clean pass asks only for the lookups' (its cost floor).
-    """
+    gradient of the one before; the update from clean + the last, or the last
+    (then the clean pass asks only for the lookups' gradients: its floor)."""
     settings = step.settings
     clean = adapter.run(weights=settings.objective == "sum", lookup_gradients=True, clean=True)
     space = adapter.space(clean.lookups, settings.per_example)
@@ -189,22 +139,15 @@ def attack(step, adapter, epsilon):
 
 
 def ascent(step, space, first, perturbed, count, epsilon, start=None):
-    """`first` and `count` perturbed passes, each perturbation built by
-    `method.ascend` from the gradient of the pass before.
-
-    Args:
-        perturbed: `(perturbation, last) -> Pass`.
-        start: The perturbation `first` ran at (FreeLB's random start, in the
-            space's rows), or None for the clean pass.
-
-    Returns:
-        The list of `Pass`es, `first` included.
-    """
+    """`[first]` and `count` passes `perturbed(perturbation, last)`, each
+    perturbation `method.ascend`ed from the gradient of the pass before;
+    `start` is where `first` ran (FreeLB's random start), or None (clean)."""
     method, relative = step.settings.method, step.settings.relative_epsilon
     if relative:
         unit = relative_unit(method, space)
-        if start is not None:  # The random start, in the method's units.
-            start = start / _safe(unit)
+        if start is not None:  # The random start, in the method's units (1 for padding only).
+            ops = math_for(unit)
+            start = start / ops.where(ops.greater(unit, 0), unit, ops.ones_like(unit))
     passes, perturbation = [first], start
     for i in range(count):
         latest = passes[-1]
@@ -277,7 +220,10 @@ def penalized(step, adapter, epsilon):
     def objective(forward):
         scaled, clean = forward(clean=True, lookup_gradients=True)
         space = adapter.space(clean.lookups, settings.per_example)
-        penalty = penalty_term(settings, space, space.rows(clean.lookups.ids, clean.lookup_gradients))
+        # Relative: scale-free, in units of the norm of what is perturbed.
+        unit = relative_unit(settings.method, space) if settings.relative_epsilon else None
+        gradient = space.rows(clean.lookups.ids, clean.lookup_gradients)
+        penalty = settings.method.penalty(gradient, unit, per_example=space.per_example)
         return scaled + adapter.scale_loss(penalty, scaled), (penalty, clean.loss, clean.predictions)
 
     gradients, (penalty, loss, predictions) = adapter.differentiate(objective)
@@ -368,37 +314,6 @@ def relative_unit(method, space):
     return unit
 
 
-def penalty_term(settings, space, gradient):
-    """The gradient penalty's term of `gradient` (the lookups' gradient as
-    the `space`'s rows): absolute, or with `relative_epsilon` scale-free, in
-    units of the norm of what is perturbed (`GradientPenalty.penalty`)."""
-    unit = relative_unit(settings.method, space) if settings.relative_epsilon else None
-    return settings.method.penalty(gradient, unit, per_example=space.per_example)
-
-
-def _safe(unit):
-    """`unit` where it is not 0 (an example of padding only), else 1."""
-    ops = math_for(unit)
-    return ops.where(ops.greater(unit, 0), unit, ops.ones_like(unit))
-
-
-def selected_weights(method, variables, model_name):
-    """The indices of the trainable `variables` that AWP's `method` perturbs.
-
-    Raises:
-        ValueError: If it selects none.
-    """
-    names = [getattr(v, "path", None) or v.name for v in variables]
-    indices = [i for i, (v, name) in enumerate(zip(variables, names)) if method.selects(v, name)]
-    if not indices:
-        raise ValueError(
-            f"AWP's `weights` ({method.weights!r}) selects none of the trainable weights "
-            f"of model '{model_name}': {names}. Pass a regular expression found in "
-            f"some of these names, a callable, or None for every weight matrix."
-        )
-    return indices
-
-
 def update_gradients(objective, clean_grads, adversarial_grads, add):
     """The gradients the optimizer applies: clean + adversarial, or adversarial only."""
     if objective == "adversarial":
@@ -419,3 +334,11 @@ def no_lookup_gradient_error(layer):
         f"'{layer.name}', so they cannot be perturbed. Name the embedding layer "
         f"that the model's inputs go through."
     )
+
+
+def checked_lookup_gradients(layer, lookups, gradients, dense=lambda g: g):
+    """The gradient w.r.t. each lookup's output, `dense` (zeros where the loss
+    does not reach it), of a pass whose loss reaches at least one."""
+    if all(g is None for g in gradients):
+        raise no_lookup_gradient_error(layer)
+    return [math_for(o).zeros_like(o) if g is None else dense(g) for o, g in zip(lookups.outputs, gradients)]

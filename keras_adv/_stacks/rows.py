@@ -1,14 +1,10 @@
 """What the methods perturb: the embedding rows that a batch touches, or
 each example's embedded sequence (docs/design.md, "What is perturbed").
 
-Written once, in `keras.ops` names, for Keras 3 on JAX and PyTorch and, with
-TensorFlow's functions bound to those names (`tf_rows.py`), for TensorFlow.
-Both spaces hand the method a 2-D gradient (`rows`) and give each lookup its
-part of the method's perturbation back (`at`), shaped like the lookup's
-output; `unit()` is the size that a relative epsilon is a fraction of. The
-touched rows keep static shapes (a sort instead of a unique), so the step
-compiles under XLA; under a `tf.distribute` strategy they are the global
-batch's (`tf_rows.py` hands in the exchange).
+Written once in `keras.ops` names (`tf_rows.py` binds TensorFlow's to them).
+Each space hands the method a 2-D gradient (`rows`), gives each lookup its
+part of the perturbation back (`at`), and says what a relative size is a
+fraction of (`unit`).
 """
 
 import math
@@ -19,9 +15,8 @@ __all__ = ["TouchedRows", "ExampleRows", "perturbation_space", "padding_masks", 
 
 
 class _KerasOps:
-    """`keras.ops` (imported when first used: tf-keras users need not load
-    Keras 3), with static shapes: JAX traces the step with them, and
-    PyTorch runs eagerly."""
+    """`keras.ops`, imported when first used (tf-keras users need not load
+    Keras 3), with static shapes (JAX traces with them)."""
 
     def __getattr__(self, name):
         from keras import ops
@@ -50,10 +45,8 @@ def _flat_rows(ops, tensors, dim):
 
 
 class TouchedRows:
-    """The rows of the matrix that the batch's lookups touch.
-
-    Built once per step from the ids of the clean pass; every later pass
-    looks up the same tokens, and each lookup finds its token's row by id.
+    """The rows of the matrix that the clean pass's lookups touch; a later
+    pass's lookups find their tokens' rows by id.
 
     Args:
         ops: `keras.ops`, or TensorFlow's functions under its names (`tf_rows.py`).
@@ -82,8 +75,7 @@ class TouchedRows:
         self._row_in_sorted_order = ops.cumsum(ops.cast(self._first_of_token, "int32")) - 1
 
     def unit(self):
-        """The L2 norm of the touched rows of the matrix (each token once), a
-        constant of the step: the unit of a relative epsilon."""
+        """The L2 norm of the touched rows of the matrix (each token once)."""
         ops = self.ops
         rows = ops.cast(self._read_rows(self._sorted_ids), "float32")
         squares = ops.where(self._first_of_token, ops.sum(ops.square(rows), axis=1), 0.0)
@@ -102,9 +94,8 @@ class TouchedRows:
         return ops.take(self._row_in_sorted_order, position, axis=0), touched
 
     def rows(self, ids_list, gradients):
-        """The gradient of the touched rows of the matrix, duplicates summed:
-        float32 `[N, d]` (`N` the token occurrences of the global batch), the
-        same on every replica."""
+        """The gradient of the touched rows, duplicates summed: float32 `[N, d]`
+        (`N` the global batch's token occurrences), the same on every replica."""
         ops = self.ops
         rows, touched = self._row_of(_flat_ids(ops, ids_list))
         # A token that the clean pass did not look up (a model that replaces
@@ -115,12 +106,8 @@ class TouchedRows:
 
     def at(self, index, ids, rows):
         """Each id's row of `rows` (zeros for an untouched token), shaped
-        `ids.shape + (d,)`: the perturbation of lookup `index`.
-
-        The rows are a constant of the pass that adds them: the update
-        differentiates the loss at `E + r`, not how `r` came from the
-        weights (a TF1 graph's `tf.gradients` would follow it otherwise).
-        """
+        `ids.shape + (d,)`, a constant of the pass that adds it (the update
+        differentiates the loss at `E + r`, not how `r` came about)."""
         del index  # Every lookup finds its rows by id.
         ops = self.ops
         row, touched = self._row_of(ops.reshape(ops.cast(ids, "int32"), (-1,)))
@@ -164,8 +151,7 @@ class ExampleRows:
         return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=1)
 
     def unit(self):
-        """Each example's `||e_i||` over its non-padding positions, `[B, 1]`:
-        the unit of a relative epsilon, a constant of the step."""
+        """Each example's `||e_i||` over its non-padding positions, `[B, 1]`."""
         ops = self.ops
         return ops.stop_gradient(ops.sqrt(ops.sum(ops.square(self._flat(self._clean)), axis=1, keepdims=True)))
 
@@ -199,16 +185,9 @@ def perturbation_space(ops, per_example, lookups, dim, read_rows, masks=None, **
 
 
 def padding_masks(ops, layer, ids_list, inputs=None):
-    """The non-padding positions of each lookup, or None where every position
-    counts, by the rule of `lookup.pads_with_token_zero` and
-    `lookup.padding_mask_input`.
-
-    Args:
-        ops: As `TouchedRows`'s.
-        layer: The embedding layer.
-        ids_list: The ids of each lookup.
-        inputs: The model's inputs of the batch (a dict for KerasHub models).
-    """
+    """The non-padding positions of each lookup's ids (of `layer`, in a batch
+    of `inputs`), or None where every position counts: by the rule of
+    `lookup.pads_with_token_zero` and `lookup.padding_mask_input`."""
     zero_pads = pads_with_token_zero(layer)
     padding_mask = padding_mask_input(inputs)
     masks = []

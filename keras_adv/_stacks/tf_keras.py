@@ -1,17 +1,9 @@
-"""tf-keras 2 (as used by bert4keras), eager execution (the default).
-
-The model instance gets an adversarial `train_step`, following tf-keras's own
-`Model.train_step`, that runs the plans of `passes.py` on tapes (`tf_tape.py`) with the perturbation
-added at the embedding lookups (`lookup.py`): the matrix is never written.
-AWP's passes read perturbed copies of the weights (`tf_keras_weights.py`):
-no weight is written either.
-The clean pass updates the compiled loss trackers as in plain training; the
-perturbed passes leave them as they were. The step returns metric results,
-the same on every replica, and `install` has `fit` take them from one
-replica (`_ONE_REPLICA`), so that History holds the single-device values
-under MultiWorkerMirroredStrategy too. With a loss-scale optimizer
-(mixed precision) the passes differentiate the scaled loss and the weight
-gradients are unscaled before the update, as `optimizer.minimize` does.
+"""tf-keras 2 (as used by bert4keras) with eager execution (the default): an
+adversarial `train_step` on the model instance, following tf-keras's own, its
+passes on tapes (`tf_tape.py`), AWP's reading perturbed copies of the weights
+(`tf_keras_weights.py`). The loss trackers see the clean pass only; with a
+loss-scale optimizer the weight gradients are unscaled before the update, as
+`optimizer.minimize` does.
 """
 
 import tensorflow as tf
@@ -34,11 +26,6 @@ def _tf_keras():
     return tf_keras
 
 
-# tf-keras's loss trackers: the "loss" mean and per-output losses.
-def _loss_trackers(model):
-    return model.compiled_loss.metrics
-
-
 def scaled_loss(optimizer, loss):
     # tf-keras's LossScaleOptimizer (mixed precision) scales the loss itself.
     scale = getattr(optimizer, "get_scaled_loss", None)
@@ -51,26 +38,17 @@ def unscaled_gradients(optimizer, grads):
 
 
 def _create_step_count_eagerly(optimizer):
-    """Creates the optimizer's step count outside the traced step.
-
-    The passes read `optimizer.iterations` (epsilon schedules, the warm-up,
-    noise seeds) before `apply_gradients` runs. A legacy optimizer
-    (bert4keras's, `tf_keras.optimizers.legacy`) creates that variable on its
-    first read. Created inside the traced step under MirroredStrategy, its
-    replicas' copies are initialised from the first one's there, which
-    `tf.function` cannot lift out of the step, so the first step fails ("You
-    must feed a value for placeholder tensor 'cond/else/...'"). Its own
-    `apply_gradients` creates it under `tf.init_scope()` for this reason;
-    this does the same, and reads an existing one as it is.
-    """
+    """Creates the optimizer's step count outside the traced step, as its own
+    `apply_gradients` does: the passes read it first, and a legacy optimizer
+    (bert4keras's) creates it on its first read, which inside the step fails
+    under MirroredStrategy ("You must feed a value for placeholder tensor")."""
     with tf.init_scope():
         return optimizer.iterations
 
 
 def _unscaled_for_distribution(loss):
-    # Under a strategy, `compute_loss` divides the loss by the replica count
-    # (so that summed gradients are the global batch's); tf-keras's own loss
-    # tracker sees it before that.
+    # `compute_loss` divides the loss by the replica count (the gradients are
+    # summed); tf-keras's loss tracker sees it before that.
     return loss * tf.distribute.get_strategy().num_replicas_in_sync
 
 
@@ -79,8 +57,7 @@ class AdversarialTrainStep(AdversarialStep):
 
     def __init__(self, layer, settings, strategy):
         super().__init__(layer, settings)
-        # Made in the model's strategy scope, so that replicas sum into it
-        # (none for a method that adds only its loss).
+        # In the model's strategy scope, so that replicas sum into it.
         self.adversarial_loss = None
         if settings.method.reports is not None:
             with strategy.scope():
@@ -94,8 +71,7 @@ class AdversarialTrainStep(AdversarialStep):
         optimizer = model.optimizer
         _create_step_count_eagerly(optimizer)
         if self.adversarial_loss is not None:
-            # The "loss" mean, made by compile (`compiled_loss.metrics` lists it
-            # only once a loss has been computed).
+            # The "loss" mean (`compiled_loss.metrics` lists it only after a loss).
             self._reset_with(model.compiled_loss._total_loss_mean)
 
         def forward(clean=False, reference=None, substitutes=()):
@@ -126,9 +102,8 @@ class AdversarialTrainStep(AdversarialStep):
         return logs
 
     def _untracked_loss(self, model, x, y, y_pred, sample_weight):
-        # `compute_loss` updates the loss trackers; the perturbed passes must
-        # not, so their state is put back after the call.
-        variables = [v for metric in _loss_trackers(model) for v in metric.variables]
+        # `compute_loss` updates the loss trackers: put back for a perturbed pass.
+        variables = [v for metric in model.compiled_loss.metrics for v in metric.variables]  # "loss", per output
         saved = [tf.identity(v) for v in variables]
         loss = model.compute_loss(x, y, y_pred, sample_weight)
         with tf.control_dependencies([loss]):
@@ -137,8 +112,7 @@ class AdversarialTrainStep(AdversarialStep):
         return loss
 
     def _reset_with(self, loss_tracker):
-        # tf-keras resets its metrics at the start of every epoch; a count of
-        # 0 says this is the first step since, so the running mean starts over.
+        # A "loss" count of 0: tf-keras reset its metrics (a new epoch), so this does.
         fresh = tf.equal(loss_tracker.count, 0)
         for variable in self.adversarial_loss.variables:
             variable.assign(tf.where(fresh, tf.zeros_like(variable), variable))
@@ -152,16 +126,11 @@ def is_installed(model):
     return installed_step(model, "train_step", AdversarialTrainStep) is not None
 
 
-# How `fit` reduces across replicas the logs that the step returns. They are
-# metric results, which every replica already holds for the global batch
-# (tf-keras aggregates metric state across replicas, workers included). The
-# default, "auto", is a SUM on every strategy but TPUStrategy: under
-# MultiWorkerMirroredStrategy it adds up the workers' equal copies (N workers,
-# N times the value), in plain training too (its per-batch logs). Plain
-# History escapes it only because `fit` reads the epoch's values again from
-# `model.metrics` when the logs name nothing else; the adversarial loss is not
-# among them (a metric there would join `evaluate`'s results), so the logs
-# are taken from one replica instead.
+# How `fit` reduces the step's logs across replicas. They are metric results,
+# which every replica holds for the global batch; the default, "auto", sums
+# them under MultiWorkerMirroredStrategy (N workers, N times the value; plain
+# History escapes it by reading `model.metrics` again, where the adversarial
+# loss is not), so they are taken from one replica.
 _ONE_REPLICA = "first"
 
 

@@ -1,18 +1,11 @@
 """tf-keras 2 with eager execution disabled (`training_v1` models).
 
-`fit` runs one `K.function` per step, built by `model._make_train_function`;
-the model instance gets a builder that makes an adversarial one, every pass
-in the one graph (`_GraphPasses`): the clean pass is the model's own graph,
-the others call the model again with its lookups tapped (`lookup.py`) or its
-weights substituted (`tf_keras_weights.py`), and the optimizer's
-`get_updates` is handed a loss whose gradient is the plan's. Nothing writes
-a weight, so a step is one `session.run` that either updates the weights as
-the optimizer does or changes nothing. History holds the clean `loss` and
-the compiled metrics only (graph-mode `fit` names its outputs after them).
-
-Under MirroredStrategy, graph-mode `fit` trains a clone of the model per
-replica, kept in the model's `_distributed_model_cache`: the model gets a
-cache that gives each clone, as it is stored, the same adversarial builder.
+The model instance gets a `_make_train_function` that builds an adversarial
+`K.function`, every pass in the one graph (`_GraphPasses`), so a step is one
+`session.run` that updates the weights as the optimizer does or changes
+nothing. History holds the clean `loss` and the compiled metrics only (what
+graph-mode `fit` names its outputs after). Under MirroredStrategy each
+replica's clone of the model gets the same builder (`_AdversarialClones`).
 """
 
 import contextlib
@@ -24,12 +17,12 @@ from keras_adv._stacks import distribution, outputs
 from keras_adv._stacks.instance_patch import install_step, installed_step, uninstall_step
 from keras_adv._stacks.lookup import Lookups, is_lookup, tapped_lookups
 from keras_adv._stacks.passes import (
-    PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, no_lookup_gradient_error, planned_step,
+    PENALTY_ACROSS_REPLICAS, AdversarialStep, Pass, checked_lookup_gradients, no_lookup_gradient_error, planned_step,
 )
-from keras_adv._stacks.tf_keras_weights import substituted_weights
-from keras_adv._stacks.tf_rows import add_gradients, global_batch_draw
 from keras_adv._stacks.tf_keras import scaled_loss, unscaled_gradients
-from keras_adv._stacks.tf_tape import TensorFlowPasses, draw, noise, noise_seed, read_unperturbed
+from keras_adv._stacks.tf_keras_weights import substituted_weights
+from keras_adv._stacks.tf_rows import add_gradients
+from keras_adv._stacks.tf_tape import TensorFlowPasses, noise, read_unperturbed
 
 __all__ = ["install", "uninstall", "is_installed", "is_compiled", "AdversarialTrainFunction", "noise"]
 
@@ -50,22 +43,10 @@ _WARM_UP_WITH_UPDATES = (
 )
 
 
-def _backend():
-    # The module training_v1 builds its train function with (the public
-    # `tf_keras.backend` lacks `symbolic_learning_phase`).
-    from tf_keras.src import backend
-
-    return backend
-
-
 @contextlib.contextmanager
 def _endpoints_reading(model, outputs):
-    """Points the compiled loss at `outputs` while it is built again.
-
-    `_prepare_total_loss` builds the loss from the endpoints' outputs; the
-    per-output loss metrics it also calls are silenced, so they keep tracking
-    the clean pass.
-    """
+    """Points the compiled loss at `outputs` while it is built again, its
+    per-output loss metrics silenced (they track the clean pass)."""
     endpoints = model._training_endpoints
     saved = [(e._output, e.output_loss_metric) for e in endpoints]
     try:
@@ -80,22 +61,15 @@ def _endpoints_reading(model, outputs):
 
 
 class _CallAdditions:
-    """What one more call of the model adds to its layers: losses (a `Loss`
-    layer's `add_loss`, activity regularizers) and updates (batch-norm
-    statistics), conditional on that call's tensors.
-
-    Made before the call; `take()` after it takes what the call added back
-    off the layers, so the model holds what it held before (a train function
-    built from it later sees the clean pass only). Inside
-    `losses_of_the_call()`, each layer holds its unconditional losses and the
-    ones the call added, for the compiled loss built there.
-    """
+    """What one more call of the model adds to its layers (losses, batch-norm
+    updates, nodes): made before the call, `take()` takes it back off after
+    it, so the model holds what it held before; inside `losses_of_the_call()`
+    each layer holds its unconditional losses and the call's."""
 
     def __init__(self, model):
         self.layers = list(model._flatten_layers(include_self=True))
         self.before = [(list(layer._losses), list(layer._updates)) for layer in self.layers]
-        # The call also adds a node to each layer; taken off, so that
-        # `layer.output` still names the model's own (one) node.
+        # Taken off too: `layer.output` still names the model's own node.
         self.nodes = [(list(layer._inbound_nodes), list(layer._outbound_nodes)) for layer in self.layers]
         self.added_losses = []
         self.updates = []
@@ -124,26 +98,17 @@ class _CallAdditions:
 def _graph_lookups(layer, loss):
     """The lookups of `layer` in the model's own graph that `loss` depends on,
     and the gradient of `loss` w.r.t. each."""
-    candidates = Lookups()
-    for node in layer._inbound_nodes:
-        ids = tf.nest.flatten(node.input_tensors)[0]
-        outputs = tf.nest.flatten(node.output_tensors)[0]
-        if is_lookup(layer, ids, outputs):
-            candidates.ids.append(ids)
-            candidates.outputs.append(outputs)
-    gradients = tf.gradients(loss, candidates.outputs) if candidates.outputs else []
-    lookups = Lookups()
-    for ids, outputs, gradient in zip(candidates.ids, candidates.outputs, gradients):
-        if gradient is not None:
-            lookups.ids.append(ids)
-            lookups.outputs.append(outputs)
-    return lookups, [g for g in gradients if g is not None]
+    calls = [(tf.nest.flatten(node.input_tensors)[0], tf.nest.flatten(node.output_tensors)[0])
+             for node in layer._inbound_nodes]
+    calls = [(ids, outputs) for ids, outputs in calls if is_lookup(layer, ids, outputs)]
+    gradients = tf.gradients(loss, [outputs for _, outputs in calls]) if calls else []
+    reached = [(ids, outputs, g) for (ids, outputs), g in zip(calls, gradients) if g is not None]
+    return Lookups([r[0] for r in reached], [r[1] for r in reached]), [r[2] for r in reached]
 
 
 def _called_again(model, perturbed_updates):
-    """Calls the model once more (a perturbed pass, inside whatever taps or
-    substitutes its reads): `(its outputs, its compiled loss)`. Its updates
-    of non-trainable state join `perturbed_updates`."""
+    """Calls the model once more (inside whatever taps or substitutes its
+    reads): `(outputs, compiled loss)`; its state updates join `perturbed_updates`."""
     additions = _CallAdditions(model)
     called = model(model.inputs)
     outputs = tf.nest.flatten(called)
@@ -177,15 +142,15 @@ def _weighted(gradient, weight):
 
 
 class AdversarialTrainFunction(AdversarialStep):
-    """Builds the adversarial train function of a `training_v1` model.
-
-    Bound to the model as `_make_train_function`; follows tf-keras's own.
-    """
+    """Builds the adversarial train function of a `training_v1` model (its
+    `_make_train_function`, following tf-keras's own)."""
 
     __name__ = "_make_train_function"
 
     def __call__(self, model):
-        backend = _backend()
+        # What training_v1 builds with (the public one lacks `symbolic_learning_phase`).
+        from tf_keras.src import backend
+
         has_recompiled = model._recompile_weights_loss_and_weighted_metrics()
         model._check_trainable_weights_consistency()
         if getattr(model, "train_function", None) is not None and not has_recompiled:
@@ -200,17 +165,15 @@ class AdversarialTrainFunction(AdversarialStep):
                 passes = _GraphPasses(self, model)
                 outcome, _ = planned_step(self, passes)
                 weights = model._collected_trainable_weights
-                # The clean pass reports the step's loss, reading the weights
-                # that the update writes; where the update does not need it
-                # (FreeLB from a random start), nothing else orders the two.
+                # The step reports the clean loss, read before the update writes
+                # the weights (FreeLB from a random start does not order them).
                 with tf.control_dependencies([model.total_loss]):
                     updates = model.optimizer.get_updates(
                         params=weights, loss=_held_gradients(outcome.gradients, weights)
                     )
                 updates += model.get_updates_for(None)
                 updates += model.get_updates_for(model.inputs)
-                # As in eager mode, every pass keeps its updates of
-                # non-trainable state (batch-norm statistics).
+                # As in eager mode, every pass keeps its batch-norm updates.
                 updates += passes.perturbed_updates
             metrics = model._get_training_eval_metrics()
             metrics_tensors = [m._call_result for m in metrics if hasattr(m, "_call_result")]
@@ -226,18 +189,13 @@ class AdversarialTrainFunction(AdversarialStep):
 
 
 class _GraphPasses(TensorFlowPasses):
-    """The plans' adapter (`passes.py`) in a TF1 graph, built once.
-
-    The clean pass is the model's own graph (its loss is `total_loss`); the
-    others call the model again (`_called_again`). Each pass's weight
-    gradients are taken as the optimizer takes them (loss scaling included),
-    and the optimizer's `get_updates` is handed a loss whose gradient is the
-    plan's gradients (`_held_gradients`).
+    """The plans' adapter in a TF1 graph, built once: the clean pass is the
+    model's own graph (`total_loss`), the others call the model again, and
+    the optimizer's `get_updates` gets a loss whose gradient is the plan's.
 
     Graph mode's differences, here once: a TF1 graph builds no model call
-    inside a `tf.cond`, so the warm-up (`cond`) runs both the plain and the
-    adversarial passes and weighs one of them 0 (refused where the perturbed
-    passes update layer state); and per example, one lookup per pass.
+    inside a `tf.cond`, so the warm-up runs both steps' passes and weighs one
+    of them 0 (`cond`); and per example, one lookup per pass.
     """
 
     def __init__(self, step, model):
@@ -274,7 +232,7 @@ class _GraphPasses(TensorFlowPasses):
 
     def run(self, perturbation_at=None, *, weights=False, lookup_gradients=False, scale=None, clean=False,
             reference=None, shifted=None):
-        if perturbation_at is None and reference is None and not shifted:  # The model's own graph.
+        if clean and perturbation_at is None:  # The model's own graph.
             loss = self.model.total_loss
             if weights and scale is None and self._clean_gradients is None:
                 self._clean_gradients = self._gradients(loss)
@@ -296,32 +254,27 @@ class _GraphPasses(TensorFlowPasses):
             loss = self.divergence(reference, called)
         # A read of a variable that the substitution did not reach.
         selected = [self.weights[i] for i in values]
-        for variable, unreached in zip(selected, tf.gradients(loss, selected, stop_gradients=list(self._reads.values()))):
+        unreached_reads = tf.gradients(loss, selected, stop_gradients=list(self._reads.values()))
+        for variable, unreached in zip(selected, unreached_reads):
             if unreached is not None:
                 raise NotImplementedError(read_unperturbed(variable))
         gradients = None
         if weights:
             sources = [values.get(i, w) for i, w in enumerate(self.weights)]
             gradients = self._gradients(loss if scale is None else loss * scale, sources)
-        lookup_grads = self._lookup_gradients(loss, lookups) if lookup_gradients else None
+        lookup_grads = None
+        if lookup_gradients:
+            grads = tf.gradients(loss, lookups.outputs)
+            lookup_grads = checked_lookup_gradients(self.layer, lookups, grads, dense=tf.convert_to_tensor)
         return Pass(loss, gradients, lookups, lookup_grads, called)
-
-    @staticmethod
-    def _lookup_gradients(loss, lookups):
-        return [tf.zeros_like(o) if g is None else g for o, g in zip(lookups.outputs, tf.gradients(loss, lookups.outputs))]
 
     def differentiate(self, objective):
         def forward(clean=False, lookup_gradients=False):
-            if clean:
-                loss = self.model.total_loss
-                return loss, Pass(loss, None, self.lookups, self.lookup_gradients if lookup_gradients else None,
-                                  self._outputs())
-            with tapped_lookups(self.layer if lookup_gradients else None, lambda i, ids, o: o) as lookups:
-                called, loss = _called_again(self.model, self.perturbed_updates)
-            lookup_grads = self._lookup_gradients(loss, lookups) if lookup_gradients else None
-            return loss, Pass(loss, None, lookups, lookup_grads, called)
+            # A pass's gradients are graph tensors: the update's gradient runs
+            # back through them (the penalty's second order).
+            differentiated = self.run(clean=clean, lookup_gradients=lookup_gradients)
+            return differentiated.loss, differentiated
 
-        # The optimizer's gradients run back through any lookups' gradient.
         total, aux = objective(forward)
         return self._gradients(total), aux
 
@@ -332,10 +285,6 @@ class _GraphPasses(TensorFlowPasses):
     def divergence(self, reference, called):
         # Divided as the compiled loss is: the replicas' gradients are summed.
         return outputs.divergence(self.model, self.step.settings.method, reference, called) / self.replicas
-
-    def noise(self, index, like, kind):
-        seed = noise_seed(self.step.seed, self.iterations, index)
-        return global_batch_draw(lambda shape: draw(kind, shape, seed), tf.shape(like))
 
     def cond(self, start_step, adversarial, plain):
         adversary, plainly = adversarial(), plain()

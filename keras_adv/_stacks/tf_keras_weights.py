@@ -1,16 +1,9 @@
-"""tf-keras layers reading given values in place of their weights: AWP's
-perturbed passes, as Keras 3's `StatelessScope` gives them there.
-
-A tf-keras layer reads its weights through its own attributes (`self.kernel`)
-when called. Inside `substituted_weights`, each such attribute that holds a
-substituted variable holds the value instead; it is set with
-`object.__setattr__`, so the layer's tracking never sees it, and put back on
-leaving, also through an exception. This happens while a step is traced:
-the variables are neither read nor written by the pass, so nothing needs
-restoring, and a step that raises leaves them as they were. A weight read
-other than through its layer's attribute would be read unperturbed; the
-perturbed pass finds such a read and says so (`TapePasses.run`, and
-`_GraphPasses.run` with eager execution disabled).
+"""tf-keras layers reading given values in place of their weights (AWP's
+perturbed passes), as Keras 3's `StatelessScope` gives them: each layer
+attribute holding a substituted variable holds the value inside the block,
+set with `object.__setattr__` so tracking never sees it. Nothing is written,
+so nothing needs restoring; a weight read other than through its layer's
+attribute would be read unperturbed, which the passes detect and refuse.
 """
 
 import contextlib

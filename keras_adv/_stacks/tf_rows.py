@@ -1,10 +1,6 @@
-"""`rows.py` in TensorFlow, and what TensorFlow's replicas exchange.
-
-tf-keras (and its graph mode) cannot run `keras.ops`, so the spaces of
-`rows.py` run here on TensorFlow's functions under the names of
-`keras.ops` (`TF_OPS`), and the touched rows are those of the global batch
-under a `tf.distribute` strategy (the ids all-gathered, the rows summed
-across replicas). Keras 3 on TensorFlow uses them too.
+"""`rows.py` on TensorFlow's functions under `keras.ops` names (`TF_OPS`:
+tf-keras cannot run `keras.ops`), and what `tf.distribute` replicas exchange
+so that the touched rows are the global batch's.
 """
 
 import types
@@ -37,9 +33,8 @@ def _read_rows(layer):
 
 
 def perturbation_space(per_example, lookups, layer, masks=None):
-    """`rows.perturbation_space` of the clean pass's `lookups` of `layer`:
-    the touched rows are the global batch's under a strategy with several
-    replicas."""
+    """`rows.perturbation_space` of the clean pass's `lookups` of `layer`, the
+    global batch's under a strategy."""
     replica = tf.distribute.get_replica_context()
     across = {}
     if not per_example and replica_count() > 1:
@@ -55,13 +50,9 @@ def padding_masks(layer, ids_list, inputs=None):
 
 
 def global_batch_draw(draw, shape):
-    """`draw(shape)`, random noise of this replica's share of the batch.
-
-    Under a strategy, each replica draws the global batch's noise (of the
-    same stateless seed) and takes its own rows of it, so that training
-    matches one device (where the batch splits evenly: a replica's share
-    starts at its index times its own batch size).
-    """
+    """`draw(shape)`, noise of this replica's share of the batch: its rows of
+    the global batch's noise (of the same stateless seed), as on one device
+    (where the batch splits evenly)."""
     replica, replicas = tf.distribute.get_replica_context(), replica_count()
     if replicas == 1:
         return draw(shape)
@@ -71,21 +62,15 @@ def global_batch_draw(draw, shape):
 
 
 def replica_count():
-    """How many replicas compute their share of the batch in this replica
-    context (1 outside a strategy)."""
+    """How many replicas share the batch here (1 outside a strategy)."""
     replica = tf.distribute.get_replica_context()
     return 1 if replica is None else replica.num_replicas_in_sync
 
 
 def sum_across_replicas(values):
-    """Each of `values` summed over the replicas, in replica context.
-
-    A merge call rather than `ReplicaContext.all_reduce`, which also defines
-    its gradient: nothing differentiates through these sums (the
-    perturbation is a constant of the pass that adds it), and in a TF1 graph
-    (tf-keras with eager execution disabled) that gradient's definition
-    fails to find the other replicas' variables.
-    """
+    """Each of `values` summed over the replicas, in replica context: a merge
+    call, as `all_reduce`'s gradient (never needed: the perturbation is a
+    constant) fails in a TF1 graph to find the other replicas' variables."""
     def reduce(strategy, *per_replica):
         return [strategy.extended.reduce_to(tf.distribute.ReduceOp.SUM, v, destinations=v)
                 for v in per_replica]

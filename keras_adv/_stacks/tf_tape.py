@@ -1,21 +1,17 @@
-"""The plans' adapter (`passes.py`) for TensorFlow's eager stacks: passes on
-`tf.GradientTape`s, lookups tapped.
-
-Keras 3 on TensorFlow and tf-keras in eager mode run their passes this way;
-only how each computes its loss (`forward`) and applies the update differ.
+"""The plans' adapter (`passes.py`) for TensorFlow's eager stacks (Keras 3 on
+TensorFlow, tf-keras): passes on `tf.GradientTape`s, lookups tapped. Only
+how each stack computes its loss (`forward`) and applies the update differ.
 """
 
 import tensorflow as tf
 
 from keras_adv._stacks.lookup import tapped_lookups
-from keras_adv._stacks.passes import (
-    Pass, no_lookup_error, no_lookup_gradient_error, selected_weights,
-)
+from keras_adv._stacks.passes import Pass, checked_lookup_gradients, no_lookup_error
 from keras_adv._stacks.tf_rows import (
     add_gradients, global_batch_draw, padding_masks, perturbation_space, replica_count, sum_across_replicas,
 )
 
-__all__ = ["TensorFlowPasses", "TapePasses", "read_unperturbed", "dense_gradients", "noise", "draw", "noise_seed"]
+__all__ = ["TensorFlowPasses", "TapePasses", "read_unperturbed", "noise"]
 
 START_STEP_ACROSS_REPLICAS = (
     "`start_step` under a distribution strategy with several replicas works with "
@@ -33,9 +29,12 @@ AWP_START_STEP_ACROSS_REPLICAS = (
 
 
 class TensorFlowPasses:
-    """What the plans' adapters on TensorFlow share, eager or in a TF1 graph:
-    they hold `step`, `model`, `layer`, `inputs` (or None) and `weights` (the
-    trainable variables)."""
+    """What the adapters on TensorFlow share, eager or in a TF1 graph: they
+    hold `step`, `model`, `layer`, `inputs` (or None), `weights` (the
+    trainable variables) and `iterations`."""
+
+    # The weight gradients of the latest pass, which the noise waits for.
+    finished = ()
 
     @property
     def replicas(self):
@@ -56,46 +55,51 @@ class TensorFlowPasses:
 
     @property
     def selected(self):
-        return selected_weights(self.step.settings.method, self.weights, self.model.name)
+        return self.step.settings.method.selected(self.weights, self.model.name)
 
     def dense(self, gradients, indices):
-        return dense_gradients(gradients, [self.weights[i] for i in indices])
+        # The embedding's gradient comes as IndexedSlices (None where the loss
+        # does not use a weight); AWP's norms are over the whole weight.
+        return [tf.zeros(self.weights[i].shape, self.weights[i].dtype) if g is None else tf.convert_to_tensor(g)
+                for g, i in zip(gradients, indices)]
 
     def reduce(self, gradients):
         # The norms are the global batch's.
         return sum_across_replicas(gradients) if self.replicas > 1 else gradients
+
+    def noise(self, index, like, kind):
+        # VAT's probes need only the clean outputs and the noise, but start
+        # after the clean backward all the same: else TensorFlow runs the two
+        # side by side and holds both passes' activations at once.
+        with tf.control_dependencies(self.finished):
+            draw = lambda shape: noise(kind, self.step.seed, self.iterations, index, shape)
+            return global_batch_draw(draw, tf.shape(like))
 
 
 class TapePasses(TensorFlowPasses):
     """The plans' adapter for one eager TensorFlow step.
 
     Args:
-        step: The stack's `AdversarialStep` (layer, settings, seed).
-        model: The model; its trainable variables are read after a pass,
-            which builds a model that is not built yet (as Keras's own step
-            does).
+        step: The stack's `AdversarialStep`.
+        model: The model (a pass builds one not built yet, as Keras's step does).
         inputs: The batch's inputs (where a per-example mask may come from).
         forward: `(clean=False, reference=None, substitutes=()) -> (loss to
             differentiate, loss, predictions)`: the clean pass (updating the
-            loss trackers), the divergence from `reference`, or a perturbed
-            pass reading each `(variable, value)` of `substitutes` as `value`.
-        scale_loss: The optimizer's loss scaling (mixed precision), for a
-            term added to the loss.
-        divergence: `(reference, outputs) -> D`, divided as the stack's loss
-            is across replicas.
+            loss trackers), the divergence from `reference`, or a pass reading
+            each `(variable, value)` of `substitutes` as `value`.
+        scale_loss: The optimizer's loss scaling (mixed precision).
+        divergence: `(reference, outputs) -> D`, divided as the loss is
+            across replicas.
     """
 
     def __init__(self, step, model, inputs, forward, scale_loss, divergence):
         self.step, self.model, self.layer, self.inputs = step, model, step.layer, inputs
         self.forward, self._scale_loss, self.divergence = forward, scale_loss, divergence
         self.iterations = model.optimizer.iterations
-        # The weight gradients of the latest pass: the noise waits for them
-        # (`noise`).
-        self.finished = []
 
     def run(self, perturbation_at=None, *, weights=False, lookup_gradients=False, scale=None, clean=False,
             reference=None, shifted=None):
-        variables = [v for v in self.model.trainable_variables] if shifted else None
+        variables = self.weights
         substitutes = [(variables[i], tf.convert_to_tensor(variables[i]) + tf.cast(r, variables[i].dtype))
                        for i, r in (shifted or {}).items()]
         with tf.GradientTape(watch_accessed_variables=weights) as tape:
@@ -114,23 +118,21 @@ class TapePasses(TensorFlowPasses):
         if self.layer is not None and not lookups.outputs:
             raise no_lookup_error(self.layer)
         substituted = {id(variable): value for variable, value in substitutes}
-        sources = [substituted.get(id(w), w) for w in self.model.trainable_variables] if weights else []
+        sources = [substituted.get(id(w), w) for w in self.weights] if weights else []
         originals = [variable for variable, _ in substitutes]
-        grads = tape.gradient(scaled, sources + (lookups.outputs if lookup_gradients else []) + originals)
-        for variable, unreached in zip(originals, grads[len(grads) - len(originals):]):
+        looked_up = lookups.outputs if lookup_gradients else []
+        grads = tape.gradient(scaled, sources + looked_up + originals)
+        for variable, unreached in zip(originals, grads[len(sources) + len(looked_up):]):
             if unreached is not None:  # Read other than through the substitution.
                 raise NotImplementedError(read_unperturbed(variable))
         lookup_grads = None
         if lookup_gradients:
-            lookup_grads = self._lookup_gradients(lookups, grads[len(sources): len(sources) + len(lookups.outputs)])
+            lookup_grads = checked_lookup_gradients(
+                self.layer, lookups, grads[len(sources):len(sources) + len(looked_up)], dense=tf.convert_to_tensor
+            )
         if weights:
-            self.finished = [g for g in tf.nest.flatten(grads[: len(sources)], expand_composites=True) if g is not None]
-        return Pass(loss, grads[: len(sources)], lookups, lookup_grads, predictions)
-
-    def _lookup_gradients(self, lookups, grads):
-        if all(g is None for g in grads):
-            raise no_lookup_gradient_error(self.layer)
-        return [tf.zeros_like(o) if g is None else tf.convert_to_tensor(g) for o, g in zip(lookups.outputs, grads)]
+            self.finished = [g for g in tf.nest.flatten(grads[:len(sources)], expand_composites=True) if g is not None]
+        return Pass(loss, grads[:len(sources)], lookups, lookup_grads, predictions)
 
     def differentiate(self, objective):
         with tf.GradientTape() as outer:
@@ -138,33 +140,22 @@ class TapePasses(TensorFlowPasses):
             def forward(clean=False, lookup_gradients=False):
                 # Inside the outer tape: the lookups' gradient is differentiable.
                 with tf.GradientTape(watch_accessed_variables=False) as inner:
-
-                    def watch(index, ids, outputs):
-                        inner.watch(outputs)
-                        return outputs
-
+                    watch = lambda index, ids, outputs: inner.watch(outputs) or outputs
                     with tapped_lookups(self.layer if lookup_gradients else None, watch) as lookups:
                         scaled, loss, predictions = self.forward(clean)
                 lookup_grads = None
                 if lookup_gradients:
                     if not lookups.outputs:
                         raise no_lookup_error(self.layer)
-                    lookup_grads = self._lookup_gradients(lookups, inner.gradient(loss, lookups.outputs))
+                    gradients = inner.gradient(loss, lookups.outputs)
+                    lookup_grads = checked_lookup_gradients(self.layer, lookups, gradients, dense=tf.convert_to_tensor)
                 return scaled, Pass(loss, None, lookups, lookup_grads, predictions)
 
             total, aux = objective(forward)
-        return outer.gradient(total, self.model.trainable_variables), aux
+        return outer.gradient(total, self.weights), aux
 
     def scale_loss(self, term, like):
         return self._scale_loss(tf.cast(term, like.dtype))
-
-    def noise(self, index, like, kind):
-        # VAT's probes need only the clean outputs and the noise, but start
-        # after the clean backward all the same: else TensorFlow runs the two
-        # side by side and holds both passes' activations at once.
-        with tf.control_dependencies(self.finished):
-            return global_batch_draw(lambda shape: draw(kind, shape, noise_seed(self.step.seed, self.iterations, index)),
-                                     tf.shape(like))
 
     def cond(self, start_step, adversarial, plain):
         settings = self.step.settings
@@ -190,31 +181,14 @@ class TapePasses(TensorFlowPasses):
         return [tf.convert_to_tensor(self.weights[i]) for i in indices]
 
 
-def draw(kind, shape, seed):
-    """Stateless noise of `seed`: "normal", or "uniform" in [-1, 1]."""
+def noise(kind, seed, step_count, index, shape):
+    """The step's "normal" (VAT's) or "uniform" in [-1, 1] (FreeLB's start,
+    NEFTune's) noise for lookup `index`, stateless in `seed`, the step count
+    and the index (the model gains no random state)."""
+    seed = tf.stack([tf.constant(seed + index, tf.int64), tf.cast(step_count, tf.int64)])
     if kind == "normal":
         return tf.random.stateless_normal(shape, seed)
     return tf.random.stateless_uniform(shape, seed, minval=-1.0, maxval=1.0)
-
-
-def noise(kind, seed, step_count, index, shape):
-    """The step's "normal" (VAT's) or "uniform" (FreeLB's start, NEFTune's)
-    noise for lookup `index` (`draw` of `noise_seed`)."""
-    return draw(kind, shape, noise_seed(seed, step_count, index))
-
-
-def noise_seed(seed, step_count, index):
-    """The stateless seed of lookup `index` at a step: of the step's seed and
-    count alone (the model gains no random state)."""
-    return tf.stack([tf.constant(seed + index, tf.int64), tf.cast(step_count, tf.int64)])
-
-
-def dense_gradients(gradients, weights):
-    # The embedding's gradient comes as IndexedSlices (or None where the
-    # loss does not use a weight); AWP's norms and clipping are elementwise
-    # over the whole weight.
-    return [tf.zeros(w.shape, w.dtype) if g is None else tf.convert_to_tensor(g)
-            for g, w in zip(gradients, weights)]
 
 
 def read_unperturbed(variable):

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import keras_adv
-from keras_adv._stacks.passes import selected_weights
 from tests import reference
 from tests.large_models import (
     Route, causal_batch, compile_sgd, gemma, per_example_fgm, to_numpy,
@@ -130,7 +129,7 @@ class TestCausalLM(TestCase):
         if method == "awp":
             # Its default selection follows what is trainable: the LoRA
             # factors (every trainable matrix), never a frozen weight.
-            chosen = selected_weights(keras_adv.AWP(), model.trainable_variables, model.name)
+            chosen = keras_adv.AWP().selected(model.trainable_variables, model.name)
             assert [model.trainable_variables[i].path for i in chosen] == [
                 v.path for v in model.trainable_variables
             ] and all("lora_kernel" in v.path for v in model.trainable_variables)
