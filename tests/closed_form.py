@@ -715,10 +715,10 @@ class AWPTests(TestCase):
             keras_adv.AWP(weights=3)
 
 
-def vat_noise_of(model, x, step_count=0, kind="normal"):
-    """The noise the installed step draws at `step_count` for a batch like
-    `x` (VAT's normal, or FreeLB's and NEFTune's uniform), as numpy (the
-    stack's own `noise`, with the step's seed)."""
+def vat_noise_of(model, x, step_count=0, kind="normal", dim=DIM):
+    """The noise the installed step draws at `step_count` for the token ids
+    `x` of a model of width `dim` (VAT's normal, or FreeLB's and NEFTune's
+    uniform), as numpy (the stack's own `noise`, with the step's seed)."""
     import tensorflow as tf
 
     from keras_adv import _stacks
@@ -726,7 +726,7 @@ def vat_noise_of(model, x, step_count=0, kind="normal"):
 
     [step] = [bound.__func__ for bound in vars(model).values()
               if isinstance(getattr(bound, "__func__", None), AdversarialStep)]
-    noise = _stacks.stack_for(model).noise(kind, step.seed, step_count, 0, x.shape + (DIM,))
+    noise = _stacks.stack_for(model).noise(kind, step.seed, step_count, 0, x.shape + (dim,))
     if not hasattr(noise, "__array__") or not tf.executing_eagerly():  # A graph tensor.
         noise = tf.compat.v1.keras.backend.get_session().run(noise)
     return np.asarray(noise, dtype="float64")

@@ -58,7 +58,12 @@ METHODS = {
     "gradient penalty": dict(method=keras_adv.GradientPenalty()),
     "awp": dict(method="awp"),
     "neftune": dict(method="neftune"),
+    "rdrop": dict(method="rdrop"),
 }
+# R-Drop compares two passes' dropout: its model has some. The same seed
+# draws the same masks on every mesh (JAX's random bits do not depend on how
+# an array is sharded).
+DROPOUT = {"rdrop": 0.1}
 # The methods whose global V x d arrays test_no_dense_matrix.py counts.
 ROW_METHODS = ("fgm", "fgsm", "pgd", "fgm per example")
 
@@ -72,21 +77,23 @@ def mesh_distribution(shape):
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
 
 
-def trained(options, shape=None, initial=None, inspect=None):
-    """One `fit` step of the causal LM with `options` (None: plain) from the
-    weights `initial` (None: the seed's), on the mesh `shape` (None: one
-    device): `(initial weights, weights after, logs, inspect(model, batch)
-    before the step)`. The distribution is set for the step and reset after it."""
+def trained(options, shape=None, initial=None, inspect=None, dropout=0.0):
+    """One `fit` step of the causal LM (of `dropout`) with `options` (None:
+    plain) from the weights `initial` (None: the seed's), on the mesh `shape`
+    (None: one device): `(initial weights, weights after, logs,
+    inspect(model, batch) before the step)`. The distribution is set for the
+    step and reset after it."""
     keras.backend.clear_session()  # It resets the distribution: set it after.
     keras.utils.set_random_seed(0)
     keras.distribution.set_distribution(None if shape is None else mesh_distribution(shape))
     try:
-        model = compile_sgd(gemma(**SIZES), LR)
+        model = compile_sgd(gemma(**SIZES, dropout=dropout), LR)
         if initial is not None:
             model.set_weights(initial)
         before = model.get_weights()
         if options is not None:
-            embedding = None if options["method"] == "awp" else "token_embedding"  # AWP perturbs weights.
+            # AWP perturbs weights; R-Drop, nothing.
+            embedding = None if options["method"] in ("awp", "rdrop") else "token_embedding"
             keras_adv.adversarial_training(model, embedding, **options)
         x, y, sample_weight = batch = causal_batch()
         found = inspect(model, batch) if inspect else None
@@ -101,7 +108,7 @@ def trained(options, shape=None, initial=None, inspect=None):
 def single_device(method):
     """The single-device step of `method` (None: plain), computed once:
     `(initial weights, weights after, logs)`."""
-    return trained(None if method is None else METHODS[method])[:3]
+    return trained(None if method is None else METHODS[method], dropout=DROPOUT.get(method, 0.0))[:3]
 
 
 def _inspect(model, batch):
@@ -126,7 +133,7 @@ def distributed(method, shape):
     single-device step's initial weights, computed once:
     `(initial weights, weights after, logs, _inspect(...))`."""
     options = None if method is None else METHODS[method]
-    return trained(options, shape, single_device(method)[0], _inspect)
+    return trained(options, shape, single_device(method)[0], _inspect, DROPOUT.get(method, 0.0))
 
 
 def full_vocabulary(found, matrices):

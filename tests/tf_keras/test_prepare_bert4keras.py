@@ -30,7 +30,7 @@ for name, make in optimizers.items():
     cls = keras.layers.Lambda(lambda x: x[:, 0])(bert.output)
     model = keras.models.Model(bert.input, keras.layers.Dense(2, activation="softmax")(cls))
     model.compile(loss="sparse_categorical_crossentropy", optimizer=make())
-    keras_adv.adversarial_training(model, "Embedding-Token", 0.5, method="pgd")
+    keras_adv.adversarial_training(model, "Embedding-Token", 0.5)
     before = model.get_weights()
     x = [np.random.RandomState(0).randint(1, 60, (8, 12)).astype("float32"), np.zeros((8, 12), "float32")]
     history = model.fit(x, np.arange(8) % 2, batch_size=4, epochs=2, verbose=0).history
