@@ -18,9 +18,11 @@ __all__ = ["scheduled_epsilon", "required", "RDROP_WITHOUT_RANDOMNESS"]
 # Without quotes: TensorFlow's assertion escapes them.
 RDROP_WITHOUT_RANDOMNESS = (
     "R-Drop: the two training passes of model {name} gave identical outputs. Nothing on "
-    "the way to its outputs is random in training (no dropout), so R-Drop would be a plain "
-    "step at twice its cost. Give the model dropout (keras.layers.Dropout(0.1), or "
-    "dropout=0.1 in a KerasHub backbone), or use another method."
+    "the way to its outputs is random in training (no dropout), or, with eager execution "
+    "disabled under a graph-level seed (tf.random.set_seed), the dropout of both passes draws "
+    "one mask; so R-Drop would be a plain step at twice its cost. Give the model dropout "
+    "(keras.layers.Dropout(0.1), or dropout=0.1 in a KerasHub backbone), train eagerly or "
+    "unseeded, or use another method."
 )
 
 

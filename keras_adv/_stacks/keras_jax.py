@@ -190,9 +190,8 @@ class _Passes(keras3.Keras3Passes):
 
 
 def _logs(model, passes, outcome, adversarial):
-    """Updates the loss trackers and the compiled metrics (as Keras's
-    `_update_metrics_variables`, plus the term's mean, which a warm-up step
-    does not count in): `(logs, metrics variables)`."""
+    """`(logs, metrics variables)`, as Keras's `_update_metrics_variables`, plus
+    the term's mean (not counting a warm-up step)."""
     size = keras3.batch_size(passes.x)
     mapping = list(zip(model.metrics_variables, passes.metrics))
     with keras.StatelessScope(state_mapping=mapping) as scope:

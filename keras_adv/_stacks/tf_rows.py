@@ -68,9 +68,8 @@ def replica_count():
 
 
 def sum_across_replicas(values):
-    """Each of `values` summed over the replicas, in replica context: a merge
-    call, as `all_reduce`'s gradient (never needed: the perturbation is a
-    constant) fails in a TF1 graph to find the other replicas' variables."""
+    """Each of `values` summed over the replicas: a merge call, as `all_reduce`'s
+    gradient (never needed) fails in a TF1 graph to find other replicas' variables."""
     def reduce(strategy, *per_replica):
         return [strategy.extended.reduce_to(tf.distribute.ReduceOp.SUM, v, destinations=v)
                 for v in per_replica]

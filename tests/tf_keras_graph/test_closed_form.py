@@ -1,5 +1,8 @@
 """The closed-form checks (tests/closed_form.py) on tf-keras with eager execution disabled."""
 
+import pytest
+
+import keras_adv
 from tests.closed_form import (
     AWPTests, BadScheduleTests, RelativeSizeTests, EquivalenceTests, FgsmClosedFormTests, FreeLBTests, GradientPenaltyTests, OneStepClosedFormTests,
     NEFTuneTests, PerExampleClosedFormTests, RDropTests, VATTests, WarmUpAndScheduleTests,
@@ -103,3 +106,21 @@ class TestNEFTune(NEFTuneTests):
 
 class TestRDrop(RDropTests):
     history_has_divergence = False  # Graph mode's History has the compiled metrics only.
+
+    def test_under_a_graph_seed_dropout_draws_one_mask_and_the_error_says_so(self):
+        # Under the graph-level seed that the test case sets, tf-keras's dropout
+        # gets the same seeds in both passes. R-Drop raises, naming the seed,
+        # and changes no weight.
+        import keras
+
+        from tests.models import CLASSES, LENGTH, VOCAB, batch, params_of, sgd
+
+        tokens = keras.Input((LENGTH,), dtype="int32")
+        pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(VOCAB, 8)(tokens))
+        model = keras.Model(tokens, keras.layers.Dense(CLASSES)(keras.layers.Dropout(0.5)(pooled)))
+        model.compile(optimizer=sgd(0.5), loss="sparse_categorical_crossentropy")
+        before = params_of(model)
+        keras_adv.adversarial_training(model, method="rdrop")
+        with pytest.raises(Exception, match="(?s)identical outputs.*graph-level seed"):
+            model.fit(*batch(), epochs=1, verbose=0)
+        self.assertWeightsBitEqual(params_of(model), before)
