@@ -14,8 +14,8 @@ import numbers
 import numpy as np
 
 __all__ = [
-    "positive", "non_negative", "count", "flag", "first_epsilon", "scheduled_epsilon", "schedule_error",
-    "schedule_name",
+    "positive", "non_negative", "count", "flag", "first_epsilon", "schedule_value", "schedule_type_error",
+    "schedule_value_error", "schedule_name",
 ]
 
 
@@ -50,7 +50,7 @@ def flag(name, value):
 
 def first_epsilon(schedule):
     """An epsilon schedule's value at step 0, checked at the call as a constant
-    epsilon is (`scheduled_epsilon`)."""
+    epsilon is (`schedule_value`)."""
     try:
         value = schedule(0)
         if getattr(value, "graph", None) is not None and not hasattr(value, "numpy"):
@@ -66,18 +66,18 @@ def first_epsilon(schedule):
             f"step count, but calling it with 0 failed: {error!r}. Pass a float, or a "
             f"callable such as a `keras.optimizers.schedules.LearningRateSchedule`."
         ) from error
-    return scheduled_epsilon(schedule, value, 0)
+    return schedule_value(schedule, value, 0)
 
 
-def scheduled_epsilon(schedule, value, step=None):
+def schedule_value(schedule, value, step=None):
     """`value`, what `schedule` gave at `step` (None where not known), as a
     float: a `TypeError` if it is no real number, a `ValueError` if it is
     negative or not finite."""
     item = _python_scalar(value)
     if isinstance(item, bool) or not isinstance(item, numbers.Real):
-        raise schedule_error(schedule, value, TypeError)
+        raise schedule_type_error(schedule, value)
     if not math.isfinite(item) or item < 0:
-        raise schedule_error(schedule, float(item), ValueError, step)
+        raise schedule_value_error(schedule, float(item), step)
     return float(item)
 
 
@@ -85,19 +85,19 @@ def schedule_name(schedule):
     return getattr(schedule, "__name__", None) or type(schedule).__name__
 
 
-def schedule_error(schedule, value, kind, step=None):
-    """The error for an epsilon schedule that gave `value` (at `step`)."""
-    name = schedule_name(schedule)
-    if kind is TypeError:
-        return TypeError(
-            f"The epsilon schedule {name} gave {value!r} ({type(value).__name__}); each "
-            f"step's epsilon must be a real number (a float or a scalar tensor). Make the "
-            f"schedule return a number."
-        )
+def schedule_type_error(schedule, value):
+    return TypeError(
+        f"The epsilon schedule {schedule_name(schedule)} gave {value!r} ({type(value).__name__}); "
+        f"each step's epsilon must be a real number (a float or a scalar tensor). Make the "
+        f"schedule return a number."
+    )
+
+
+def schedule_value_error(schedule, value, step=None):
     at = "" if step is None else f" at step {step}"
     return ValueError(
-        f"The epsilon schedule {name} gave {value!r}{at}; epsilon must be a finite number "
-        f">= 0 at every step. Fix the schedule (a ramp may start at 0), or clip its values."
+        f"The epsilon schedule {schedule_name(schedule)} gave {value!r}{at}; epsilon must be a "
+        f"finite number >= 0 at every step. Fix the schedule (a ramp may start at 0), or clip its values."
     )
 
 

@@ -188,7 +188,7 @@ class RelativeSizeTests(TestCase):
         before = params_of(model)
         method = keras_adv.VAT(epsilon=0.5, xi=0.1, weight=2.0)
         keras_adv.adversarial_training(model, "emb", method=method, relative_epsilon=True)
-        noise = vat_noise_of(model, x)
+        noise = step_noise_of(model, x)
         model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
         expected, _, _ = reference.vat_sgd_step(
             before, x, y, LR, noise, 0.5, 0.1, 1, 2.0, relative_epsilon=True
@@ -715,7 +715,7 @@ class AWPTests(TestCase):
             keras_adv.AWP(weights=3)
 
 
-def vat_noise_of(model, x, step_count=0, kind="normal", dim=DIM):
+def step_noise_of(model, x, step_count=0, kind="normal", dim=DIM):
     """The noise the installed step draws at `step_count` for the token ids
     `x` of a model of width `dim` (VAT's normal, or FreeLB's and NEFTune's
     uniform), as numpy (the stack's own `noise`, with the step's seed)."""
@@ -749,7 +749,7 @@ class VATTests(TestCase):
         method = keras_adv.VAT(epsilon=1.5, xi=0.1, power_iterations=power_iterations, weight=2.0,
                                symmetric=symmetric)
         keras_adv.adversarial_training(model, "emb", method=method)
-        noise = vat_noise_of(model, x)
+        noise = step_noise_of(model, x)
         history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
         expected, clean_loss, divergence = reference.vat_sgd_step(
             before, x, y, LR, noise, 1.5, 0.1, power_iterations, 2.0, symmetric
@@ -771,7 +771,7 @@ class VATTests(TestCase):
         keras_adv.adversarial_training(
             model, "emb", method=keras_adv.VAT(epsilon=1.5, weight=2.0), start_step=1
         )
-        noise = vat_noise_of(model, x[8:], step_count=1)  # The second step's draw.
+        noise = step_noise_of(model, x[8:], step_count=1)  # The second step's draw.
         traces = _count_traces(model) if self.counts_traces else None
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
@@ -800,7 +800,7 @@ class VATTests(TestCase):
             model = compile_sgd(linear_text_model(), lr=LR)
             before = params_of(model)
             keras_adv.adversarial_training(model, "emb", method=keras_adv.VAT(epsilon=1.5, weight=2.0))
-            noise = vat_noise_of(model, x)
+            noise = step_noise_of(model, x)
             model.fit(x, labels, sample_weight=labeled, batch_size=len(x), epochs=1, shuffle=False,
                       verbose=0)
             results.append(params_of(model))
@@ -886,7 +886,7 @@ class NEFTuneTests(TestCase):
         x, y = batch()
         before = params_of(model)
         keras_adv.adversarial_training(model, "emb", method="neftune", alpha=5.0)
-        noise = vat_noise_of(model, x, kind="uniform")
+        noise = step_noise_of(model, x, kind="uniform")
         history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
         expected, noisy_loss = reference.neftune_sgd_step(before, x, y, LR, noise, 5.0)
         for actual, want in zip(params_of(model), expected):
@@ -902,7 +902,7 @@ class NEFTuneTests(TestCase):
         x, y = batch(size=16, seed=4)
         params = params_of(model)
         keras_adv.adversarial_training(model, "emb", method=keras_adv.NEFTune(alpha=10.0), start_step=1)
-        noise = vat_noise_of(model, x[8:], step_count=1, kind="uniform")
+        noise = step_noise_of(model, x[8:], step_count=1, kind="uniform")
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         params, _ = reference.plain_sgd_step(params, x[:8], y[:8], LR)
         params, _ = reference.neftune_sgd_step(params, x[8:], y[8:], LR, noise, 10.0)

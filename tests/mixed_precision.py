@@ -85,7 +85,7 @@ class MixedPrecisionTests(TestCase):
         self.assertAllClose(history["adversarial_loss"][0], adversarial_loss, rtol=5e-3)
 
     def test_vat_and_awp_mean_what_they_mean_in_float32(self):
-        from tests.closed_form import vat_noise_of
+        from tests.closed_form import step_noise_of
 
         x, y = batch()
         for strategy_name in self.strategies:
@@ -99,7 +99,7 @@ class MixedPrecisionTests(TestCase):
                     method = keras_adv.VAT(epsilon=1.5, xi=1.0, weight=2.0)
                     keras_adv.adversarial_training(model, "emb", method=method)
                     expected = reference.vat_sgd_step(
-                        before, x, y, LR, vat_noise_of(model, x), 1.5, 1.0, 1, 2.0
+                        before, x, y, LR, step_noise_of(model, x), 1.5, 1.0, 1, 2.0
                     )[0]
                 else:
                     keras_adv.adversarial_training(model, method=keras_adv.AWP(alpha=0.5, epsilon=0.2))

@@ -33,7 +33,7 @@ def scheduled_epsilon(schedule, step_count):
     finite (at once for a Python or numpy number, else when the step runs)."""
     value = schedule(step_count)
     if isinstance(value, (numbers.Number, str, bytes, np.ndarray, np.generic)) or value is None:
-        value = arguments.scheduled_epsilon(schedule, value, _step_number(step_count))
+        value = arguments.schedule_value(schedule, value, _step_number(step_count))
     if type(value).__module__.startswith("tensorflow") or _is_tensorflow(step_count):
         import tensorflow as framework
     else:
@@ -41,16 +41,16 @@ def scheduled_epsilon(schedule, step_count):
     try:
         tensor = framework.convert_to_tensor(value)
     except (TypeError, ValueError) as error:
-        raise arguments.schedule_error(schedule, value, TypeError) from error
+        raise arguments.schedule_type_error(schedule, value) from error
     rank = getattr(tensor.shape, "rank", len(tensor.shape))
     dtype = getattr(tensor.dtype, "name", str(tensor.dtype)).split(".")[-1]
     if not dtype.startswith(("float", "int", "uint", "bfloat")) or rank not in (None, 0):
-        raise arguments.schedule_error(schedule, value, TypeError)
+        raise arguments.schedule_type_error(schedule, value)
     value, step = framework.cast(tensor, "float32"), framework.convert_to_tensor(step_count)
     valid = (value >= 0) & math_for(value).isfinite(value)
     message = [f"The epsilon schedule {arguments.schedule_name(schedule)} gave", value, "at step", step,
                "; epsilon must be a finite number >= 0 at every step."]
-    error = lambda v, s: arguments.schedule_error(schedule, float(v), ValueError, int(s))
+    error = lambda v, s: arguments.schedule_value_error(schedule, float(v), int(s))
     return required(valid, value, error, (value, step), message)
 
 

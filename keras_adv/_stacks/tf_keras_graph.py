@@ -232,7 +232,7 @@ class _GraphPasses(TensorFlowPasses):
 
     def run(self, perturbation_at=None, *, weights=False, lookup_gradients=False, scale=None, clean=False,
             reference=None, shifted=None):
-        if clean and perturbation_at is None:  # The model's own graph.
+        if clean and perturbation_at is None and reference is None and not shifted:  # The model's own graph.
             loss = self.model.total_loss
             if weights and scale is None and self._clean_gradients is None:
                 self._clean_gradients = self._gradients(loss)

@@ -99,7 +99,7 @@ class TapePasses(TensorFlowPasses):
 
     def run(self, perturbation_at=None, *, weights=False, lookup_gradients=False, scale=None, clean=False,
             reference=None, shifted=None):
-        variables = self.weights
+        variables = self.weights if shifted else ()  # AWP's passes read them before the pass.
         substitutes = [(variables[i], tf.convert_to_tensor(variables[i]) + tf.cast(r, variables[i].dtype))
                        for i, r in (shifted or {}).items()]
         with tf.GradientTape(watch_accessed_variables=weights) as tape:

@@ -23,7 +23,7 @@ import pytest
 
 import keras_adv
 from tests import reference
-from tests.closed_form import vat_noise_of
+from tests.closed_form import step_noise_of
 from tests.large_models import (
     Route, causal_batch, compile_sgd, gemma, per_example_fgm, to_numpy,
 )
@@ -150,7 +150,7 @@ class TestCausalLM(TestCase):
         values, frozen = route.values(), _frozen_values(model)
         keras_adv.adversarial_training(model, "token_embedding", method=keras_adv.NEFTune(alpha=alpha))
         dim = model.backbone.token_embedding.output_dim
-        noise = vat_noise_of(model, x["token_ids"], kind="uniform", dim=dim)
+        noise = step_noise_of(model, x["token_ids"], kind="uniform", dim=dim)
         mask = x["padding_mask"][..., None].astype("float64")
         scaled = alpha / np.sqrt(mask.sum(axis=1, keepdims=True) * dim) * noise * mask
         noisy_loss, grads, _ = route.gradients(values, scaled.astype("float32"))
