@@ -59,11 +59,11 @@ def adversarial_training(
             (the default): the method's default size, relative to what it
             perturbs (`relative_epsilon`; FGM 0.01 on the matrix, 0.003 per
             example; `keras_adv.RELATIVE_DEFAULTS` has every method's).
-        method: `"fgm"`, `"fgsm"`, `"pgd"`, `"freelb"`,
-            `"gradient_penalty"`, `"vat"` or `"awp"`, or a `keras_adv.FGM`,
-            `keras_adv.FGSM`, `keras_adv.PGD`, `keras_adv.FreeLB`,
-            `keras_adv.GradientPenalty`, `keras_adv.VAT` or `keras_adv.AWP`
-            object (then `epsilon`, `steps` and `alpha` are its own). FreeLB
+        method: A name of `keras_adv.methods.NAMES` (`"fgm"`, `"fgsm"`,
+            `"pgd"`, `"freelb"`, `"gradient_penalty"`, `"vat"`, `"awp"`,
+            `"rdrop"`, `"neftune"`), or a method object such as
+            `keras_adv.PGD(...)` (then `epsilon`, `steps` and `alpha` are its
+            own; each class's docstring gives its formula). FreeLB
             always works per example; its update is the mean of its K
             passes' gradients (History's `adversarial_loss`: their mean
             loss). The gradient penalty adds `weight / 2 * ||dL/dE||^2` to
@@ -73,7 +73,9 @@ def adversarial_training(
             it needs no labels. AWP perturbs the selected weights (by default
             every weight matrix) within a box of `epsilon` times each
             entry's size; its `epsilon` defaults to 0.01,
-            `alpha` to 1.0, `steps` to 1.
+            `alpha` to 1.0, `steps` to 1. R-Drop and NEFTune take `alpha`
+            alone (R-Drop's divergence weight, default 1, History:
+            `rdrop_divergence`; NEFTune's noise scale, default 5).
         steps: PGD's number of steps K (default 3; FreeLB's passes, 3; AWP's
             steps, 1; VAT's power iterations, 1); FGM and FGSM take none.
         alpha: PGD's step length (default relative 0.003 on the matrix,

@@ -1,5 +1,5 @@
-"""What a step checks while it runs: a schedule's epsilon, and that R-Drop's
-two passes differ; and how each backend's compiled step raises (`required`).
+"""What a step checks while it runs: a schedule's epsilon; and how each
+backend's compiled step raises where a check fails (`required`).
 
 A constant epsilon, and a schedule's value at step 0, are checked at the call
 (`arguments.py`); each later value in its own step, before any weight changes.
@@ -13,17 +13,7 @@ import numpy as np
 from keras_adv import arguments
 from keras_adv.methods import math_for
 
-__all__ = ["scheduled_epsilon", "required", "RDROP_WITHOUT_RANDOMNESS"]
-
-# Without quotes: TensorFlow's assertion escapes them.
-RDROP_WITHOUT_RANDOMNESS = (
-    "R-Drop: the two training passes of model {name} gave identical outputs. Nothing on "
-    "the way to its outputs is random in training (no dropout), or, with eager execution "
-    "disabled under a graph-level seed (tf.random.set_seed), the dropout of both passes draws "
-    "one mask; so R-Drop would be a plain step at twice its cost. Give the model dropout "
-    "(keras.layers.Dropout(0.1), or dropout=0.1 in a KerasHub backbone), train eagerly or "
-    "unseeded, or use another method."
-)
+__all__ = ["scheduled_epsilon", "required"]
 
 
 def scheduled_epsilon(schedule, step_count):

@@ -35,7 +35,7 @@ import collections
 import dataclasses
 import random
 
-from keras_adv._stacks.checks import RDROP_WITHOUT_RANDOMNESS, required, scheduled_epsilon
+from keras_adv._stacks.checks import required, scheduled_epsilon
 from keras_adv._stacks.outputs import differ
 from keras_adv.methods import math_for
 
@@ -228,6 +228,16 @@ def penalized(step, adapter, epsilon):
 
     gradients, (penalty, loss, predictions) = adapter.differentiate(objective)
     return Outcome(gradients, penalty, loss, predictions)
+
+
+RDROP_WITHOUT_RANDOMNESS = (  # No quotes: TensorFlow's assertion escapes them.
+    "R-Drop: the two training passes of model {name} gave identical outputs. Nothing on "
+    "the way to its outputs is random in training (no dropout), or, with eager execution "
+    "disabled under a graph-level seed (tf.random.set_seed), the dropout of both passes draws "
+    "one mask; so R-Drop would be a plain step at twice its cost. Give the model dropout "
+    "(keras.layers.Dropout(0.1), or dropout=0.1 in a KerasHub backbone), train eagerly or "
+    "unseeded, or use another method."
+)
 
 
 def twin_passes(step, adapter, epsilon):

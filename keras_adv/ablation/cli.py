@@ -13,7 +13,7 @@ import sys
 import threading
 
 from keras_adv.ablation.config import (
-    EXTENSION_FACTOR, MAX_EXTENSIONS, QUICK, default_methods, load_task_config, make_config,
+    EXTENSION_FACTOR, MAX_EXTENSIONS, NAMES, QUICK, default_methods, load_task_config, make_config,
 )
 
 __all__ = ["main"]
@@ -41,7 +41,7 @@ def _parser():
     ablation.add_argument("--label-column", help="label column of --data (default 'label')")
     ablation.add_argument("--task-config", help="YAML file with any of these settings and a list of methods")
     ablation.add_argument("--model", help="char-cnn (default), kerashub-bert or bert4keras-bert")
-    ablation.add_argument("--methods", nargs="+", help="methods to compare: plain fgm fgsm pgd freelb gradient_penalty vat awp rdrop neftune "
+    ablation.add_argument("--methods", nargs="+", help=f"methods to compare: {' '.join(NAMES)} "
                           "(default: plain, and fgm on the matrix and per example; with --labeled-fraction, "
                           "plain vat)")
     ablation.add_argument("--epsilons", type=float, nargs="+", metavar="EPSILON",

