@@ -1,5 +1,5 @@
 """Keras 3 on JAX over eight CPU devices, for `keras.distribution.ModelParallel`
-meshes of 2, 4 and 8 of them. This folder runs in its own process
+meshes of 2 and 8 of them. This folder runs in its own process
 (`make test-keras3-jax-model-parallel`): XLA splits the host CPU into
 devices when JAX initialises, from this flag, so it is set before anything
 imports JAX (tests/keras3_jax_data_parallel/conftest.py does the same with two).
