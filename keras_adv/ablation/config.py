@@ -50,8 +50,9 @@ class Grid:
 # (`keras_adv.RELATIVE_DEFAULTS`); the others (AWP's box, relative to each
 # weight already; R-Drop's and NEFTune's alpha) on its absolute default.
 DEFAULT_GRIDS = {
-    (name, per_example): Grid(sizes, relative=type(get_method(name)).relative)
-    for name in METHOD_NAMES for per_example, sizes in type(get_method(name)).sweep.items()
+    (name, per_example): Grid(sizes, relative=kind.relative)
+    for name, kind in ((name, type(get_method(name))) for name in METHOD_NAMES)
+    for per_example, sizes in kind.sweep.items()
 }
 
 # How a sweep grows past its grid (`selection.next_epsilon`): while the best

@@ -5,7 +5,6 @@ and errors."""
 import csv
 import json
 import math
-import os
 import random
 import signal
 import subprocess
